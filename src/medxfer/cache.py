@@ -1,0 +1,89 @@
+"""Decode and resize every accepted image once into a uint8 .npy that training memory-maps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medxfer.config import channels
+from medxfer.imaging import load_image
+from medxfer.ingest import classes_of, read_manifest
+from medxfer.io import atomic_path
+
+
+def cache_images(
+    dataset: Mapping[str, Any], manifest_path: Path, out_path: Path, threads: int = 1, log: Any = None
+) -> tuple[int, ...]:
+    """Write images in manifest order as a (N, C, size, size) uint8 array; decode in parallel over `threads`."""
+    manifest = read_manifest(manifest_path)
+    root = Path(dataset["root"])
+    size, n_channels = dataset["size"], channels(dataset)
+    windows = dataset.get("windows", [[40, 400]])
+    shape = (len(manifest), n_channels, size, size)
+    paths = [root / p for p in manifest["path"]]
+
+    def decode(path: Path) -> np.ndarray:
+        return load_image(path, dataset["modality"], windows, size)
+
+    with atomic_path(out_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, image in enumerate(pool.map(decode, paths, chunksize=32)):
+                if image.shape != shape[1:]:
+                    raise ValueError(f"{paths[i]}: decoded to {image.shape}, expected {shape[1:]}")
+                array[i] = image
+        array.flush()
+        del array
+    if log is not None:
+        log.info("cached %d images as %s into %s", shape[0], shape[1:], out_path)
+    return shape
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a cached data set: images stay uint8 until a batch is built."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    studies: np.ndarray
+    masks: np.ndarray
+
+
+@dataclass(frozen=True)
+class CachedDataset:
+    classes: list[str]
+    splits: dict[str, Split]
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.splits["train"].images.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.splits["train"].images.shape[-1])
+
+
+def load_cached(manifest_path: Path, images_path: Path) -> CachedDataset:
+    """Load the cache into memory split by split (small data sets; the cache is uint8)."""
+    manifest = read_manifest(manifest_path)
+    images = np.load(images_path, mmap_mode="r")
+    if images.shape[0] != len(manifest):
+        raise ValueError(f"{images_path}: {images.shape[0]} images but {manifest_path} lists {len(manifest)}")
+    splits = {}
+    for name in ("train", "val", "test"):
+        index = np.flatnonzero(manifest["split"].to_numpy() == name)
+        part = manifest.iloc[index]
+        splits[name] = Split(
+            images=np.ascontiguousarray(images[index]),
+            labels=part["label"].to_numpy(np.int64),
+            ids=part["image_id"].to_numpy(str),
+            studies=part["study_id"].to_numpy(str),
+            masks=part["mask"].to_numpy(str),
+        )
+    return CachedDataset(classes=classes_of(manifest), splits=splits)

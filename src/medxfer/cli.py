@@ -1,0 +1,185 @@
+"""`medxfer` command line: the same stage functions the Snakemake rules call, one subcommand each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medxfer import config as cfg
+
+
+def _dataset(args: argparse.Namespace) -> dict:
+    conf = cfg.load(args.config)
+    if args.dataset not in conf["datasets"]:
+        raise SystemExit(f"data set '{args.dataset}' is not in {args.config} (known: {sorted(conf['datasets'])})")
+    return conf["datasets"][args.dataset]
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    print(json.dumps(cfg.load(args.config), indent=2))
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from medxfer import synth
+
+    generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
+    generators[args.kind](Path(args.out), args.n, args.size, args.seed)
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from medxfer.ingest import ingest_dataset
+    from medxfer.runtime import get_logger
+
+    out = Path(args.out)
+    ingest_dataset(args.dataset, _dataset(args), out / "manifest.csv", out / "quarantine.csv", seed=args.seed,
+                   log=get_logger("medxfer.ingest"))
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from medxfer.cache import cache_images
+    from medxfer.runtime import get_logger
+
+    dataset = _dataset(args)
+    out = Path(args.out)
+    cache_images(dataset, out / "manifest.csv", out / f"images_{dataset['size']}.npy", threads=args.threads,
+                 log=get_logger("medxfer.cache"))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from medxfer.train import pretrain_model
+
+    conf = cfg.load(args.config)
+    params = {k: v for k, v in conf["pretrain"].items() if k != "source"}
+    pretrain_model(Path(args.manifest), Path(args.images), args.arch, params, Path(args.out), threads=args.threads,
+                   seed=conf["seed"], device=conf["device"])
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from medxfer.train import finetune_model
+
+    conf = cfg.load(args.config)
+    params = {k: v for k, v in conf["finetune"].items() if k not in ("targets", "inits", "archs", "imagenet_weights")}
+    finetune_model(Path(args.manifest), Path(args.images), args.arch, args.init, params, Path(args.out),
+                   init_path=Path(args.init_path) if args.init_path else None, threads=args.threads,
+                   seed=conf["seed"], device=conf["device"])
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from medxfer.features import extract_features
+
+    extract_features(Path(args.model), Path(args.manifest), Path(args.images), Path(args.out),
+                     batch_size=args.batch_size, threads=args.threads)
+
+
+def cmd_fuse(args: argparse.Namespace) -> None:
+    from medxfer.fusion import fuse_features
+
+    out = Path(args.out)
+    fuse_features([Path(p) for p in args.features], out, out.with_name("fusion.json"), pca_components=args.pca)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from medxfer.classify import train_classifier
+
+    out = Path(args.out)
+    params = json.loads(args.params)
+    print(json.dumps(train_classifier(Path(args.features), args.classifier, params, out / "model.skops",
+                                      out / "predictions.csv", out / "metrics.json", seed=args.seed), indent=2))
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from medxfer.explain import explain_model
+
+    explain_model(Path(args.model), Path(args.manifest), Path(args.images), Path(args.out), n_images=args.n_images,
+                  lime_samples=args.lime_samples)
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from medxfer.report import summarize_results
+
+    out = Path(args.out)
+    summarize_results([Path(p) for p in args.metrics], out / "summary.csv", out / "metrics.json", out / "summary.md")
+    print((out / "summary.md").read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medxfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("validate-config", cmd_validate, "validate a config file and print it with defaults")
+    p.add_argument("config")
+    p = add("synthesize", cmd_synthesize, "generate one demo data set")
+    p.add_argument("kind", choices=["xray_source", "mura", "ct"])
+    p.add_argument("out")
+    p.add_argument("--n", type=int, required=True, help="images (xray_source) or patients (mura, ct)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=7)
+    for name, func, help_text in (("ingest", cmd_ingest, "ingest a data set: manifest.csv + quarantine.csv"),
+                                  ("cache", cmd_cache, "decode a data set once into images_<size>.npy")):
+        p = add(name, func, help_text)
+        p.add_argument("config")
+        p.add_argument("dataset")
+        p.add_argument("out", help="folder for manifest.csv / quarantine.csv / the cache")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+    for name, func, help_text in (("pretrain", cmd_pretrain, "in-domain pretraining"),
+                                  ("finetune", cmd_finetune, "fine-tune from an init")):
+        p = add(name, func, help_text)
+        p.add_argument("config")
+        p.add_argument("manifest")
+        p.add_argument("images")
+        p.add_argument("arch")
+        p.add_argument("out")
+        p.add_argument("--threads", type=int, default=1)
+        if name == "finetune":
+            p.add_argument("--init", default="scratch", choices=["scratch", "imagenet", "indomain"])
+            p.add_argument("--init-path", help="ImageNet safetensors file or pretrain checkpoint folder")
+    p = add("extract", cmd_extract, "pooled deep features of a fine-tuned model")
+    p.add_argument("model")
+    p.add_argument("manifest")
+    p.add_argument("images")
+    p.add_argument("out")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p = add("fuse", cmd_fuse, "fuse feature files")
+    p.add_argument("out")
+    p.add_argument("features", nargs="+")
+    p.add_argument("--pca", type=float, default=None)
+    p = add("classify", cmd_classify, "train one classic classifier on a feature file")
+    p.add_argument("features")
+    p.add_argument("classifier")
+    p.add_argument("out")
+    p.add_argument("--params", default="{}", help="JSON hyperparameters")
+    p.add_argument("--seed", type=int, default=0)
+    p = add("explain", cmd_explain, "Grad-CAM and LIME overlays")
+    p.add_argument("model")
+    p.add_argument("manifest")
+    p.add_argument("images")
+    p.add_argument("out")
+    p.add_argument("--n-images", type=int, default=6)
+    p.add_argument("--lime-samples", type=int, default=300)
+    p = add("summarize", cmd_summarize, "summary table over metrics.json files")
+    p.add_argument("out")
+    p.add_argument("metrics", nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (cfg.ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"medxfer {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

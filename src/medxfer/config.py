@@ -1,0 +1,110 @@
+"""Load and validate the workflow config against its JSON Schema, filling in the schema's defaults."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value that the schema or a cross-check rejects; the message names the key."""
+
+
+def _extend_with_defaults(validator_class: type) -> type:
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001 - jsonschema callback signature
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _allowed(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "enum" in schema:
+        return f"one of {schema['enum']}"
+    if error.validator == "additionalProperties" and "properties" in schema:
+        return f"known keys: {sorted(schema['properties'])}"
+    if "description" in schema:
+        return schema["description"]
+    return f"{error.validator} {error.validator_value!r}"
+
+
+def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the key."""
+    config = copy.deepcopy(dict(config))
+    validator = _DefaultingValidator(schema or load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"config key '{_key(e)}': {e.message}" + ("" if e.validator == "enum" else f" (allowed: {_allowed(e)})")
+                 for e in errors]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _cross_check(config)
+    return config
+
+
+def _cross_check(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    finetune = config["finetune"]
+    problems = []
+    for i, target in enumerate(finetune["targets"]):
+        if target not in datasets:
+            problems.append(f"config key 'finetune.targets[{i}]': '{target}' is not a data set (known: {sorted(datasets)})")
+    if "indomain" in finetune["inits"]:
+        source = config["pretrain"].get("source")
+        if source not in datasets:
+            problems.append(
+                f"config key 'pretrain.source': '{source}' is not a data set (known: {sorted(datasets)}); "
+                "the 'indomain' init needs a pretraining source"
+            )
+    if "imagenet" in finetune["inits"]:
+        for arch in finetune["archs"]:
+            if arch not in finetune["imagenet_weights"]:
+                problems.append(
+                    f"config key 'finetune.imagenet_weights.{arch}': missing; the 'imagenet' init needs a local "
+                    "safetensors file for every arch (nothing is downloaded)"
+                )
+    for name, ds in datasets.items():
+        if ds["format"] in ("csv", "dicom") and "manifest" not in ds:
+            problems.append(f"config key 'datasets.{name}.manifest': required for format '{ds['format']}'")
+        if ds["val_fraction"] + ds["test_fraction"] >= 1:
+            problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        return validate(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def channels(dataset: Mapping[str, Any]) -> int:
+    """Channels of the cached images: one per CT window, one for radiographs."""
+    return len(dataset["windows"]) if dataset["modality"] == "ct" else 1

@@ -1,0 +1,61 @@
+"""Deep features from a fine-tuned network: the pooled penultimate layer, for every split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medxfer import models, runtime
+from medxfer.cache import load_cached
+from medxfer.io import save_npz
+from medxfer.train import autocast, to_device
+
+
+@torch.inference_mode()
+def pooled_features(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """timm forward_features + the model's own pooling (pre_logits), in large batches."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
+        with autocast(device):
+            feats = model.forward_head(model.forward_features(models.normalize(batch)), pre_logits=True)
+        chunks.append(feats.float().flatten(1).cpu().numpy())
+    if not chunks:
+        return np.zeros((0, model.num_features), dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def extract_features(
+    model_dir: Path,
+    manifest: Path,
+    images: Path,
+    out_path: Path,
+    batch_size: int = 256,
+    threads: int = 1,
+    device: str = "auto",
+    log_path: Path | None = None,
+) -> dict[str, Any]:
+    """Write X/y/ids/study per split and the class names to one .npz; NaN or inf features are an error."""
+    logger = runtime.get_logger("medxfer.features", log_path)
+    runtime.configure(threads, seed=0)
+    dev = runtime.select_device(device)
+    model, meta = models.load(model_dir, dev)
+    data = load_cached(manifest, images)
+    if data.classes != meta["classes"]:
+        raise ValueError(f"{model_dir}: model classes {meta['classes']} differ from data set classes {data.classes}")
+    arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
+    for name, split in data.splits.items():
+        feats = pooled_features(model, split.images, dev, batch_size)
+        if not np.isfinite(feats).all():
+            raise ValueError(f"{model_dir}: non-finite features on the {name} split")
+        arrays |= {f"X_{name}": feats, f"y_{name}": split.labels, f"ids_{name}": split.ids,
+                   f"study_{name}": split.studies}
+    save_npz(out_path, **arrays)
+    dims = {name: arrays[f"X_{name}"].shape for name in data.splits}
+    logger.info("features of %s (%s): %s", meta["arch"], model_dir, dims)
+    return {"dims": dims}

@@ -1,0 +1,183 @@
+"""Feature fusion: deep features from several fine-tuned CNNs become one matrix for the classic-ML classifiers.
+
+Each model's features are standardised on its own (so a model with large activations does not dominate the
+concatenation), rows are aligned by image id, and an optional PCA shrinks the fused matrix. Every statistic is
+fitted on the train split only, so nothing about val/test leaks into the classifiers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+from medxfer.io import save_npz, write_json
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_KEYS: tuple[str, ...] = tuple(f"{k}_{s}" for s in SPLITS for k in ("X", "y", "ids")) + ("classes",)
+
+
+def load_feature_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load and validate one feature .npz, so a broken file fails here with its name, not deep inside sklearn."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read feature file: {exc}") from exc
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing} (a feature file needs {list(REQUIRED_KEYS)})")
+    classes = data["classes"]
+    if classes.ndim != 1 or classes.size == 0:
+        raise ValueError(f"{path}: 'classes' must be a non-empty 1-D array of class names, got shape {classes.shape}")
+    data["classes"] = classes.astype(str)
+    dims = set()
+    seen: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        x, y, ids = data[f"X_{split}"], data[f"y_{split}"], data[f"ids_{split}"]
+        if x.ndim != 2:
+            raise ValueError(f"{path}: X_{split} must be 2-D (n, d), got shape {x.shape}")
+        n = x.shape[0]
+        if y.shape != (n,) or ids.shape != (n,):
+            raise ValueError(f"{path}: split '{split}' has X {x.shape}, y {y.shape}, ids {ids.shape}; lengths differ")
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"{path}: X_{split} must be numeric, got dtype {x.dtype}")
+        if not np.all(np.isfinite(x)):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise ValueError(f"{path}: X_{split} holds {bad} non-finite values (NaN/inf)")
+        if n and not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{path}: y_{split} must hold integer labels, got dtype {y.dtype}")
+        if n and (y.min() < 0 or y.max() >= classes.size):
+            raise ValueError(f"{path}: y_{split} has labels outside 0..{classes.size - 1} (classes {list(classes)})")
+        ids = ids.astype(str)
+        unique, counts = np.unique(ids, return_counts=True)
+        if unique.size != n:
+            raise ValueError(f"{path}: split '{split}' repeats ids, e.g. {list(unique[counts > 1][:3])}")
+        for other, other_ids in seen.items():
+            shared = np.intersect1d(other_ids, ids)
+            if shared.size:
+                raise ValueError(f"{path}: ids {list(shared[:3])} are in both '{other}' and '{split}' (leakage)")
+        seen[split] = ids
+        data[f"X_{split}"] = x
+        data[f"y_{split}"] = y.astype(np.int64)
+        data[f"ids_{split}"] = ids
+        dims.add(x.shape[1])
+        study_key = f"study_{split}"
+        if study_key in data:
+            if data[study_key].shape != (n,):
+                raise ValueError(f"{path}: {study_key} has shape {data[study_key].shape}, expected ({n},)")
+            data[study_key] = data[study_key].astype(str)
+    if len(dims) != 1:
+        raise ValueError(f"{path}: feature dimension differs between splits: {sorted(dims)}")
+    return data
+
+
+def _align(reference: np.ndarray, ids: np.ndarray, path: Path, ref_path: Path, split: str) -> np.ndarray:
+    """Row index into `ids` that puts it in `reference` order; the two must hold the same set of ids."""
+    if ids.size != reference.size or not np.array_equal(np.sort(ids), np.sort(reference)):
+        missing = np.setdiff1d(reference, ids)
+        extra = np.setdiff1d(ids, reference)
+        raise ValueError(
+            f"{path}: split '{split}' ids differ from {ref_path}: {missing.size} missing (e.g. {list(missing[:3])}),"
+            f" {extra.size} extra (e.g. {list(extra[:3])})"
+        )
+    sorter = np.argsort(ids, kind="stable")
+    return sorter[np.searchsorted(ids, reference, sorter=sorter)]
+
+
+def fuse_features(
+    feature_paths: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    report_path: str | os.PathLike,
+    standardize: bool = True,
+    pca_components: int | float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fuse per-model feature files into one, in the order of the first file's ids; returns the report dict.
+
+    `pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
+    variance to keep).
+    """
+    paths = [Path(p) for p in feature_paths]
+    if not paths:
+        raise ValueError("fuse_features needs at least one feature file")
+    files = [load_feature_file(p) for p in paths]
+    ref, ref_path = files[0], paths[0]
+    blocks: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    for data, path in zip(files, paths, strict=True):
+        if not np.array_equal(data["classes"], ref["classes"]):
+            raise ValueError(f"{path}: classes {list(data['classes'])} differ from {ref_path}: {list(ref['classes'])}")
+        rows = {split: _align(ref[f"ids_{split}"], data[f"ids_{split}"], path, ref_path, split) for split in SPLITS}
+        for split in SPLITS:
+            y = data[f"y_{split}"][rows[split]]
+            if not np.array_equal(y, ref[f"y_{split}"]):
+                wrong = ref[f"ids_{split}"][y != ref[f"y_{split}"]]
+                raise ValueError(
+                    f"{path}: split '{split}' labels differ from {ref_path} for {wrong.size} ids,"
+                    f" e.g. {list(wrong[:3])}"
+                )
+        feats = {split: data[f"X_{split}"][rows[split]].astype(np.float64) for split in SPLITS}
+        if standardize:
+            if feats["train"].shape[0] == 0:
+                raise ValueError(f"{path}: cannot standardise on an empty train split")
+            scaler = StandardScaler().fit(feats["train"])
+            feats = {split: scaler.transform(x) if x.shape[0] else x for split, x in feats.items()}
+        for split in SPLITS:
+            blocks[split].append(feats[split])
+    fused = {split: np.concatenate(blocks[split], axis=1) for split in SPLITS}
+    concat_dim = int(fused["train"].shape[1])
+
+    pca_report: dict[str, Any] = {"used": False}
+    if pca_components is not None:
+        n_train = fused["train"].shape[0]
+        limit = min(n_train, concat_dim)
+        if isinstance(pca_components, bool) or not isinstance(pca_components, (int, float)):
+            raise ValueError(f"pca_components must be None, an int or a float in (0, 1); got {pca_components!r}")
+        if isinstance(pca_components, int) and not 1 <= pca_components <= limit:
+            raise ValueError(
+                f"pca_components={pca_components} must be in 1..{limit}"
+                f" (min of {n_train} train rows and {concat_dim} fused dims)"
+            )
+        if isinstance(pca_components, float) and not 0.0 < pca_components < 1.0:
+            raise ValueError(f"pca_components={pca_components} as a float is a variance fraction and must be in (0, 1)")
+        pca = PCA(n_components=pca_components, svd_solver="full", random_state=seed).fit(fused["train"])
+        fused = {split: pca.transform(x) if x.shape[0] else x[:, : pca.n_components_] for split, x in fused.items()}
+        pca_report = {
+            "used": True,
+            "requested": pca_components,
+            "n_components": int(pca.n_components_),
+            "explained_variance_ratio": float(np.sum(pca.explained_variance_ratio_)),
+        }
+
+    arrays: dict[str, np.ndarray] = {"classes": ref["classes"]}
+    for split in SPLITS:
+        arrays[f"X_{split}"] = np.ascontiguousarray(fused[split], dtype=np.float32)
+        arrays[f"y_{split}"] = ref[f"y_{split}"]
+        arrays[f"ids_{split}"] = ref[f"ids_{split}"]
+    with_study = all(f"study_{split}" in data for data in files for split in SPLITS)
+    if with_study:
+        for split in SPLITS:
+            arrays[f"study_{split}"] = ref[f"study_{split}"]
+    save_npz(out_path, **arrays)
+
+    report: dict[str, Any] = {
+        "inputs": [str(p) for p in paths],
+        "models": [{"path": str(p), "dim": int(d["X_train"].shape[1])} for p, d in zip(paths, files, strict=True)],
+        "concat_dim": concat_dim,
+        "fused_dim": int(arrays["X_train"].shape[1]),
+        "n": {split: int(arrays[f"y_{split}"].shape[0]) for split in SPLITS},
+        "classes": [str(c) for c in ref["classes"]],
+        "standardize": bool(standardize),
+        "pca": pca_report,
+        "study_ids": with_study,
+        "seed": int(seed),
+        "output": str(out_path),
+    }
+    write_json(report_path, report)
+    return report

@@ -1,0 +1,126 @@
+"""One factory for every network: timm architectures, three inits, and safetensors checkpoints without pickle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+from medxfer.io import atomic_path, write_json
+
+INITS = ("scratch", "imagenet", "indomain")
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+# uint8 images scaled to [0, 1] are normalised with these per channel; recorded in every checkpoint.
+NORM_MEAN, NORM_STD = 0.5, 0.25
+
+
+def create(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    """A timm model by name with random weights; nothing is downloaded."""
+    if arch not in timm.list_models():
+        raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+def head_prefix(model: nn.Module) -> str:
+    return model.pretrained_cfg["classifier"]
+
+
+def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """Copy pretrained weights into `model`, dropping the old head and adapting the stem to the input channels.
+
+    Returns the keys that were newly initialised (the head). A shape mismatch anywhere else is an error, so a
+    wrong checkpoint for this architecture is caught here rather than silently ignored.
+    """
+    state = dict(state_dict)
+    head = head_prefix(model) + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    stem_key = model.pretrained_cfg["first_conv"] + ".weight"
+    own = model.state_dict()
+    if stem_key in state and state[stem_key].shape[1] != own[stem_key].shape[1]:
+        state[stem_key] = adapt_input_conv(own[stem_key].shape[1], state[stem_key])
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"{source}: weights do not fit {model.default_cfg.get('architecture')}: {mismatched[:5]}")
+    result = model.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if unexpected or missing:
+        raise ValueError(f"{source}: checkpoint does not match the architecture (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    return list(result.missing_keys)
+
+
+def create_initialised(
+    arch: str, num_classes: int, in_chans: int, init: str, init_path: str | Path | None = None
+) -> nn.Module:
+    """Build a model for fine-tuning: `scratch`, `imagenet` (local safetensors file) or `indomain` (checkpoint dir)."""
+    model = create(arch, num_classes, in_chans)
+    if init == "scratch":
+        return model
+    if init not in INITS:
+        raise ValueError(f"unknown init '{init}'; allowed: {list(INITS)}")
+    if init_path is None:
+        raise ValueError(f"init '{init}' needs a weights path")
+    path = Path(init_path)
+    if init == "indomain":
+        meta = read_meta(path)
+        if meta["arch"] != arch:
+            raise ValueError(f"{path}: checkpoint is a {meta['arch']}, not a {arch}")
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{init} weights for {arch} not found: {path} (nothing is downloaded; give a local file)")
+    load_backbone(model, safetensors.torch.load_file(str(path)), str(path))
+    return model
+
+
+def save(out_dir: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write model.safetensors + model.json atomically; the JSON says everything needed to rebuild and use it."""
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        safetensors.torch.save_file(state, str(tmp))
+    full_meta = {
+        "normalization": {"mean": NORM_MEAN, "std": NORM_STD, "scale": 1 / 255},
+        "versions": {pkg: version(pkg) for pkg in ("torch", "timm", "medxfer")},
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        **meta,
+    }
+    for key in ("arch", "classes", "in_chans", "input_size"):
+        if key not in full_meta:
+            raise ValueError(f"checkpoint metadata needs '{key}'")
+    write_json(out_dir / META_FILE, full_meta)
+
+
+def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint metadata not found")
+    return json.loads(path.read_text())
+
+
+def load(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its directory; reads tensors only (safetensors), never executes code from the file."""
+    meta = read_meta(ckpt_dir)
+    model = create(meta["arch"], len(meta["classes"]), meta["in_chans"])
+    state = safetensors.torch.load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(device))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last feature stage of a timm model: the usual Grad-CAM target, found from timm's feature_info."""
+    return model.get_submodule(model.feature_info[-1]["module"])
+
+
+def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> normalised float32, the one input convention of every stage."""
+    return (batch_uint8.float() / 255.0 - NORM_MEAN) / NORM_STD

@@ -1,0 +1,103 @@
+# Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
+import medxfer.config
+
+_validated = medxfer.config.validate(config)
+config.clear()
+config.update(_validated)
+
+R = config["results"]
+DATASETS = config["datasets"]
+FT = config["finetune"]
+ARCHS = FT["archs"]
+CLASSIFIERS = list(config["classifiers"])
+FEATURE_SETS = ARCHS + ["fused"]
+DEMO_SETS = ["xray_source", "mura", "ct"]
+
+
+wildcard_constraints:
+    dataset="[A-Za-z][A-Za-z0-9_]*",
+    target="[A-Za-z][A-Za-z0-9_]*",
+    source="[A-Za-z][A-Za-z0-9_]*",
+    demo_set="|".join(DEMO_SETS),
+    arch="[a-z0-9_]+",
+    init="scratch|imagenet|indomain",
+    clf="|".join(CLASSIFIERS),
+    features="[a-z0-9_]+",
+    size="[0-9]+",
+
+
+def dataset_root(wildcards):
+    return DATASETS[wildcards.dataset]["root"]
+
+
+def manifest_of(name):
+    return f"{R}/datasets/{name}/manifest.csv"
+
+
+def cache_of(name):
+    return f"{R}/datasets/{name}/images_{DATASETS[name]['size']}.npy"
+
+
+def dataset_inputs(name):
+    return {"manifest": manifest_of(name), "images": cache_of(name)}
+
+
+def source_inputs(wildcards):
+    return dataset_inputs(wildcards.source)
+
+
+def target_inputs(wildcards):
+    return dataset_inputs(wildcards.target)
+
+
+def demo_params(wildcards):
+    demo = config["demo"]
+    count = {"xray_source": "source_images", "mura": "mura_patients", "ct": "ct_patients"}[wildcards.demo_set]
+    return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
+
+
+def init_inputs(wildcards):
+    """The weights a fine-tuning run starts from: none, a local ImageNet file, or a pretrain checkpoint."""
+    if wildcards.init == "imagenet":
+        return {"weights": FT["imagenet_weights"][wildcards.arch]}
+    if wildcards.init == "indomain":
+        ckpt = f"{R}/pretrain/{config['pretrain']['source']}/{wildcards.arch}"
+        return {"weights": f"{ckpt}/model.safetensors", "meta": f"{ckpt}/model.json"}
+    return {}
+
+
+def finetune_params(wildcards):
+    return {k: v for k, v in FT.items() if k not in ("targets", "inits", "archs", "imagenet_weights")}
+
+
+def pretrain_params(wildcards):
+    return {k: v for k, v in config["pretrain"].items() if k != "source"} | {"class_weights": True}
+
+
+def features_input(wildcards):
+    if wildcards.features == "fused":
+        return f"{R}/fused/{wildcards.target}/{wildcards.init}/features.npz"
+    return f"{R}/features/{wildcards.target}/{wildcards.init}/{wildcards.features}.npz"
+
+
+def finetune_metrics():
+    return expand(f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json", target=FT["targets"],
+                  init=FT["inits"], arch=ARCHS)
+
+
+def classify_metrics():
+    return expand(f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json", target=FT["targets"],
+                  init=FT["inits"], features=FEATURE_SETS, clf=CLASSIFIERS)
+
+
+def explanations():
+    return expand(f"{R}/explain/{{target}}/{{init}}/{{arch}}", target=FT["targets"], init=FT["inits"], arch=ARCHS)
+
+
+def final_outputs():
+    return [
+        f"{R}/report/summary.csv",
+        f"{R}/report/metrics.json",
+        f"{R}/report/summary.md",
+        *explanations(),
+    ]

@@ -1,0 +1,45 @@
+rule synthesize_demo:
+    output:
+        directory("data/demo/{demo_set}"),
+    params:
+        demo=demo_params,
+    log:
+        f"{R}/logs/synthesize_demo/{{demo_set}}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/synthesize_demo.py"
+
+
+rule ingest_dataset:
+    input:
+        raw=dataset_root,
+    output:
+        manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
+        quarantine=f"{R}/datasets/{{dataset}}/quarantine.csv",
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.dataset],
+        seed=config["seed"],
+    log:
+        f"{R}/logs/ingest_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/ingest_dataset.py"
+
+
+rule cache_images:
+    input:
+        raw=dataset_root,
+        manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
+    output:
+        images=f"{R}/datasets/{{dataset}}/images_{{size}}.npy",
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.dataset] | {"size": int(wildcards.size)},
+    threads: 4
+    log:
+        f"{R}/logs/cache_images/{{dataset}}_{{size}}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/cache_images.py"

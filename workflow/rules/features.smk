@@ -1,0 +1,40 @@
+rule extract_features:
+    input:
+        unpack(target_inputs),
+        weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
+        meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
+    output:
+        features=f"{R}/features/{{target}}/{{init}}/{{arch}}.npz",
+    params:
+        batch_size=config["features"]["batch_size"],
+        device=config["device"],
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    log:
+        f"{R}/logs/extract_features/{{target}}/{{init}}/{{arch}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract_features/{{target}}/{{init}}/{{arch}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/extract_features.py"
+
+
+rule fuse_features:
+    input:
+        features=expand(f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS),
+    output:
+        features=f"{R}/fused/{{target}}/{{init}}/features.npz",
+        report=f"{R}/fused/{{target}}/{{init}}/fusion.json",
+    params:
+        fusion=config["fusion"],
+        seed=config["seed"],
+    log:
+        f"{R}/logs/fuse_features/{{target}}/{{init}}.log",
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../scripts/fuse_features.py"

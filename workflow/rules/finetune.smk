@@ -1,0 +1,27 @@
+rule finetune_model:
+    input:
+        unpack(target_inputs),
+        unpack(init_inputs),
+    output:
+        weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
+        meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
+        log_csv=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/log.csv",
+        metrics=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json",
+        predictions=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/predictions.csv",
+    params:
+        train=finetune_params,
+        seed=config["seed"],
+        device=config["device"],
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=180,
+    log:
+        f"{R}/logs/finetune_model/{{target}}/{{init}}/{{arch}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/{{arch}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/finetune_model.py"

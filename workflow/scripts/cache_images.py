@@ -1,0 +1,16 @@
+"""Snakemake adapter: decode a data set once into a uint8 .npy cache."""
+
+from pathlib import Path
+
+from medxfer.cache import cache_images
+from medxfer.runtime import get_logger, logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+with logged(sm.log[0]):
+    cache_images(
+        sm.params.dataset,
+        Path(sm.input.manifest),
+        Path(sm.output.images),
+        threads=sm.threads,
+        log=get_logger("medxfer.cache", sm.log[0]),
+    )

@@ -1,0 +1,17 @@
+"""Snakemake adapter: ingest one raw data set into manifest.csv + quarantine.csv."""
+
+from pathlib import Path
+
+from medxfer.ingest import ingest_dataset
+from medxfer.runtime import get_logger, logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+with logged(sm.log[0]):
+    ingest_dataset(
+        sm.wildcards.dataset,
+        sm.params.dataset,
+        Path(sm.output.manifest),
+        Path(sm.output.quarantine),
+        seed=sm.params.seed,
+        log=get_logger("medxfer.ingest", sm.log[0]),
+    )
