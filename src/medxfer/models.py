@@ -46,7 +46,7 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     stem_key = model.pretrained_cfg["first_conv"] + ".weight"
     own = model.state_dict()
     if stem_key in state and state[stem_key].shape[1] != own[stem_key].shape[1]:
-        state[stem_key] = adapt_input_conv(own[stem_key].shape[1], state[stem_key])
+        state[stem_key] = adapt_stem(state[stem_key], own[stem_key].shape[1])
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise ValueError(f"{source}: weights do not fit {model.default_cfg.get('architecture')}: {mismatched[:5]}")
@@ -57,6 +57,18 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
         raise ValueError(f"{source}: checkpoint does not match the architecture (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
     return list(result.missing_keys)
+
+
+def adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a first-conv weight to `in_chans` inputs, keeping the response to a grey image the same.
+
+    RGB sources use timm's own rule (sum for grey input, repeat for more); other sources are averaged to one
+    channel first and then spread evenly, e.g. a grey X-ray stem over three CT windows.
+    """
+    if weight.shape[1] == 3:
+        return adapt_input_conv(in_chans, weight)
+    grey = weight.sum(dim=1, keepdim=True)
+    return grey.repeat(1, in_chans, 1, 1) / in_chans
 
 
 def create_initialised(

@@ -5,13 +5,13 @@ rule train_classifier:
         model=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/model.skops",
         predictions=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/predictions.csv",
         metrics=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json",
-    params:
-        hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
-        seed=config["seed"],
-    threads: 1
     log:
         f"{R}/logs/train_classifier/{{target}}/{{init}}/{{features}}/{{clf}}.log",
     conda:
         "../../envs/sklearn.yaml"
+    threads: 1
+    params:
+        hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
+        seed=config["seed"],
     script:
         "../scripts/train_classifier.py"

@@ -52,7 +52,11 @@ def target_inputs(wildcards):
 
 def demo_params(wildcards):
     demo = config["demo"]
-    count = {"xray_source": "source_images", "mura": "mura_patients", "ct": "ct_patients"}[wildcards.demo_set]
+    count = {
+        "xray_source": "source_images",
+        "mura": "mura_patients",
+        "ct": "ct_patients",
+    }[wildcards.demo_set]
     return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
 
 
@@ -67,11 +71,17 @@ def init_inputs(wildcards):
 
 
 def finetune_params(wildcards):
-    return {k: v for k, v in FT.items() if k not in ("targets", "inits", "archs", "imagenet_weights")}
+    return {
+        k: v
+        for k, v in FT.items()
+        if k not in ("targets", "inits", "archs", "imagenet_weights")
+    }
 
 
 def pretrain_params(wildcards):
-    return {k: v for k, v in config["pretrain"].items() if k != "source"} | {"class_weights": True}
+    return {k: v for k, v in config["pretrain"].items() if k != "source"} | {
+        "class_weights": True
+    }
 
 
 def features_input(wildcards):
@@ -81,17 +91,31 @@ def features_input(wildcards):
 
 
 def finetune_metrics():
-    return expand(f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json", target=FT["targets"],
-                  init=FT["inits"], arch=ARCHS)
+    return expand(
+        f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json",
+        target=FT["targets"],
+        init=FT["inits"],
+        arch=ARCHS,
+    )
 
 
 def classify_metrics():
-    return expand(f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json", target=FT["targets"],
-                  init=FT["inits"], features=FEATURE_SETS, clf=CLASSIFIERS)
+    return expand(
+        f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json",
+        target=FT["targets"],
+        init=FT["inits"],
+        features=FEATURE_SETS,
+        clf=CLASSIFIERS,
+    )
 
 
 def explanations():
-    return expand(f"{R}/explain/{{target}}/{{init}}/{{arch}}", target=FT["targets"], init=FT["inits"], arch=ARCHS)
+    return expand(
+        f"{R}/explain/{{target}}/{{init}}/{{arch}}",
+        target=FT["targets"],
+        init=FT["inits"],
+        arch=ARCHS,
+    )
 
 
 def final_outputs():

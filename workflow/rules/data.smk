@@ -1,12 +1,12 @@
 rule synthesize_demo:
     output:
         directory("data/demo/{demo_set}"),
-    params:
-        demo=demo_params,
     log:
         f"{R}/logs/synthesize_demo/{{demo_set}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        demo=demo_params,
     script:
         "../scripts/synthesize_demo.py"
 
@@ -17,13 +17,13 @@ rule ingest_dataset:
     output:
         manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
         quarantine=f"{R}/datasets/{{dataset}}/quarantine.csv",
-    params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset],
-        seed=config["seed"],
     log:
         f"{R}/logs/ingest_dataset/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.dataset],
+        seed=config["seed"],
     script:
         "../scripts/ingest_dataset.py"
 
@@ -34,12 +34,13 @@ rule cache_images:
         manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
     output:
         images=f"{R}/datasets/{{dataset}}/images_{{size}}.npy",
-    params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset] | {"size": int(wildcards.size)},
-    threads: 4
     log:
         f"{R}/logs/cache_images/{{dataset}}_{{size}}.log",
     conda:
         "../../envs/data.yaml"
+    threads: 4
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.dataset]
+        | {"size": int(wildcards.size)},
     script:
         "../scripts/cache_images.py"

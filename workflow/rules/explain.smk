@@ -5,19 +5,19 @@ rule explain_model:
         meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
     output:
         directory(f"{R}/explain/{{target}}/{{init}}/{{arch}}"),
-    params:
-        explain=config["explain"],
-        seed=config["seed"],
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=60,
     log:
         f"{R}/logs/explain_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/explain_model/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        explain=config["explain"],
+        seed=config["seed"],
     script:
         "../scripts/explain_model.py"

@@ -5,36 +5,38 @@ rule extract_features:
         meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
     output:
         features=f"{R}/features/{{target}}/{{init}}/{{arch}}.npz",
-    params:
-        batch_size=config["features"]["batch_size"],
-        device=config["device"],
-    threads: 8
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
     log:
         f"{R}/logs/extract_features/{{target}}/{{init}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        batch_size=config["features"]["batch_size"],
+        device=config["device"],
     script:
         "../scripts/extract_features.py"
 
 
 rule fuse_features:
     input:
-        features=expand(f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS),
+        features=expand(
+            f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS
+        ),
     output:
         features=f"{R}/fused/{{target}}/{{init}}/features.npz",
         report=f"{R}/fused/{{target}}/{{init}}/fusion.json",
-    params:
-        fusion=config["fusion"],
-        seed=config["seed"],
     log:
         f"{R}/logs/fuse_features/{{target}}/{{init}}.log",
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        fusion=config["fusion"],
+        seed=config["seed"],
     script:
         "../scripts/fuse_features.py"

@@ -8,20 +8,20 @@ rule finetune_model:
         log_csv=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/log.csv",
         metrics=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json",
         predictions=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/predictions.csv",
-    params:
-        train=finetune_params,
-        seed=config["seed"],
-        device=config["device"],
-    threads: 8
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=180,
     log:
         f"{R}/logs/finetune_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=180,
+    params:
+        train=finetune_params,
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/finetune_model.py"

@@ -5,20 +5,20 @@ rule pretrain_model:
         weights=f"{R}/pretrain/{{source}}/{{arch}}/model.safetensors",
         meta=f"{R}/pretrain/{{source}}/{{arch}}/model.json",
         log_csv=f"{R}/pretrain/{{source}}/{{arch}}/log.csv",
-    params:
-        train=pretrain_params,
-        seed=config["seed"],
-        device=config["device"],
-    threads: 8
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     log:
         f"{R}/logs/pretrain_model/{{source}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain_model/{{source}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        train=pretrain_params,
+        seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/pretrain_model.py"

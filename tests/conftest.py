@@ -1,0 +1,54 @@
+"""Shared fixtures: small real data sets generated on disk, once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medxfer import synth
+
+    root = tmp_path_factory.mktemp("demo")
+    synth.synthesize_xray_source(root / "xray_source", 96, 64, 3)
+    synth.synthesize_mura(root / "mura", 16, 64, 3)
+    synth.synthesize_ct(root / "ct", 14, 64, 3)
+    return root
+
+
+def dataset_config(root: Path, kind: str, **overrides) -> dict:
+    """A validated data set entry for one generated demo set."""
+    from medxfer.config import validate
+
+    entries = {
+        "xray_source": {"format": "csv", "root": str(root / "xray_source"),
+                        "manifest": str(root / "xray_source" / "labels.csv"), "masks": str(root / "xray_source/masks")},
+        "mura": {"format": "mura", "root": str(root / "mura"), "masks": str(root / "mura" / "masks")},
+        "ct": {"format": "dicom", "root": str(root / "ct"), "manifest": str(root / "ct" / "labels.csv"),
+               "modality": "ct", "windows": [[40, 400], [-600, 1500]], "masks": str(root / "ct" / "masks")},
+    }
+    entry = entries[kind] | overrides
+    conf = validate({"datasets": {kind: entry}, "finetune": {"targets": [kind], "inits": ["scratch"]}})
+    return conf["datasets"][kind]
+
+
+@pytest.fixture(scope="session")
+def cached(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Ingested + cached demo sets: name -> (manifest, images)."""
+    from medxfer.cache import cache_images
+    from medxfer.ingest import ingest_dataset
+
+    out = tmp_path_factory.mktemp("cached")
+    result = {}
+    for kind in ("xray_source", "mura", "ct"):
+        ds = dataset_config(demo_root, kind)
+        manifest, images = out / kind / "manifest.csv", out / kind / "images_64.npy"
+        ingest_dataset(kind, ds, manifest, out / kind / "quarantine.csv", seed=0)
+        cache_images(ds, manifest, images, threads=2)
+        result[kind] = (manifest, images)
+    return result

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from medxfer.config import ConfigError, load, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_validates_and_fills_defaults():
+    conf = load(REPO / "config" / "config.yaml")
+    assert conf["finetune"]["augment"]["hflip"] == 0.5
+    assert conf["datasets"]["demo_mura"]["size"] == 64
+    assert conf["explain"]["methods"] == ["gradcam", "lime"]
+
+
+def minimal(**finetune):
+    return {"datasets": {"a": {"format": "mura", "root": "x"}}, "finetune": {"targets": ["a"], "inits": ["scratch"],
+                                                                             **finetune}}
+
+
+def test_error_names_key_value_and_allowed():
+    with pytest.raises(ConfigError) as err:
+        validate(minimal(inits=["bogus"]))
+    message = str(err.value)
+    assert "finetune.inits[0]" in message and "'bogus'" in message and "indomain" in message
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(ConfigError, match="known keys"):
+        validate(minimal() | {"finetuen": {}})
+
+
+def test_cross_checks_target_and_imagenet_weights():
+    conf = minimal(inits=["imagenet"])
+    conf["finetune"]["targets"] = ["missing"]
+    with pytest.raises(ConfigError) as err:
+        validate(conf)
+    assert "finetune.targets[0]" in str(err.value)
+    assert "finetune.imagenet_weights.resnet10t" in str(err.value)
+
+
+def test_indomain_needs_pretrain_source():
+    with pytest.raises(ConfigError, match="pretrain.source"):
+        validate(minimal(inits=["indomain"]))
+
+
+def test_defaults_are_not_shared_between_calls():
+    first = validate(minimal())
+    first["finetune"]["augment"]["hflip"] = 0.0
+    assert validate(minimal())["finetune"]["augment"]["hflip"] == 0.5

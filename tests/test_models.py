@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from medxfer import models
+
+
+def test_create_rejects_unknown_arch():
+    with pytest.raises(ValueError, match="unknown architecture 'not_a_model'"):
+        models.create("not_a_model", 2, 1)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = models.create("resnet10t", 3, 1).eval()
+    models.save(tmp_path, model, {"arch": "resnet10t", "classes": ["a", "b", "c"], "in_chans": 1,
+                                  "input_size": [1, 64, 64]})
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    loaded, meta = models.load(tmp_path)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert meta["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_indomain_init_copies_backbone_adapts_stem_and_resets_head(tmp_path):
+    source = models.create("mobilenetv3_small_050", 4, 1)
+    models.save(tmp_path, source, {"arch": "mobilenetv3_small_050", "classes": list("abcd"), "in_chans": 1,
+                                   "input_size": [1, 64, 64]})
+    target = models.create_initialised("mobilenetv3_small_050", 2, 3, "indomain", tmp_path)
+    src, dst = source.state_dict(), target.state_dict()
+    assert torch.equal(src["blocks.2.0.conv_pw.weight"], dst["blocks.2.0.conv_pw.weight"])
+    assert dst["conv_stem.weight"].shape[1] == 3 and src["conv_stem.weight"].shape[1] == 1
+    # timm repeats a single-channel stem over the new channels and rescales it
+    assert torch.allclose(dst["conv_stem.weight"].sum(1, keepdim=True), src["conv_stem.weight"], atol=1e-5)
+    assert dst["classifier.weight"].shape == (2, 1024)
+
+
+def test_indomain_init_rejects_other_architecture(tmp_path):
+    source = models.create("resnet10t", 2, 1)
+    models.save(tmp_path, source, {"arch": "resnet10t", "classes": ["a", "b"], "in_chans": 1,
+                                   "input_size": [1, 64, 64]})
+    with pytest.raises(ValueError, match="is a resnet10t, not a mobilenetv3_small_050"):
+        models.create_initialised("mobilenetv3_small_050", 2, 1, "indomain", tmp_path)
+
+
+def test_imagenet_init_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        models.create_initialised("resnet10t", 2, 1, "imagenet", tmp_path / "missing.safetensors")
+
+
+def test_imagenet_init_from_local_file(tmp_path):
+    imagenet = models.create("resnet10t", 1000, 3)
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(imagenet.state_dict(), str(path))
+    model = models.create_initialised("resnet10t", 2, 1, "imagenet", path)
+    assert torch.equal(model.state_dict()["layer3.0.conv1.weight"], imagenet.state_dict()["layer3.0.conv1.weight"])
+
+
+def test_gradcam_layer_is_last_stage():
+    model = models.create("resnet10t", 2, 1)
+    assert models.gradcam_layer(model) is model.layer4
