@@ -21,16 +21,16 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def dataset_config(root: Path, kind: str, **overrides) -> dict:
+def dataset_config(demo: Path, kind: str, **overrides) -> dict:
     """A validated data set entry for one generated demo set."""
     from medxfer.config import validate
 
     entries = {
-        "xray_source": {"format": "csv", "root": str(root / "xray_source"),
-                        "manifest": str(root / "xray_source" / "labels.csv"), "masks": str(root / "xray_source/masks")},
-        "mura": {"format": "mura", "root": str(root / "mura"), "masks": str(root / "mura" / "masks")},
-        "ct": {"format": "dicom", "root": str(root / "ct"), "manifest": str(root / "ct" / "labels.csv"),
-               "modality": "ct", "windows": [[40, 400], [-600, 1500]], "masks": str(root / "ct" / "masks")},
+        "xray_source": {"format": "csv", "root": str(demo / "xray_source"),
+                        "manifest": str(demo / "xray_source" / "labels.csv"), "masks": str(demo / "xray_source" / "masks")},
+        "mura": {"format": "mura", "root": str(demo / "mura"), "masks": str(demo / "mura" / "masks")},
+        "ct": {"format": "dicom", "root": str(demo / "ct"), "manifest": str(demo / "ct" / "labels.csv"),
+               "modality": "ct", "windows": [[40, 400], [-600, 1500]], "masks": str(demo / "ct" / "masks")},
     }
     entry = entries[kind] | overrides
     conf = validate({"datasets": {kind: entry}, "finetune": {"targets": [kind], "inits": ["scratch"]}})

@@ -70,8 +70,7 @@ def lime_maps(
         rgb = np.concatenate([hwc] + [hwc[..., :1]] * (3 - channels), axis=-1)
         explainer = lime_image.LimeImageExplainer(random_state=seed)
         explanation = explainer.explain_instance(rgb, classify, labels=(int(targets[i]),), top_labels=None,
-                                                 hide_color=0, num_samples=num_samples, segmentation_fn=segmenter,
-                                                 progress_bar=False)
+                                                 hide_color=0, num_samples=num_samples, segmentation_fn=segmenter)
         weights = dict(explanation.local_exp[int(targets[i])])
         heat = np.vectorize(lambda s: max(weights.get(s, 0.0), 0.0))(explanation.segments).astype(np.float32)
         maps[i] = heat / heat.max() if heat.max() > 0 else heat

@@ -285,7 +285,7 @@ def _chest_anatomy(rng: np.random.Generator) -> _Chest:
         rib_dy=rng.uniform(0.15, 0.19),
         rib_rx=rng.uniform(0.55, 0.68),
         rib_ry=rng.uniform(0.26, 0.34),
-        rib_w=rng.uniform(0.032, 0.045),
+        rib_w=rng.uniform(0.035, 0.05),
         bone=rng.uniform(0.13, 0.2),
         n_ribs=int(rng.integers(6, 8)),
         vessels=vessels,
@@ -297,7 +297,7 @@ def _rib_centre(a: _Chest, side: float, i: int) -> tuple[float, float]:
     return side * 0.04, a.rib_y0 + i * a.rib_dy + a.rib_ry
 
 
-def _rib(x: Array, y: Array, a: _Chest, side: float, i: int) -> Array:
+def _rib(x: Array, y: Array, *, a: _Chest, side: float, i: int) -> Array:
     """A posterior rib as the upper arc of an ellipse running laterally from the spine."""
     cx, cy = _rib_centre(a, side, i)
     u, v = (x - cx) / a.rib_rx, (y - cy) / a.rib_ry
@@ -321,6 +321,10 @@ def _clavicle_ends(side: float) -> tuple[tuple[float, float], tuple[float, float
     return (side * 0.1, -0.66), (side * 0.64, -0.78)
 
 
+def _clavicle(x: Array, y: Array, p0: tuple[float, float], p1: tuple[float, float]) -> Array:
+    return 1.1 * _tube(_segment(x, y, p0, p1)[0], 0.045, 0.025)
+
+
 def _lungs(x: Array, y: Array, a: _Chest, px: float, side: float | None = None) -> Array:
     sides = (-1.0, 1.0) if side is None else (side,)
     out = sum(_ellipse(x, y, s * a.lung_cx, a.lung_cy, a.lung_rx, a.lung_ry, 2 * px) for s in sides)
@@ -340,9 +344,8 @@ def _chest_base(x: Array, y: Array, a: _Chest, px: float) -> Array:
     img += 0.07 * spine
     for side in (-1.0, 1.0):
         for i in range(a.n_ribs):
-            img += a.bone * _rib(x, y, a, side, i)
-        d, _ = _segment(x, y, *_clavicle_ends(side))
-        img += 1.1 * a.bone * _tube(d, 0.045, 0.025)
+            img += a.bone * _rib(x, y, a=a, side=side, i=i)
+        img += a.bone * _clavicle(x, y, *_clavicle_ends(side))
     return img
 
 
@@ -354,40 +357,42 @@ def _chest_finding(x: Array, y: Array, a: _Chest, px: float, label: str, rng: np
         side = float(rng.choice([-1.0, 1.0]))
         r, ang = 0.75 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
         cx, cy = side * a.lung_cx + r * a.lung_rx * math.cos(ang), a.lung_cy + r * a.lung_ry * math.sin(ang)
-        radius = math.exp(rng.uniform(math.log(0.035), math.log(0.11)))
-        amp = math.exp(rng.uniform(math.log(0.05), math.log(0.25)))
+        radius = math.exp(rng.uniform(math.log(0.045), math.log(0.13)))
+        amp = math.exp(rng.uniform(math.log(0.08), math.log(0.3)))
         return amp * _ball(np.hypot(x - cx, y - cy), radius)
     if label == "fracture":
         effect = np.zeros_like(x)
         side = float(rng.choice([-1.0, 1.0]))
-        n_breaks = 1 + int(rng.random() < 0.3)
+        n_breaks = 1 + int(rng.random() < 0.4) + int(rng.random() < 0.15)
         if rng.random() < 0.25:  # clavicle
             p0, p1 = _clavicle_ends(side)
             t = rng.uniform(0.3, 0.8)
             p = (p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
-            tang = ((p1[0] - p0[0]), (p1[1] - p0[1]))
-            n = math.hypot(*tang)
-            breaks = [(p, (tang[0] / n, tang[1] / n), _tube(_segment(x, y, p0, p1)[0], 0.045, 0.025) * 1.1)]
+            n = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
+            tangent = ((p1[0] - p0[0]) / n, (p1[1] - p0[1]) / n)
+            breaks = [(p, tangent, functools.partial(_clavicle, p0=p0, p1=p1))]
         else:
-            i0 = int(rng.integers(1, a.n_ribs - 1))
+            i0 = int(rng.integers(1, a.n_ribs - n_breaks + 1))
             phi = rng.uniform(0.3, 1.1)
-            breaks = [(*_rib_point(a, side, i, phi), _rib(x, y, a, side, i)) for i in range(i0, i0 + n_breaks)]
-        for p, (tx, ty), bone in breaks:
+            breaks = [(*_rib_point(a, side, i, phi), functools.partial(_rib, a=a, side=side, i=i))
+                      for i in range(i0, i0 + n_breaks)]
+        for p, (tx, ty), bone_fn in breaks:
             delta = rng.uniform(-0.5, 0.5)
             c, s = math.cos(delta), math.sin(delta)
             lx, ly = c * tx - s * ty, s * tx + c * ty  # gap measured along the (tilted) bone direction
             along = (x - p[0]) * lx + (y - p[1]) * ly
-            near = np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2) / (2 * (4 * a.rib_w) ** 2))
-            width = rng.uniform(0.6, 1.1) * px
-            depth = rng.uniform(0.45, 1.0)
-            effect -= depth * a.bone * bone * np.exp(-0.5 * (along / width) ** 2) * near
+            near = np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2) / (2 * (3 * a.rib_w) ** 2))
+            step = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.3, 0.9) * a.rib_w * _inside(along, px) * near
+            bone, moved = bone_fn(x, y), bone_fn(x + step * ty, y - step * tx)  # fragment shifted across the bone
+            gap = np.exp(-0.5 * (along / (rng.uniform(0.5, 0.8) * px)) ** 2) * near
+            effect += a.bone * ((moved - bone) - rng.uniform(0.6, 1.0) * gap * np.maximum(bone, moved))
         return effect
     if label == "effusion":
         side = float(rng.choice([-1.0, 1.0]))
         lung = _lungs(x, y, a, px, side)
         u = np.clip((side * x - a.lung_cx) / a.lung_rx, -1.0, 1.0)  # -1 medial, +1 lateral
         level = a.lung_cy + a.lung_ry * (rng.uniform(0.15, 0.75) - rng.uniform(0.1, 0.3) * (u + 1.0))
-        amp = rng.uniform(0.3, 0.9) * a.lung_dark
+        amp = rng.uniform(0.45, 1.0) * a.lung_dark
         return amp * lung * _inside(y - level, rng.uniform(0.04, 0.1))
     raise ValueError(f"unknown chest finding '{label}'")
 
@@ -475,7 +480,7 @@ def _limb_bones(x: Array, y: Array, a: _Limb, px: float) -> tuple[Array, dict[st
     o = a.offsets
     bones: dict[str, Array] = {}
     if a.part == "HUMERUS":
-        d, _ = _segment(x, y, (0.0, -0.55), (0.02, 1.8))
+        d, _ = _segment(x, y, (0.0, -0.5), (0.02, 1.8))
         tissue = _tube(np.abs(x - 0.01), a.tissue_r, 0.0) + 0.8 * _ellipse(x, y, 0.1, -0.85, 0.6, 0.45, 4 * px)
         bones["shaft"] = _tube(d, a.r_shaft, a.r_inner * a.r_shaft)
         hd = np.hypot(x - 0.04, y + 0.7)
@@ -511,59 +516,92 @@ class _Abnormality:
     kind: str  # fracture | lytic | sclerotic | periosteal
     bone: str
     point: tuple[float, float]
-    direction: float  # angle of the fracture line / lesion axis
-    size: float
-    strength: float
+    direction: float  # tilt of the fracture line / lesion axis (rad)
+    size: float  # lesion half-axis, anatomy units
+    strength: float  # 0..1, fraction of the bone's brightness removed or added
+    shift: float  # fracture displacement across the bone, in bone radii (signed)
+    width: float  # fracture gap width in pixels
+    swelling: float  # soft-tissue swelling around the abnormality, fraction of the tissue brightness
+
+
+def _bone_axis(a: _Limb, bone: str, y: float) -> tuple[float, float]:
+    """x of the bone's axis and its radius at height y (anatomy units), to place findings on the cortex."""
+    if bone == "radius":
+        t = (1.8 - y) / 1.75
+        return -0.12 - 0.01 * t, a.r_shaft * (1.0 + 0.7 * min(max((t - 0.75) / 0.25, 0.0), 1.0) ** 2)
+    if bone == "ulna":
+        return 0.16 + (a.offsets[1] - 0.01) * (1.8 - y) / 1.68, a.r_second
+    if bone == "head":
+        return 0.04, 0.5 * a.head_r
+    if bone == "carpals":
+        return -0.2 + a.offsets[2], 0.08
+    return 0.0, a.r_shaft
 
 
 def _limb_abnormality(a: _Limb, rng: np.random.Generator) -> _Abnormality:
-    kind = str(rng.choice(["fracture", "fracture", "lytic", "sclerotic", "periosteal"]))
+    kind = str(rng.choice(["fracture", "fracture", "fracture", "lytic", "sclerotic", "periosteal"]))
     if a.part == "HUMERUS":
-        if rng.random() < 0.3:
-            bone, point = "head", (0.04 + rng.uniform(-0.1, 0.1), -0.7 + rng.uniform(0.0, 0.12))
+        if rng.random() < 0.25:
+            bone, py = "head", -0.7 + rng.uniform(0.0, 0.12)
             kind = "fracture" if kind == "periosteal" else kind
         else:
-            bone, point = "shaft", (0.0, rng.uniform(-0.35, 0.5))
+            bone, py = "shaft", rng.uniform(-0.35, 0.5)
     else:
         choice = rng.random()
         if choice < 0.6:
-            bone, point = "radius", (-0.13, rng.uniform(0.1, 0.45))
+            bone, py = "radius", rng.uniform(0.1, 0.45)
         elif choice < 0.8:
-            bone, point = "ulna", (0.15, rng.uniform(0.15, 0.45))
+            bone, py = "ulna", rng.uniform(0.15, 0.45)
         else:
-            bone, point = "carpals", (-0.2, -0.12)  # scaphoid
+            bone, py = "carpals", -0.12 + a.offsets[10]  # scaphoid
             kind = "fracture" if kind == "periosteal" else kind
+    ax, _ = _bone_axis(a, bone, py)
     return _Abnormality(
         kind=kind,
         bone=bone,
-        point=point,
+        point=(ax + (rng.uniform(-0.03, 0.03) if bone == "head" else 0.0), py),
         direction=rng.uniform(-0.6, 0.6),
-        size=rng.uniform(0.04, 0.08),
-        strength=math.exp(rng.uniform(math.log(0.3), math.log(0.95))),
+        size=rng.uniform(0.07, 0.14),
+        strength=math.exp(rng.uniform(math.log(0.45), math.log(1.0))),
+        shift=float(rng.choice([-1.0, 1.0])) * rng.uniform(0.25, 1.0),
+        width=rng.uniform(1.4, 2.8),
+        swelling=rng.uniform(0.1, 0.7),
     )
 
 
-def _limb_effect(x: Array, y: Array, a: _Limb, bones: dict[str, Array], ab: _Abnormality, px: float) -> Array:
+def _limb_effect(
+    x: Array, y: Array, a: _Limb, tissue: Array, bones: dict[str, Array], ab: _Abnormality, px: float
+) -> tuple[Array, Array]:
+    """The abnormality's focal change (its mask) and the diffuse soft-tissue swelling around it, in this view.
+
+    Both are defined in anatomy coordinates, so they move with the bone from view to view. The swelling is a broad,
+    low-contrast cue of varying strength: strong swelling makes a positive easy, none leaves only the focal sign.
+    """
     bone = bones[ab.bone]
     dx, dy = x - ab.point[0], y - ab.point[1]
+    ax, radius = _bone_axis(a, ab.bone, ab.point[1])
+    within = np.clip(1.5 * tissue / a.tissue, 0.0, 1.0)
+    swelling = ab.swelling * a.tissue * np.exp(-0.5 * (dx * dx + dy * dy) / (5.0 * radius) ** 2) * within
     if ab.kind == "fracture":
         c, s = math.cos(ab.direction), math.sin(ab.direction)
-        across = -s * dx + c * dy  # distance across a line that runs (roughly) perpendicular to the bone
-        near = np.exp(-0.5 * (dx * dx + dy * dy) / 0.3**2)
-        gap = np.exp(-0.5 * (across / (0.9 * px)) ** 2) * near
-        step = 0.35 * np.exp(-0.5 * ((across - 1.6 * px) / (0.7 * px)) ** 2) * near  # overlapping fragment edge
-        return a.bone * ab.strength * bone * (step - gap)
+        across = -s * dx + c * dy  # signed distance from a line running (roughly) across the bone
+        near = np.exp(-0.5 * (dx * dx + dy * dy) / (2.0 * radius) ** 2)
+        moved = _inside(across, px) * near  # the distal fragment, displaced sideways near the break
+        _, shifted = _limb_bones(x - ab.shift * radius * moved, y, a, px)
+        gap = np.exp(-0.5 * (across / (0.5 * ab.width * px)) ** 2) * near
+        return a.bone * ((shifted[ab.bone] - bone) - ab.strength * gap * np.maximum(bone, shifted[ab.bone])), swelling
     if ab.kind in ("lytic", "sclerotic"):
         c, s = math.cos(ab.direction), math.sin(ab.direction)
-        u, v = (c * dx + s * dy) / (0.8 * ab.size), (-s * dx + c * dy) / (1.4 * ab.size)
+        u, v = (c * dx + s * dy) / (0.8 * ab.size), (-s * dx + c * dy) / (1.3 * ab.size)
         blob = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None))
         sign = -1.0 if ab.kind == "lytic" else 1.0
-        return sign * a.bone * ab.strength * 0.8 * blob * np.clip(bone / max(float(bone.max()), 1e-6) + 0.3, 0, 1)
+        inside = np.clip(bone / max(float(bone.max()), 1e-6) + 0.3, 0.0, 1.0)
+        return sign * a.bone * ab.strength * 0.8 * blob * inside, 0.5 * swelling
     if ab.kind == "periosteal":  # bright new bone along one cortex
-        edge_x = ab.point[0] + (a.r_shaft if ab.direction > 0 else -a.r_shaft) * 1.1
-        u = (x - edge_x) / (0.35 * ab.size)
-        v = (y - ab.point[1]) / (2.0 * ab.size)
-        return a.bone * ab.strength * 0.7 * np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None))
+        edge_x = ax + (radius if ab.shift > 0 else -radius)
+        u = (x - edge_x) / (0.4 * ab.size)
+        v = (y - ab.point[1]) / (2.5 * ab.size)
+        return a.bone * ab.strength * 0.8 * np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, None)), 0.7 * swelling
     raise ValueError(f"unknown abnormality '{ab.kind}'")
 
 
@@ -575,12 +613,12 @@ def _limb_image(
                  study_pose.tx + rng.uniform(-0.06, 0.06), study_pose.ty + rng.uniform(-0.06, 0.06), a.flip)
     x, y, px = pose.coords(size)
     tissue, bones = _limb_bones(x, y, a, px)
-    effect = np.zeros_like(x) if ab is None else _limb_effect(x, y, a, bones, ab, px)
-    img = a.background + tissue + a.bone * sum(bones.values()) + effect
-    img = _finish_radiograph(img, rng, size, (0.015, 0.045))
+    focal, diffuse = (np.zeros_like(x),) * 2 if ab is None else _limb_effect(x, y, a, tissue, bones, ab, px)
+    img = a.background + tissue + a.bone * sum(bones.values()) + focal + diffuse
+    img = _finish_radiograph(img, rng, size, (0.012, 0.035))
     if rng.random() < 0.8:
         _burn_marker(img, rng, "LR", rng.uniform(0.8, 1.0))
-    mask = np.zeros((size, size), np.uint8) if ab is None else _mask_from_effect(effect)
+    mask = np.zeros((size, size), np.uint8) if ab is None else _mask_from_effect(focal)
     return _to_uint8(img), mask
 
 
@@ -672,18 +710,24 @@ class _ChestCT:
 def _ct_anatomy(rng: np.random.Generator) -> _ChestCT:
     year, month, day = int(rng.integers(1935, 1996)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
     s_month, s_day = int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    body_rx, body_ry, body_cy = rng.uniform(0.72, 0.88), rng.uniform(0.5, 0.62), rng.uniform(-0.02, 0.06)
+    fat = rng.uniform(0.03, 0.1)
+    lung_cx, lung_cy = rng.uniform(0.3, 0.36), body_cy - rng.uniform(0.02, 0.06)
+    # the lungs stay inside the rib cage (ribs sit ~0.05 inside the muscle wall)
+    lung_rx = min(rng.uniform(0.24, 0.3), body_rx - fat - 0.1 - lung_cx)
+    lung_ry = min(rng.uniform(0.34, 0.42), body_ry - fat - 0.1 - (body_cy - lung_cy))
     return _ChestCT(
         fov_mm=rng.uniform(340.0, 420.0),
-        body_rx=rng.uniform(0.72, 0.88),
-        body_ry=rng.uniform(0.5, 0.62),
-        body_cy=rng.uniform(-0.02, 0.06),
-        fat=rng.uniform(0.03, 0.1),
+        body_rx=body_rx,
+        body_ry=body_ry,
+        body_cy=body_cy,
+        fat=fat,
         fat_hu=rng.uniform(-120.0, -80.0),
         tissue_hu=rng.uniform(35.0, 55.0),
-        lung_cx=rng.uniform(0.33, 0.4),
-        lung_cy=rng.uniform(-0.05, 0.02),
-        lung_rx=rng.uniform(0.24, 0.3),
-        lung_ry=rng.uniform(0.34, 0.42),
+        lung_cx=lung_cx,
+        lung_cy=lung_cy,
+        lung_rx=lung_rx,
+        lung_ry=lung_ry,
         lung_hu=rng.uniform(-880.0, -800.0),
         spine_r=rng.uniform(0.08, 0.1),
         cancellous_hu=rng.uniform(220.0, 350.0),
@@ -706,6 +750,8 @@ class _CTLesion:
     v: float
     radius_mm: float
     hu: float  # absolute HU for lung nodules, contrast above surrounding tissue for soft lesions
+    halo: float = 0.0  # ground-glass halo radius as a multiple of the nodule radius (0 = none)
+    halo_hu: float = -550.0
 
 
 def _ct_lesion(rng: np.random.Generator) -> _CTLesion:
@@ -713,10 +759,12 @@ def _ct_lesion(rng: np.random.Generator) -> _CTLesion:
     r, ang = 0.7 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
     if kind == "soft":
         return _CTLesion(kind, float(rng.choice([-1.0, 1.0])), rng.uniform(0.3, 1.3), 0.0,
-                         rng.uniform(8.0, 20.0), rng.uniform(30.0, 80.0))
+                         rng.uniform(12.0, 30.0), rng.uniform(30.0, 80.0))
     hu = rng.uniform(30.0, 80.0) if kind == "solid" else rng.uniform(-550.0, -250.0)
-    radius = math.exp(rng.uniform(math.log(4.0), math.log(15.0)))
-    return _CTLesion(kind, float(rng.choice([-1.0, 1.0])), r * math.cos(ang), r * math.sin(ang), radius, hu)
+    radius = math.exp(rng.uniform(math.log(7.0), math.log(35.0)))
+    halo = rng.uniform(1.5, 2.5) if kind == "solid" and rng.random() < 0.6 else 0.0
+    return _CTLesion(kind, float(rng.choice([-1.0, 1.0])), r * math.cos(ang), r * math.sin(ang), radius, hu,
+                     halo, rng.uniform(-700.0, -450.0))
 
 
 def _paint(hu: Array, alpha: Array, value: float | Array) -> Array:
@@ -739,11 +787,11 @@ def _ct_slice(
     for alpha, _ in lungs:
         hu = _paint(hu, alpha, a.lung_hu + 60.0 * (y - a.lung_cy) / lry)  # dependent lung is denser
     for alpha, s in lungs:  # vessels: small bright dots that a small nodule can be confused with
-        for _ in range(int(rng.integers(5, 11))):
+        for _ in range(int(rng.integers(3, 9))):
             r, ang = 0.85 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
             cx, cy = s * a.lung_cx + r * lrx * math.cos(ang), a.lung_cy + r * lry * math.sin(ang)
-            rad = rng.uniform(0.008, 0.022) * (1.3 - 0.6 * r)
-            hu = _paint(hu, alpha * _ellipse(x, y, cx, cy, rad, rad, px), rng.uniform(-100.0, 40.0))
+            rad = rng.uniform(0.006, 0.018) * (1.3 - 0.6 * r)
+            hu = _paint(hu, alpha * _ellipse(x, y, cx, cy, rad, rad, px), rng.uniform(-300.0, 0.0))
     heart = float(np.clip((z - 0.35) / 0.35, 0.0, 1.0))
     if heart > 0:
         hu = _paint(hu, _ellipse(x, y, 0.06, a.lung_cy - 0.03, 0.3 * heart + 0.02, 0.24 * heart + 0.02, px, 0.4),
@@ -772,8 +820,9 @@ def _ct_slice(
         hu = _paint(hu, _ellipse(x, y, cx, cy, 0.035, 0.024, px, ang), a.cortex_hu * rng.uniform(0.75, 1.0))
     if z < 0.5:  # scapulae
         for s in (-1.0, 1.0):
-            hu = _paint(hu, _ellipse(x, y, s * 0.5, a.body_cy + a.body_ry - 0.15, 0.2, 0.03, px, s * 0.5),
-                        0.7 * a.cortex_hu)
+            sx = s * 0.55 * a.body_rx
+            sy = a.body_cy + 0.97 * a.body_ry * math.sqrt(1.0 - (sx / a.body_rx) ** 2) - 0.05
+            hu = _paint(hu, _ellipse(x, y, sx, sy, 0.18, 0.025, px, -s * 0.5), 0.7 * a.cortex_hu)
     effect = np.zeros_like(x)
     if lesion is not None:
         r_mm = math.sqrt(max(lesion.radius_mm**2 - dz_mm**2, 0.25 * lesion.radius_mm**2))
@@ -788,9 +837,12 @@ def _ct_slice(
         else:
             cx, cy = lesion.side * a.lung_cx + lesion.u * lrx, a.lung_cy + lesion.v * lry
             alpha = _ellipse(x, y, cx, cy, r, r * rng.uniform(0.85, 1.0), px)
-            before = hu
+            effect = alpha * (lesion.hu - hu)  # the mask follows the nodule itself, not its halo
+            if lesion.halo:
+                lung = sum(lung_alpha for lung_alpha, _ in lungs)
+                halo = _ellipse(x, y, cx, cy, lesion.halo * r, lesion.halo * r, 2 * px) * lung
+                hu = _paint(hu, halo, np.maximum(hu, lesion.halo_hu + rng.uniform(0.0, 60.0)))
             hu = _paint(hu, alpha, lesion.hu)
-            effect = hu - before
     hu = _blur(hu, 0.5 * size / 64) + rng.normal(0.0, a.noise_hu, hu.shape)
     mask = np.zeros((size, size), np.uint8) if lesion is None else _mask_from_effect(_blur(effect, 0.5 * size / 64))
     return hu, mask
