@@ -26,11 +26,21 @@ def dataset_config(demo: Path, kind: str, **overrides) -> dict:
     from medxfer.config import validate
 
     entries = {
-        "xray_source": {"format": "csv", "root": str(demo / "xray_source"),
-                        "manifest": str(demo / "xray_source" / "labels.csv"), "masks": str(demo / "xray_source" / "masks")},
+        "xray_source": {
+            "format": "csv",
+            "root": str(demo / "xray_source"),
+            "manifest": str(demo / "xray_source" / "labels.csv"),
+            "masks": str(demo / "xray_source" / "masks"),
+        },
         "mura": {"format": "mura", "root": str(demo / "mura"), "masks": str(demo / "mura" / "masks")},
-        "ct": {"format": "dicom", "root": str(demo / "ct"), "manifest": str(demo / "ct" / "labels.csv"),
-               "modality": "ct", "windows": [[40, 400], [-600, 1500]], "masks": str(demo / "ct" / "masks")},
+        "ct": {
+            "format": "dicom",
+            "root": str(demo / "ct"),
+            "manifest": str(demo / "ct" / "labels.csv"),
+            "modality": "ct",
+            "windows": [[40, 400], [-600, 1500]],
+            "masks": str(demo / "ct" / "masks"),
+        },
     }
     entry = entries[kind] | overrides
     conf = validate({"datasets": {kind: entry}, "finetune": {"targets": [kind], "inits": ["scratch"]}})

@@ -15,8 +15,10 @@ def test_default_config_validates_and_fills_defaults():
 
 
 def minimal(**finetune):
-    return {"datasets": {"a": {"format": "mura", "root": "x"}}, "finetune": {"targets": ["a"], "inits": ["scratch"],
-                                                                             **finetune}}
+    return {
+        "datasets": {"a": {"format": "mura", "root": "x"}},
+        "finetune": {"targets": ["a"], "inits": ["scratch"], **finetune},
+    }
 
 
 def test_error_names_key_value_and_allowed():

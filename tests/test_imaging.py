@@ -56,8 +56,13 @@ def test_bad_files_name_the_file_and_problem(tmp_path):
     data = (tmp_path / "ok.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
     no_pixels = write_dicom(tmp_path / "nopix.dcm", np.zeros((8, 8)), pixel=False)
-    cases = {"empty.png": "empty file", "text.png": "not a readable image", "truncated.png": "not a readable image",
-             "nopix.dcm": "no pixel data", "missing.png": "not found"}
+    cases = {
+        "empty.png": "empty file",
+        "text.png": "not a readable image",
+        "truncated.png": "not a readable image",
+        "nopix.dcm": "no pixel data",
+        "missing.png": "not found",
+    }
     for name, reason in cases.items():
         path = no_pixels if name == "nopix.dcm" else tmp_path / name
         with pytest.raises(ImageError, match=reason) as err:

@@ -14,8 +14,9 @@ def test_create_rejects_unknown_arch():
 
 def test_save_load_round_trip_is_exact(tmp_path):
     model = models.create("resnet10t", 3, 1).eval()
-    models.save(tmp_path, model, {"arch": "resnet10t", "classes": ["a", "b", "c"], "in_chans": 1,
-                                  "input_size": [1, 64, 64]})
+    models.save(
+        tmp_path, model, {"arch": "resnet10t", "classes": ["a", "b", "c"], "in_chans": 1, "input_size": [1, 64, 64]}
+    )
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
     loaded, meta = models.load(tmp_path)
@@ -27,8 +28,11 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 def test_indomain_init_copies_backbone_adapts_stem_and_resets_head(tmp_path):
     source = models.create("mobilenetv3_small_050", 4, 1)
-    models.save(tmp_path, source, {"arch": "mobilenetv3_small_050", "classes": list("abcd"), "in_chans": 1,
-                                   "input_size": [1, 64, 64]})
+    models.save(
+        tmp_path,
+        source,
+        {"arch": "mobilenetv3_small_050", "classes": list("abcd"), "in_chans": 1, "input_size": [1, 64, 64]},
+    )
     target = models.create_initialised("mobilenetv3_small_050", 2, 3, "indomain", tmp_path)
     src, dst = source.state_dict(), target.state_dict()
     assert torch.equal(src["blocks.2.0.conv_pw.weight"], dst["blocks.2.0.conv_pw.weight"])
@@ -40,8 +44,9 @@ def test_indomain_init_copies_backbone_adapts_stem_and_resets_head(tmp_path):
 
 def test_indomain_init_rejects_other_architecture(tmp_path):
     source = models.create("resnet10t", 2, 1)
-    models.save(tmp_path, source, {"arch": "resnet10t", "classes": ["a", "b"], "in_chans": 1,
-                                   "input_size": [1, 64, 64]})
+    models.save(
+        tmp_path, source, {"arch": "resnet10t", "classes": ["a", "b"], "in_chans": 1, "input_size": [1, 64, 64]}
+    )
     with pytest.raises(ValueError, match="is a resnet10t, not a mobilenetv3_small_050"):
         models.create_initialised("mobilenetv3_small_050", 2, 1, "indomain", tmp_path)
 

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,8 @@ def test_second_run_has_nothing_to_do(run_dir):
 
 def test_checkpoints_load_and_describe_themselves(run_dir):
     checkpoints = sorted((run_dir / "results").glob("*/*/*/model.json")) + sorted(
-        (run_dir / "results").glob("finetune/*/*/*/model.json"))
+        (run_dir / "results").glob("finetune/*/*/*/model.json")
+    )
     assert len(checkpoints) == 2 + 2 * 2 * 2
     for meta_path in checkpoints:
         model, meta = models.load(meta_path.parent)

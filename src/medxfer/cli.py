@@ -33,8 +33,14 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from medxfer.runtime import get_logger
 
     out = Path(args.out)
-    ingest_dataset(args.dataset, _dataset(args), out / "manifest.csv", out / "quarantine.csv", seed=args.seed,
-                   log=get_logger("medxfer.ingest"))
+    ingest_dataset(
+        args.dataset,
+        _dataset(args),
+        out / "manifest.csv",
+        out / "quarantine.csv",
+        seed=args.seed,
+        log=get_logger("medxfer.ingest"),
+    )
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -43,8 +49,13 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
     dataset = _dataset(args)
     out = Path(args.out)
-    cache_images(dataset, out / "manifest.csv", out / f"images_{dataset['size']}.npy", threads=args.threads,
-                 log=get_logger("medxfer.cache"))
+    cache_images(
+        dataset,
+        out / "manifest.csv",
+        out / f"images_{dataset['size']}.npy",
+        threads=args.threads,
+        log=get_logger("medxfer.cache"),
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -52,8 +63,16 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     conf = cfg.load(args.config)
     params = {k: v for k, v in conf["pretrain"].items() if k != "source"}
-    pretrain_model(Path(args.manifest), Path(args.images), args.arch, params, Path(args.out), threads=args.threads,
-                   seed=conf["seed"], device=conf["device"])
+    pretrain_model(
+        Path(args.manifest),
+        Path(args.images),
+        args.arch,
+        params,
+        Path(args.out),
+        threads=args.threads,
+        seed=conf["seed"],
+        device=conf["device"],
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -61,16 +80,31 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     conf = cfg.load(args.config)
     params = {k: v for k, v in conf["finetune"].items() if k not in ("targets", "inits", "archs", "imagenet_weights")}
-    finetune_model(Path(args.manifest), Path(args.images), args.arch, args.init, params, Path(args.out),
-                   init_path=Path(args.init_path) if args.init_path else None, threads=args.threads,
-                   seed=conf["seed"], device=conf["device"])
+    finetune_model(
+        Path(args.manifest),
+        Path(args.images),
+        args.arch,
+        args.init,
+        params,
+        Path(args.out),
+        init_path=Path(args.init_path) if args.init_path else None,
+        threads=args.threads,
+        seed=conf["seed"],
+        device=conf["device"],
+    )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from medxfer.features import extract_features
 
-    extract_features(Path(args.model), Path(args.manifest), Path(args.images), Path(args.out),
-                     batch_size=args.batch_size, threads=args.threads)
+    extract_features(
+        Path(args.model),
+        Path(args.manifest),
+        Path(args.images),
+        Path(args.out),
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
 
 
 def cmd_fuse(args: argparse.Namespace) -> None:
@@ -85,15 +119,33 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     params = json.loads(args.params)
-    print(json.dumps(train_classifier(Path(args.features), args.classifier, params, out / "model.skops",
-                                      out / "predictions.csv", out / "metrics.json", seed=args.seed), indent=2))
+    print(
+        json.dumps(
+            train_classifier(
+                Path(args.features),
+                args.classifier,
+                params,
+                out / "model.skops",
+                out / "predictions.csv",
+                out / "metrics.json",
+                seed=args.seed,
+            ),
+            indent=2,
+        )
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from medxfer.explain import explain_model
 
-    explain_model(Path(args.model), Path(args.manifest), Path(args.images), Path(args.out), n_images=args.n_images,
-                  lime_samples=args.lime_samples)
+    explain_model(
+        Path(args.model),
+        Path(args.manifest),
+        Path(args.images),
+        Path(args.out),
+        n_images=args.n_images,
+        lime_samples=args.lime_samples,
+    )
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -121,16 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="images (xray_source) or patients (mura, ct)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=7)
-    for name, func, help_text in (("ingest", cmd_ingest, "ingest a data set: manifest.csv + quarantine.csv"),
-                                  ("cache", cmd_cache, "decode a data set once into images_<size>.npy")):
+    for name, func, help_text in (
+        ("ingest", cmd_ingest, "ingest a data set: manifest.csv + quarantine.csv"),
+        ("cache", cmd_cache, "decode a data set once into images_<size>.npy"),
+    ):
         p = add(name, func, help_text)
         p.add_argument("config")
         p.add_argument("dataset")
         p.add_argument("out", help="folder for manifest.csv / quarantine.csv / the cache")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
-    for name, func, help_text in (("pretrain", cmd_pretrain, "in-domain pretraining"),
-                                  ("finetune", cmd_finetune, "fine-tune from an init")):
+    for name, func, help_text in (
+        ("pretrain", cmd_pretrain, "in-domain pretraining"),
+        ("finetune", cmd_finetune, "fine-tune from an init"),
+    ):
         p = add(name, func, help_text)
         p.add_argument("config")
         p.add_argument("manifest")

@@ -59,8 +59,10 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None)
     validator = _DefaultingValidator(schema or load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"config key '{_key(e)}': {e.message}" + ("" if e.validator == "enum" else f" (allowed: {_allowed(e)})")
-                 for e in errors]
+        lines = [
+            f"config key '{_key(e)}': {e.message}" + ("" if e.validator == "enum" else f" (allowed: {_allowed(e)})")
+            for e in errors
+        ]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _cross_check(config)
     return config
@@ -72,7 +74,9 @@ def _cross_check(config: dict[str, Any]) -> None:
     problems = []
     for i, target in enumerate(finetune["targets"]):
         if target not in datasets:
-            problems.append(f"config key 'finetune.targets[{i}]': '{target}' is not a data set (known: {sorted(datasets)})")
+            problems.append(
+                f"config key 'finetune.targets[{i}]': '{target}' is not a data set (known: {sorted(datasets)})"
+            )
     if "indomain" in finetune["inits"]:
         source = config["pretrain"].get("source")
         if source not in datasets:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -57,8 +56,9 @@ def lime_maps(
     n, channels = images.shape[:2]
     if channels > 3:
         raise ValueError(f"LIME needs at most 3 channels, got {channels}")
-    segmenter = SegmentationAlgorithm("slic", n_segments=40, compactness=0.1, sigma=1, start_label=0,
-                                      channel_axis=-1, random_seed=seed)
+    segmenter = SegmentationAlgorithm(
+        "slic", n_segments=40, compactness=0.1, sigma=1, start_label=0, channel_axis=-1, random_seed=seed
+    )
 
     def classify(batch: np.ndarray) -> np.ndarray:
         chw = np.moveaxis(batch[..., :channels], -1, 1)
@@ -69,10 +69,19 @@ def lime_maps(
         hwc = np.moveaxis(images[i], 0, -1).astype(np.float64) / 255.0
         rgb = np.concatenate([hwc] + [hwc[..., :1]] * (3 - channels), axis=-1)
         explainer = lime_image.LimeImageExplainer(random_state=seed)
-        explanation = explainer.explain_instance(rgb, classify, labels=(int(targets[i]),), top_labels=None,
-                                                 hide_color=0, num_samples=num_samples, segmentation_fn=segmenter)
-        weights = dict(explanation.local_exp[int(targets[i])])
-        heat = np.vectorize(lambda s: max(weights.get(s, 0.0), 0.0))(explanation.segments).astype(np.float32)
+        explanation = explainer.explain_instance(
+            rgb,
+            classify,
+            labels=(int(targets[i]),),
+            top_labels=None,
+            hide_color=0,
+            num_samples=num_samples,
+            segmentation_fn=segmenter,
+        )
+        segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)
+        for segment, weight in explanation.local_exp[int(targets[i])]:
+            segment_weight[segment] = max(weight, 0.0)
+        heat = segment_weight[explanation.segments]
         maps[i] = heat / heat.max() if heat.max() > 0 else heat
     return maps
 
@@ -112,12 +121,22 @@ def explain_model(
     chosen = test.images[index]
     proba = predict_proba(model, chosen, torch.device("cpu"))
     predicted = proba.argmax(axis=1)
-    table = pd.DataFrame({"image_id": test.ids[index], "label": test.labels[index], "prediction": predicted,
-                          "probability": proba[np.arange(len(index)), predicted], "mask": test.masks[index]})
+    table = pd.DataFrame(
+        {
+            "image_id": test.ids[index],
+            "label": test.labels[index],
+            "prediction": predicted,
+            "probability": proba[np.arange(len(index)), predicted],
+            "mask": test.masks[index],
+        }
+    )
     heatmaps = {}
     for method in methods:
-        maps = gradcam_maps(model, chosen, predicted) if method == "gradcam" else \
-            lime_maps(model, chosen, predicted, lime_samples, seed)
+        maps = (
+            gradcam_maps(model, chosen, predicted)
+            if method == "gradcam"
+            else lime_maps(model, chosen, predicted, lime_samples, seed)
+        )
         heatmaps[method] = maps
         paths = []
         for image_id, image, heat in zip(table["image_id"], chosen, maps, strict=True):
@@ -133,14 +152,16 @@ def explain_model(
     return table
 
 
-def _gallery(path: Path, images: np.ndarray, table: pd.DataFrame, heatmaps: dict[str, np.ndarray],
-             classes: list[str], title: str) -> None:
+def _gallery(
+    path: Path, images: np.ndarray, table: pd.DataFrame, heatmaps: dict[str, np.ndarray], classes: list[str], title: str
+) -> None:
     cols = 1 + len(heatmaps)
     fig, axes = plt.subplots(len(table), cols, figsize=(2.2 * cols, 2.3 * len(table)), squeeze=False)
     for row, record in enumerate(table.itertuples()):
         axes[row, 0].imshow(images[row, 0], cmap="gray")
-        axes[row, 0].set_title(f"label {classes[record.label]}\npred {classes[record.prediction]} "
-                               f"p={record.probability:.2f}", fontsize=7)
+        axes[row, 0].set_title(
+            f"label {classes[record.label]}\npred {classes[record.prediction]} p={record.probability:.2f}", fontsize=7
+        )
         for col, (method, maps) in enumerate(heatmaps.items(), start=1):
             axes[row, col].imshow(overlay(images[row], maps[row]))
             axes[row, col].set_title(method, fontsize=7)

@@ -53,8 +53,12 @@ def extract_features(
         feats = pooled_features(model, split.images, dev, batch_size)
         if not np.isfinite(feats).all():
             raise ValueError(f"{model_dir}: non-finite features on the {name} split")
-        arrays |= {f"X_{name}": feats, f"y_{name}": split.labels, f"ids_{name}": split.ids,
-                   f"study_{name}": split.studies}
+        arrays |= {
+            f"X_{name}": feats,
+            f"y_{name}": split.labels,
+            f"ids_{name}": split.ids,
+            f"study_{name}": split.studies,
+        }
     save_npz(out_path, **arrays)
     dims = {name: arrays[f"X_{name}"].shape for name in data.splits}
     logger.info("features of %s (%s): %s", meta["arch"], model_dir, dims)

@@ -197,7 +197,8 @@ def ingest_dataset(
         raise IngestError(f"data set '{name}': {len(leaked)} identical image(s) in more than one split, e.g. {paths}")
     masks = dataset.get("masks")
     table["mask"] = [
-        str(Path(masks) / Path(p).with_suffix(".png")) if masks and (Path(masks) / Path(p).with_suffix(".png")).is_file()
+        str(Path(masks) / Path(p).with_suffix(".png"))
+        if masks and (Path(masks) / Path(p).with_suffix(".png")).is_file()
         else ""
         for p in table["path"]
     ]
@@ -214,8 +215,9 @@ def ingest_dataset(
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "study_id": str, "mask": str},
-                       keep_default_na=False)
+    return pd.read_csv(
+        path, dtype={"image_id": str, "patient_id": str, "study_id": str, "mask": str}, keep_default_na=False
+    )
 
 
 def classes_of(manifest: pd.DataFrame) -> list[str]:

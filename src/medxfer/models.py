@@ -54,8 +54,9 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     unexpected = list(result.unexpected_keys)
     missing = [k for k in result.missing_keys if not k.startswith(head)]
     if unexpected or missing:
-        raise ValueError(f"{source}: checkpoint does not match the architecture (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{source}: checkpoint does not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return list(result.missing_keys)
 
 
@@ -89,7 +90,9 @@ def create_initialised(
             raise ValueError(f"{path}: checkpoint is a {meta['arch']}, not a {arch}")
         path = path / WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{init} weights for {arch} not found: {path} (nothing is downloaded; give a local file)")
+        raise FileNotFoundError(
+            f"{init} weights for {arch} not found: {path} (nothing is downloaded; give a local file)"
+        )
     load_backbone(model, safetensors.torch.load_file(str(path)), str(path))
     return model
 

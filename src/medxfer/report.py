@@ -74,7 +74,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         by_init = rows.groupby("init", sort=False)[["accuracy", "cohen_kappa", "roc_auc"]].mean()
         lines += ["", f"Mean over all rows by init ({target}):", ""]
         lines += ["| init | accuracy | cohen_kappa | roc_auc |", "|---|---|---|---|"]
-        lines += [f"| {init} | {r.accuracy:.3f} | {r.cohen_kappa:.3f} | {r.roc_auc:.3f} |" for init, r in
-                  by_init.iterrows()]
+        lines += [
+            f"| {init} | {r.accuracy:.3f} | {r.cohen_kappa:.3f} | {r.roc_auc:.3f} |" for init, r in by_init.iterrows()
+        ]
         lines.append("")
     return "\n".join(lines)

@@ -349,17 +349,20 @@ def _chest_base(x: Array, y: Array, a: _Chest, px: float) -> Array:
     return img
 
 
-def _chest_finding(x: Array, y: Array, a: _Chest, px: float, label: str, rng: np.random.Generator) -> Array:
-    """The additive change a finding makes (0 for normal); its support is the mask."""
+def _chest_finding(
+    x: Array, y: Array, a: _Chest, px: float, label: str, rng: np.random.Generator
+) -> tuple[Array, Array]:
+    """The focal change a finding makes (its support is the mask) and a diffuse accompanying change (hematoma)."""
+    zero = np.zeros_like(x)
     if label == "normal":
-        return np.zeros_like(x)
+        return zero, zero
     if label == "nodule":
         side = float(rng.choice([-1.0, 1.0]))
         r, ang = 0.75 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
         cx, cy = side * a.lung_cx + r * a.lung_rx * math.cos(ang), a.lung_cy + r * a.lung_ry * math.sin(ang)
-        radius = math.exp(rng.uniform(math.log(0.045), math.log(0.13)))
-        amp = math.exp(rng.uniform(math.log(0.08), math.log(0.3)))
-        return amp * _ball(np.hypot(x - cx, y - cy), radius)
+        radius = math.exp(rng.uniform(math.log(0.05), math.log(0.14)))
+        amp = math.exp(rng.uniform(math.log(0.1), math.log(0.32)))
+        return amp * _ball(np.hypot(x - cx, y - cy), radius), zero
     if label == "fracture":
         effect = np.zeros_like(x)
         side = float(rng.choice([-1.0, 1.0]))
@@ -374,8 +377,10 @@ def _chest_finding(x: Array, y: Array, a: _Chest, px: float, label: str, rng: np
         else:
             i0 = int(rng.integers(1, a.n_ribs - n_breaks + 1))
             phi = rng.uniform(0.3, 1.1)
-            breaks = [(*_rib_point(a, side, i, phi), functools.partial(_rib, a=a, side=side, i=i))
-                      for i in range(i0, i0 + n_breaks)]
+            breaks = [
+                (*_rib_point(a, side, i, phi), functools.partial(_rib, a=a, side=side, i=i))
+                for i in range(i0, i0 + n_breaks)
+            ]
         for p, (tx, ty), bone_fn in breaks:
             delta = rng.uniform(-0.5, 0.5)
             c, s = math.cos(delta), math.sin(delta)
@@ -386,24 +391,30 @@ def _chest_finding(x: Array, y: Array, a: _Chest, px: float, label: str, rng: np
             bone, moved = bone_fn(x, y), bone_fn(x + step * ty, y - step * tx)  # fragment shifted across the bone
             gap = np.exp(-0.5 * (along / (rng.uniform(0.5, 0.8) * px)) ** 2) * near
             effect += a.bone * ((moved - bone) - rng.uniform(0.6, 1.0) * gap * np.maximum(bone, moved))
-        return effect
+        (hx, hy), sigma = breaks[0][0], rng.uniform(0.1, 0.18)  # extrapleural hematoma, of varying size
+        hematoma = rng.uniform(0.0, 0.12) * np.exp(-0.5 * ((x - hx - side * 0.05) ** 2 + (y - hy) ** 2) / sigma**2)
+        return effect, hematoma
     if label == "effusion":
         side = float(rng.choice([-1.0, 1.0]))
         lung = _lungs(x, y, a, px, side)
         u = np.clip((side * x - a.lung_cx) / a.lung_rx, -1.0, 1.0)  # -1 medial, +1 lateral
         level = a.lung_cy + a.lung_ry * (rng.uniform(0.15, 0.75) - rng.uniform(0.1, 0.3) * (u + 1.0))
         amp = rng.uniform(0.45, 1.0) * a.lung_dark
-        return amp * lung * _inside(y - level, rng.uniform(0.04, 0.1))
+        return amp * lung * _inside(y - level, rng.uniform(0.04, 0.1)), zero
     raise ValueError(f"unknown chest finding '{label}'")
 
 
 def _chest_image(size: int, a: _Chest, label: str, rng: np.random.Generator) -> tuple[Array, Array]:
     p = a.pose
-    pose = _Pose(p.angle + rng.uniform(-0.05, 0.05), p.scale * rng.uniform(0.96, 1.04),
-                 p.tx + rng.uniform(-0.03, 0.03), p.ty + rng.uniform(-0.03, 0.03))
+    pose = _Pose(
+        p.angle + rng.uniform(-0.05, 0.05),
+        p.scale * rng.uniform(0.96, 1.04),
+        p.tx + rng.uniform(-0.03, 0.03),
+        p.ty + rng.uniform(-0.03, 0.03),
+    )
     x, y, px = pose.coords(size)
-    effect = _chest_finding(x, y, a, px, label, rng)
-    img = _finish_radiograph(_chest_base(x, y, a, px) + effect, rng, size, (0.015, 0.04))
+    effect, diffuse = _chest_finding(x, y, a, px, label, rng)
+    img = _finish_radiograph(_chest_base(x, y, a, px) + effect + diffuse, rng, size, (0.015, 0.04))
     if rng.random() < 0.7:
         _burn_marker(img, rng, "LRPA", rng.uniform(0.85, 1.0))
     mask = np.zeros((size, size), np.uint8) if label == "normal" else _mask_from_effect(effect)
@@ -494,8 +505,16 @@ def _limb_bones(x: Array, y: Array, a: _Limb, px: float) -> tuple[Array, dict[st
         bones["radius"] = _tube(d_r, r_rad, a.r_inner * r_rad)
         d_u, _ = _segment(x, y, (0.16, 1.8), (0.15 + o[1], 0.12))
         bones["ulna"] = _tube(d_u, a.r_second, a.r_inner * a.r_second)
-        carpals = [(-0.2, -0.12), (-0.06, -0.1), (0.08, -0.08), (0.2, -0.06), (-0.22, -0.3), (-0.08, -0.32),
-                   (0.06, -0.32), (0.19, -0.28)]
+        carpals = [
+            (-0.2, -0.12),
+            (-0.06, -0.1),
+            (0.08, -0.08),
+            (0.2, -0.06),
+            (-0.22, -0.3),
+            (-0.08, -0.32),
+            (0.06, -0.32),
+            (0.19, -0.28),
+        ]
         bones["carpals"] = sum(
             0.7 * _ball(np.hypot(x - cx - o[2 + i], y - cy - o[10 + i]), 0.075 + 0.3 * abs(o[18 + i % 6]))
             for i, (cx, cy) in enumerate(carpals)
@@ -609,8 +628,13 @@ def _limb_image(
     size: int, a: _Limb, study_pose: _Pose, ab: _Abnormality | None, rng: np.random.Generator
 ) -> tuple[Array, Array]:
     """One view: the study pose plus a view-specific rotation/shift, same anatomy and same abnormality."""
-    pose = _Pose(study_pose.angle + rng.uniform(-0.25, 0.25), study_pose.scale * rng.uniform(0.93, 1.07),
-                 study_pose.tx + rng.uniform(-0.06, 0.06), study_pose.ty + rng.uniform(-0.06, 0.06), a.flip)
+    pose = _Pose(
+        study_pose.angle + rng.uniform(-0.25, 0.25),
+        study_pose.scale * rng.uniform(0.93, 1.07),
+        study_pose.tx + rng.uniform(-0.06, 0.06),
+        study_pose.ty + rng.uniform(-0.06, 0.06),
+        a.flip,
+    )
     x, y, px = pose.coords(size)
     tissue, bones = _limb_bones(x, y, a, px)
     focal, diffuse = (np.zeros_like(x),) * 2 if ab is None else _limb_effect(x, y, a, tissue, bones, ab, px)
@@ -665,8 +689,9 @@ def synthesize_mura(out_dir: Path, n_patients: int, size: int, seed: int) -> Non
             anatomy = _limb_anatomy(_rng(seed, _TAG_MURA, pid), parts[p])
             for s in range(n_studies[p]):
                 srng = _rng(seed, _TAG_MURA, pid, s + 1)
-                study_pose = _Pose(srng.uniform(-0.5, 0.5), srng.uniform(0.85, 1.12),
-                                   srng.uniform(-0.1, 0.1), srng.uniform(-0.1, 0.1))
+                study_pose = _Pose(
+                    srng.uniform(-0.5, 0.5), srng.uniform(0.85, 1.12), srng.uniform(-0.1, 0.1), srng.uniform(-0.1, 0.1)
+                )
                 ab = _limb_abnormality(anatomy, srng) if positive[(p, s)] else None
                 status = "positive" if ab is not None else "negative"
                 study_dir = f"{splits[p]}/XR_{parts[p]}/patient{pid:05d}/study{s + 1}_{status}"
@@ -758,13 +783,27 @@ def _ct_lesion(rng: np.random.Generator) -> _CTLesion:
     kind = str(rng.choice(["solid", "solid", "subsolid", "soft"], p=[0.4, 0.3, 0.1, 0.2]))
     r, ang = 0.7 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
     if kind == "soft":
-        return _CTLesion(kind, float(rng.choice([-1.0, 1.0])), rng.uniform(0.3, 1.3), 0.0,
-                         rng.uniform(12.0, 30.0), rng.uniform(30.0, 80.0))
+        return _CTLesion(
+            kind,
+            float(rng.choice([-1.0, 1.0])),
+            rng.uniform(0.3, 1.3),
+            0.0,
+            rng.uniform(12.0, 30.0),
+            rng.uniform(30.0, 80.0),
+        )
     hu = rng.uniform(30.0, 80.0) if kind == "solid" else rng.uniform(-550.0, -250.0)
     radius = math.exp(rng.uniform(math.log(7.0), math.log(35.0)))
     halo = rng.uniform(1.5, 2.5) if kind == "solid" and rng.random() < 0.6 else 0.0
-    return _CTLesion(kind, float(rng.choice([-1.0, 1.0])), r * math.cos(ang), r * math.sin(ang), radius, hu,
-                     halo, rng.uniform(-700.0, -450.0))
+    return _CTLesion(
+        kind,
+        float(rng.choice([-1.0, 1.0])),
+        r * math.cos(ang),
+        r * math.sin(ang),
+        radius,
+        hu,
+        halo,
+        rng.uniform(-700.0, -450.0),
+    )
 
 
 def _paint(hu: Array, alpha: Array, value: float | Array) -> Array:
@@ -777,8 +816,11 @@ def _ct_slice(
     """HU image of one axial slice at chest position z in [0, 1] (apex to base) and the lesion mask."""
     x, y, px = a.pose.coords(size)
     hu = np.full((size, size), -1000.0)
-    hu = _paint(hu, _inside(0.025 - np.abs(y - (a.body_cy + a.body_ry + 0.06)), px) * _inside(0.85 - np.abs(x), px),
-                rng.uniform(80.0, 200.0))  # table
+    hu = _paint(
+        hu,
+        _inside(0.025 - np.abs(y - (a.body_cy + a.body_ry + 0.06)), px) * _inside(0.85 - np.abs(x), px),
+        rng.uniform(80.0, 200.0),
+    )  # table
     hu = _paint(hu, _ellipse(x, y, 0.0, a.body_cy, a.body_rx, a.body_ry, px), a.fat_hu)
     hu = _paint(hu, _ellipse(x, y, 0.0, a.body_cy, a.body_rx - a.fat, a.body_ry - a.fat, px), a.tissue_hu)
     lung_scale = 0.55 + 0.45 * math.sin(math.pi * (0.12 + 0.8 * z))
@@ -794,10 +836,16 @@ def _ct_slice(
             hu = _paint(hu, alpha * _ellipse(x, y, cx, cy, rad, rad, px), rng.uniform(-300.0, 0.0))
     heart = float(np.clip((z - 0.35) / 0.35, 0.0, 1.0))
     if heart > 0:
-        hu = _paint(hu, _ellipse(x, y, 0.06, a.lung_cy - 0.03, 0.3 * heart + 0.02, 0.24 * heart + 0.02, px, 0.4),
-                    a.fat_hu + 20.0)
-        hu = _paint(hu, _ellipse(x, y, 0.08, a.lung_cy - 0.02, 0.25 * heart + 0.01, 0.2 * heart + 0.01, px, 0.4),
-                    150.0 if a.contrast else 40.0)
+        hu = _paint(
+            hu,
+            _ellipse(x, y, 0.06, a.lung_cy - 0.03, 0.3 * heart + 0.02, 0.24 * heart + 0.02, px, 0.4),
+            a.fat_hu + 20.0,
+        )
+        hu = _paint(
+            hu,
+            _ellipse(x, y, 0.08, a.lung_cy - 0.02, 0.25 * heart + 0.01, 0.2 * heart + 0.01, px, 0.4),
+            150.0 if a.contrast else 40.0,
+        )
     aorta_hu = 220.0 if a.contrast else 45.0
     spine_cy = a.body_cy + a.body_ry - a.spine_r - 0.12
     hu = _paint(hu, _ellipse(x, y, 0.09, spine_cy - a.spine_r - 0.05, 0.055, 0.055, px), aorta_hu)
@@ -848,8 +896,9 @@ def _ct_slice(
     return hu, mask
 
 
-def _write_ct_dicom(path: Path, stored: Array, a: _ChestCT, uids: dict[str, str], pid: int, k: int, z_mm: float,
-                    size: int) -> None:
+def _write_ct_dicom(
+    path: Path, stored: Array, a: _ChestCT, uids: dict[str, str], pid: int, k: int, z_mm: float, size: int
+) -> None:
     """A valid CT Image Storage file with fake but realistic identifying fields (for privacy handling tests)."""
     spacing = a.fov_mm / size
     meta = FileMetaDataset()
@@ -952,12 +1001,12 @@ def synthesize_ct(out_dir: Path, n_patients: int, size: int, seed: int) -> None:
                 dz = np.sort(prng.uniform(-0.6, 0.6, n_slices)) * lesion.radius_mm
             for k in range(1, n_slices + 1):
                 z_mm = z0 * _CT_CHEST_MM + float(dz[k - 1])
-                hu, mask = _ct_slice(size, anatomy, z_mm / _CT_CHEST_MM, lesion, float(dz[k - 1]),
-                                     _rng(seed, _TAG_CT, pid, k))
+                hu, mask = _ct_slice(
+                    size, anatomy, z_mm / _CT_CHEST_MM, lesion, float(dz[k - 1]), _rng(seed, _TAG_CT, pid, k)
+                )
                 stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
                 rel = f"dicom/patient{pid:04d}_slice{k}.dcm"
                 _write_ct_dicom(tmp / rel, stored, anatomy, _ct_uids(seed, pid, k), pid, k, -z_mm, size)
                 _save_png(tmp / "masks" / f"dicom/patient{pid:04d}_slice{k}.png", mask)
                 rows.append((rel, CT_CLASSES[1] if lesion is not None else CT_CLASSES[0], f"DEMO-{pid:04d}"))
         _write_csv(tmp / "labels.csv", ("path", "label", "patient_id"), rows)
-

@@ -106,8 +106,12 @@ def fit(
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params['epochs']}", leave=False,
-                   disable=not sys.stderr.isatty())
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{params['epochs']}",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        )
         for step in bar:
             index = order[step * batch_size : (step + 1) * batch_size]
             if len(index) < 2:
@@ -139,7 +143,12 @@ def fit(
         history.append(row)
         logger.info(
             "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)",
-            epoch, params["epochs"], row["train_loss"], val_loss, row["val_accuracy"], row["val_roc_auc"],
+            epoch,
+            params["epochs"],
+            row["train_loss"],
+            val_loss,
+            row["val_accuracy"],
+            row["val_roc_auc"],
             row["seconds"],
         )
         if val_loss < best_loss:
@@ -182,14 +191,34 @@ def pretrain_model(
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = load_cached(manifest, images)
-    logger.info("pretraining %s on %s (%d train images, classes %s) on %s with %d threads",
-                arch, manifest.parent.name, len(data.splits["train"].labels), data.classes, dev, threads)
+    logger.info(
+        "pretraining %s on %s (%d train images, classes %s) on %s with %d threads",
+        arch,
+        manifest.parent.name,
+        len(data.splits["train"].labels),
+        data.classes,
+        dev,
+        threads,
+    )
     model = models.create(arch, len(data.classes), data.in_chans)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger)
-    _, test_metrics = _evaluate(model, data.splits["test"], nn.NLLLoss(), dev) if len(data.splits["test"].labels) \
-        else (None, {})
-    models.save(out_dir, model, _meta(arch, data, params, manifest, init="scratch", stage="pretrain",
-                                      source=manifest.parent.name, test_metrics=test_metrics))
+    _, test_metrics = (
+        _evaluate(model, data.splits["test"], nn.NLLLoss(), dev) if len(data.splits["test"].labels) else (None, {})
+    )
+    models.save(
+        out_dir,
+        model,
+        _meta(
+            arch,
+            data,
+            params,
+            manifest,
+            init="scratch",
+            stage="pretrain",
+            source=manifest.parent.name,
+            test_metrics=test_metrics,
+        ),
+    )
     return test_metrics
 
 
@@ -211,28 +240,45 @@ def finetune_model(
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = load_cached(manifest, images)
-    logger.info("fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s",
-                arch, init, params["strategy"], manifest.parent.name, *(len(s.labels) for s in data.splits.values()),
-                dev)
+    logger.info(
+        "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s",
+        arch,
+        init,
+        params["strategy"],
+        manifest.parent.name,
+        *(len(s.labels) for s in data.splits.values()),
+        dev,
+    )
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path)
     set_strategy(model, params["strategy"])
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger)
     test = data.splits["test"]
     proba = predict_proba(model, test.images, dev)
     metrics = classification_metrics(test.labels, proba)
-    metrics |= {"arch": arch, "init": init, "strategy": params["strategy"], "epochs_trained": len(history),
-                "num_parameters": int(sum(p.numel() for p in model.parameters()))}
+    metrics |= {
+        "arch": arch,
+        "init": init,
+        "strategy": params["strategy"],
+        "epochs_trained": len(history),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+    }
     write_predictions(out_dir / "predictions.csv", test, proba, data.classes)
-    models.save(out_dir, model, _meta(arch, data, params, manifest, init=init, stage="finetune",
-                                      init_path=str(init_path) if init_path else None))
+    models.save(
+        out_dir,
+        model,
+        _meta(
+            arch, data, params, manifest, init=init, stage="finetune", init_path=str(init_path) if init_path else None
+        ),
+    )
     write_json(out_dir / "metrics.json", metrics)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})
     return metrics
 
 
 def write_predictions(path: Path, split: Split, proba: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame({"image_id": split.ids, "study_id": split.studies, "label": split.labels,
-                          "prediction": proba.argmax(axis=1)})
+    table = pd.DataFrame(
+        {"image_id": split.ids, "study_id": split.studies, "label": split.labels, "prediction": proba.argmax(axis=1)}
+    )
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = proba[:, i]
     with atomic_path(path) as tmp:

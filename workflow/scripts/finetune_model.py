@@ -7,8 +7,11 @@ from medxfer.train import finetune_model
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 init = sm.wildcards.init
-init_path = {"scratch": None, "imagenet": sm.input.get("weights"), "indomain": Path(sm.input.get("weights")).parent
-             if init == "indomain" else None}[init]
+init_path = {
+    "scratch": None,
+    "imagenet": sm.input.get("weights"),
+    "indomain": Path(sm.input.get("weights")).parent if init == "indomain" else None,
+}[init]
 with logged(sm.log[0]):
     finetune_model(
         Path(sm.input.manifest),
