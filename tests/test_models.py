@@ -66,4 +66,5 @@ def test_imagenet_init_from_local_file(tmp_path):
 
 def test_gradcam_layer_is_last_stage():
     model = models.create("resnet10t", 2, 1)
-    assert models.gradcam_layer(model) is model.layer4
+    assert models.gradcam_layer(model, 224) is model.layer4
+    assert models.gradcam_layer(model, 64) is model.layer3  # layer4 would be a 2x2 map

@@ -49,7 +49,7 @@ def test_checkpoints_load_and_describe_themselves(run_dir):
     assert len(checkpoints) == 2 + 2 * 2 * 2
     for meta_path in checkpoints:
         model, meta = models.load(meta_path.parent)
-        assert meta["arch"] in ("resnet10t", "mobilenetv3_small_050")
+        assert meta["arch"] in ("resnet10t", "resnet18")
         assert meta["input_size"][0] == meta["in_chans"] and len(meta["data_sha256"]) == 64
         assert model.num_classes == len(meta["classes"])
     ct_meta = json.loads((run_dir / "results/finetune/demo_ct/indomain/resnet10t/model.json").read_text())
@@ -59,7 +59,7 @@ def test_checkpoints_load_and_describe_themselves(run_dir):
 def test_feature_matrices_have_expected_shapes(run_dir):
     manifest = pd.read_csv(run_dir / "results/datasets/demo_mura/manifest.csv")
     counts = manifest["split"].value_counts()
-    dims = {"resnet10t": 512, "mobilenetv3_small_050": 1024}
+    dims = {"resnet10t": 512, "resnet18": 512}
     for arch, dim in dims.items():
         data = np.load(run_dir / f"results/features/demo_mura/indomain/{arch}.npz")
         for split in ("train", "val", "test"):
@@ -83,7 +83,7 @@ def test_metrics_are_valid_probabilities(run_dir):
 def test_summary_compares_inits_features_and_classifiers(run_dir):
     summary = pd.read_csv(run_dir / "results/report/summary.csv")
     assert set(summary["init"]) == {"scratch", "indomain"}
-    assert set(summary["features"]) == {"resnet10t", "mobilenetv3_small_050", "fused"}
+    assert set(summary["features"]) == {"resnet10t", "resnet18", "fused"}
     assert set(summary["classifier"]) == {"cnn", "logreg", "svm", "random_forest", "knn"}
     assert len(summary) == 2 * 2 * 2 + 2 * 2 * 3 * 4
     assert summary.groupby("target")["best"].any().all()

@@ -9,6 +9,26 @@ import torch
 from torchvision.transforms import v2
 
 
+class RandomBrightnessContrast(v2.Transform):
+    """Brightness and contrast for any number of channels (v2.ColorJitter's contrast takes only 1 or 3, and
+    multi-window CT has 2 or more). Factors are drawn from [1 - x, 1 + x]; contrast scales about the image mean."""
+
+    def __init__(self, brightness: float, contrast: float) -> None:
+        super().__init__()
+        self.brightness, self.contrast = brightness, contrast
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, float]:
+        draw = lambda x: float(torch.empty(1).uniform_(1 - x, 1 + x)) if x > 0 else 1.0  # noqa: E731
+        return {"brightness": draw(self.brightness), "contrast": draw(self.contrast)}
+
+    def transform(self, inpt: Any, params: dict[str, float]) -> Any:
+        if not isinstance(inpt, torch.Tensor) or not inpt.is_floating_point():
+            return inpt
+        mean = inpt.mean(dim=(-2, -1), keepdim=True)
+        out = (inpt - mean) * params["contrast"] + mean
+        return (out * params["brightness"]).clamp(0.0, 1.0)
+
+
 def build_augment(params: Mapping[str, Any]) -> v2.Transform:
     """Geometric + intensity transforms for one (C, H, W) float image in [0, 1] (v2 draws one set per call)."""
     transforms: list[v2.Transform] = []
@@ -25,7 +45,7 @@ def build_augment(params: Mapping[str, Any]) -> v2.Transform:
             )
         )
     if params.get("brightness", 0) > 0 or params.get("contrast", 0) > 0:
-        transforms.append(v2.ColorJitter(brightness=params.get("brightness", 0), contrast=params.get("contrast", 0)))
+        transforms.append(RandomBrightnessContrast(params.get("brightness", 0), params.get("contrast", 0)))
     if params.get("noise_std", 0) > 0:
         transforms.append(v2.GaussianNoise(sigma=params["noise_std"], clip=True))
     return v2.Compose(transforms) if transforms else v2.Identity()

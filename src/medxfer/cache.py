@@ -80,7 +80,7 @@ def load_cached(manifest_path: Path, images_path: Path) -> CachedDataset:
         index = np.flatnonzero(manifest["split"].to_numpy() == name)
         part = manifest.iloc[index]
         splits[name] = Split(
-            images=np.ascontiguousarray(images[index]),
+            images=np.array(images[index]),  # a writable in-memory copy
             labels=part["label"].to_numpy(np.int64),
             ids=part["image_id"].to_numpy(str),
             studies=part["study_id"].to_numpy(str),

@@ -30,7 +30,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from medxfer.ingest import ingest_dataset
-    from medxfer.runtime import get_logger
+    from medxfer.log import get_logger
 
     out = Path(args.out)
     ingest_dataset(
@@ -45,7 +45,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 def cmd_cache(args: argparse.Namespace) -> None:
     from medxfer.cache import cache_images
-    from medxfer.runtime import get_logger
+    from medxfer.log import get_logger
 
     dataset = _dataset(args)
     out = Path(args.out)

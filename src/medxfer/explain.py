@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from medxfer import models, runtime  # noqa: E402
 from medxfer.cache import Split, load_cached  # noqa: E402
 from medxfer.io import atomic_path, save_npz  # noqa: E402
+from medxfer.log import get_logger
 from medxfer.train import predict_proba  # noqa: E402
 
 METHODS = ("gradcam", "lime")
@@ -41,7 +42,8 @@ def choose_images(split: Split, n_images: int, seed: int) -> np.ndarray:
 def gradcam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     """(N, H, W) Grad-CAM maps in [0, 1] for the given classes, at the last feature stage."""
     inputs = models.normalize(torch.from_numpy(images))
-    with GradCAM(model=model, target_layers=[models.gradcam_layer(model)]) as cam:
+    layer = models.gradcam_layer(model, images.shape[-1])
+    with GradCAM(model=model, target_layers=[layer]) as cam:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     return maps.astype(np.float32)
 
@@ -110,7 +112,7 @@ def explain_model(
     log_path: Path | None = None,
 ) -> pd.DataFrame:
     """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv and a gallery.png per model."""
-    logger = runtime.get_logger("medxfer.explain", log_path)
+    logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
     unknown = set(methods) - set(METHODS)
     if unknown:

@@ -12,6 +12,7 @@ from torch import nn
 from medxfer import models, runtime
 from medxfer.cache import load_cached
 from medxfer.io import save_npz
+from medxfer.log import get_logger
 from medxfer.train import autocast, to_device
 
 
@@ -41,7 +42,7 @@ def extract_features(
     log_path: Path | None = None,
 ) -> dict[str, Any]:
     """Write X/y/ids/study per split and the class names to one .npz; NaN or inf features are an error."""
-    logger = runtime.get_logger("medxfer.features", log_path)
+    logger = get_logger("medxfer.features", log_path)
     runtime.configure(threads, seed=0)
     dev = runtime.select_device(device)
     model, meta = models.load(model_dir, dev)

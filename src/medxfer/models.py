@@ -131,9 +131,15 @@ def load(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
     return model.to(device).eval(), meta
 
 
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last feature stage of a timm model: the usual Grad-CAM target, found from timm's feature_info."""
-    return model.get_submodule(model.feature_info[-1]["module"])
+def gradcam_layer(model: nn.Module, input_size: int = 224, min_cells: int = 4) -> nn.Module:
+    """The Grad-CAM target: the deepest feature stage (timm's feature_info) whose map is still >= min_cells wide.
+
+    The last stage is the usual choice, but on small inputs (64 px: a 2x2 map in a ResNet) it cannot localise
+    anything, so the stage before it is taken.
+    """
+    stages = model.feature_info
+    usable = [s for s in stages if input_size // s["reduction"] >= min_cells]
+    return model.get_submodule((usable or stages[:1])[-1]["module"])
 
 
 def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,6 @@ _MURA_POSITIVE = 0.42
 _MURA_VALID = 0.25
 _TAG_XRAY, _TAG_MURA, _TAG_CT = 1, 2, 3
 _CT_CHEST_MM = 300.0  # z extent that slice positions in [0, 1] map to
-_FIXED_DATE = "20240115"
 
 Array = np.ndarray
 
@@ -286,7 +285,7 @@ def _chest_anatomy(rng: np.random.Generator) -> _Chest:
         rib_rx=rng.uniform(0.55, 0.68),
         rib_ry=rng.uniform(0.26, 0.34),
         rib_w=rng.uniform(0.035, 0.05),
-        bone=rng.uniform(0.13, 0.2),
+        bone=rng.uniform(0.09, 0.15),
         n_ribs=int(rng.integers(6, 8)),
         vessels=vessels,
         pose=_Pose(rng.uniform(-0.1, 0.1), rng.uniform(0.9, 1.08), rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)),
@@ -361,7 +360,7 @@ def _chest_finding(
         r, ang = 0.75 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
         cx, cy = side * a.lung_cx + r * a.lung_rx * math.cos(ang), a.lung_cy + r * a.lung_ry * math.sin(ang)
         radius = math.exp(rng.uniform(math.log(0.05), math.log(0.14)))
-        amp = math.exp(rng.uniform(math.log(0.1), math.log(0.32)))
+        amp = math.exp(rng.uniform(math.log(0.2), math.log(0.45)))
         return amp * _ball(np.hypot(x - cx, y - cy), radius), zero
     if label == "fracture":
         effect = np.zeros_like(x)
@@ -392,7 +391,7 @@ def _chest_finding(
             gap = np.exp(-0.5 * (along / (rng.uniform(0.5, 0.8) * px)) ** 2) * near
             effect += a.bone * ((moved - bone) - rng.uniform(0.6, 1.0) * gap * np.maximum(bone, moved))
         (hx, hy), sigma = breaks[0][0], rng.uniform(0.1, 0.18)  # extrapleural hematoma, of varying size
-        hematoma = rng.uniform(0.0, 0.12) * np.exp(-0.5 * ((x - hx - side * 0.05) ** 2 + (y - hy) ** 2) / sigma**2)
+        hematoma = rng.uniform(0.06, 0.2) * np.exp(-0.5 * ((x - hx - side * 0.05) ** 2 + (y - hy) ** 2) / sigma**2)
         return effect, hematoma
     if label == "effusion":
         side = float(rng.choice([-1.0, 1.0]))
@@ -580,11 +579,11 @@ def _limb_abnormality(a: _Limb, rng: np.random.Generator) -> _Abnormality:
         bone=bone,
         point=(ax + (rng.uniform(-0.03, 0.03) if bone == "head" else 0.0), py),
         direction=rng.uniform(-0.6, 0.6),
-        size=rng.uniform(0.07, 0.14),
+        size=rng.uniform(0.09, 0.16),
         strength=math.exp(rng.uniform(math.log(0.45), math.log(1.0))),
         shift=float(rng.choice([-1.0, 1.0])) * rng.uniform(0.25, 1.0),
         width=rng.uniform(1.4, 2.8),
-        swelling=rng.uniform(0.1, 0.7),
+        swelling=rng.uniform(0.3, 0.9),
     )
 
 
@@ -771,28 +770,28 @@ def _ct_anatomy(rng: np.random.Generator) -> _ChestCT:
 class _CTLesion:
     kind: str  # solid | subsolid | soft
     side: float
-    u: float  # position inside the lung (lung-normalised) or angle on the chest wall
+    u: float  # position inside the lung (lung-normalised) or offset in the anterior mediastinum
     v: float
     radius_mm: float
-    hu: float  # absolute HU for lung nodules, contrast above surrounding tissue for soft lesions
+    hu: float  # absolute HU for lung nodules, contrast above soft tissue for mediastinal masses
     halo: float = 0.0  # ground-glass halo radius as a multiple of the nodule radius (0 = none)
     halo_hu: float = -550.0
 
 
 def _ct_lesion(rng: np.random.Generator) -> _CTLesion:
-    kind = str(rng.choice(["solid", "solid", "subsolid", "soft"], p=[0.4, 0.3, 0.1, 0.2]))
+    kind = str(rng.choice(["solid", "subsolid", "soft"], p=[0.75, 0.1, 0.15]))
     r, ang = 0.7 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
     if kind == "soft":
         return _CTLesion(
             kind,
             float(rng.choice([-1.0, 1.0])),
-            rng.uniform(0.3, 1.3),
-            0.0,
-            rng.uniform(12.0, 30.0),
-            rng.uniform(30.0, 80.0),
+            rng.uniform(-0.05, 0.05),
+            rng.uniform(0.0, 0.1),
+            rng.uniform(18.0, 35.0),
+            rng.uniform(50.0, 100.0),
         )
     hu = rng.uniform(30.0, 80.0) if kind == "solid" else rng.uniform(-550.0, -250.0)
-    radius = math.exp(rng.uniform(math.log(7.0), math.log(35.0)))
+    radius = math.exp(rng.uniform(math.log(12.0), math.log(40.0)))
     halo = rng.uniform(1.5, 2.5) if kind == "solid" and rng.random() < 0.6 else 0.0
     return _CTLesion(
         kind,
@@ -875,22 +874,22 @@ def _ct_slice(
     if lesion is not None:
         r_mm = math.sqrt(max(lesion.radius_mm**2 - dz_mm**2, 0.25 * lesion.radius_mm**2))
         r = r_mm / (a.fov_mm / 2.0)
-        if lesion.kind == "soft":
-            ang = lesion.u if lesion.side > 0 else math.pi - lesion.u
-            rx, ry = a.body_rx - a.fat - 0.02, a.body_ry - a.fat - 0.02
-            cx, cy = rx * math.cos(ang) * 0.97, a.body_cy + ry * math.sin(ang) * 0.97
-            alpha = _ellipse(x, y, cx, cy, r, r * rng.uniform(0.8, 1.0), px)
-            effect = alpha * lesion.hu * (hu > -300.0)
-            hu = hu + effect
+        if lesion.kind == "soft":  # anterior mediastinal mass: subtle against soft tissue, obvious against lung
+            cx, cy = lesion.u, a.body_cy - a.body_ry + a.fat + 0.1 + lesion.v + r
+            alpha = _ellipse(x, y, cx, cy, r, r * rng.uniform(0.8, 1.0), px) * (hu < 300.0)
+            before = hu
+            hu = _paint(hu, alpha, a.tissue_hu + lesion.hu)
+            effect = hu - before
         else:
             cx, cy = lesion.side * a.lung_cx + lesion.u * lrx, a.lung_cy + lesion.v * lry
             alpha = _ellipse(x, y, cx, cy, r, r * rng.uniform(0.85, 1.0), px)
-            effect = alpha * (lesion.hu - hu)  # the mask follows the nodule itself, not its halo
+            effect = alpha * np.maximum(lesion.hu - hu, 0.0)  # the mask follows the nodule itself, not its halo
             if lesion.halo:
                 lung = sum(lung_alpha for lung_alpha, _ in lungs)
-                halo = _ellipse(x, y, cx, cy, lesion.halo * r, lesion.halo * r, 2 * px) * lung
+                r_halo = min(lesion.halo * r, r + 12.0 / (a.fov_mm / 2.0))
+                halo = _ellipse(x, y, cx, cy, r_halo, r_halo, 2 * px) * lung
                 hu = _paint(hu, halo, np.maximum(hu, lesion.halo_hu + rng.uniform(0.0, 60.0)))
-            hu = _paint(hu, alpha, lesion.hu)
+            hu = _paint(hu, alpha, np.maximum(hu, lesion.hu))  # a nodule adds density, never removes it
     hu = _blur(hu, 0.5 * size / 64) + rng.normal(0.0, a.noise_hu, hu.shape)
     mask = np.zeros((size, size), np.uint8) if lesion is None else _mask_from_effect(_blur(effect, 0.5 * size / 64))
     return hu, mask

@@ -20,6 +20,7 @@ from medxfer import models, runtime
 from medxfer.augment import augment_batch, build_augment
 from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.io import atomic_path, sha256_file, write_json
+from medxfer.log import get_logger
 from medxfer.metrics import classification_metrics
 
 
@@ -127,7 +128,7 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss) * len(index)
+            total_loss += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         val_loss, val_metrics = _evaluate(model, val, eval_loss, device)
@@ -187,7 +188,7 @@ def pretrain_model(
     log_path: Path | None = None,
 ) -> dict:
     """Supervised in-domain pretraining on a labelled source set; writes the checkpoint trio."""
-    logger = runtime.get_logger(f"medxfer.pretrain.{arch}", log_path)
+    logger = get_logger(f"medxfer.pretrain.{arch}", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = load_cached(manifest, images)
@@ -236,7 +237,7 @@ def finetune_model(
     log_path: Path | None = None,
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json."""
-    logger = runtime.get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
+    logger = get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = load_cached(manifest, images)

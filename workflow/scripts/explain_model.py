@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medxfer.explain import explain_model
-from medxfer.runtime import logged
+from medxfer.log import logged
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):

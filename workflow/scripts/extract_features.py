@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medxfer.features import extract_features
-from medxfer.runtime import logged
+from medxfer.log import logged
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):

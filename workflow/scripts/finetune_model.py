@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from medxfer.runtime import logged
+from medxfer.log import logged
 from medxfer.train import finetune_model
 
 sm = snakemake  # noqa: F821 - injected by Snakemake

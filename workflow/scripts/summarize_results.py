@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from medxfer.log import logged
 from medxfer.report import summarize_results
-from medxfer.runtime import logged
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):

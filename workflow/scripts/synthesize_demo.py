@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medxfer import synth
-from medxfer.runtime import logged
+from medxfer.log import logged
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}

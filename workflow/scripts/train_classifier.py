@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medxfer.classify import train_classifier
-from medxfer.runtime import get_logger, logged
+from medxfer.log import get_logger, logged
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
