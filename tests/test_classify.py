@@ -1,4 +1,4 @@
-"""Classic-ML classifiers on feature files: registry, artifacts, skops round trip, and no fitting on test."""
+"""Classic-ML classifiers on feature files: registry, CV on train+val only, artifacts, skops round trip."""
 
 from __future__ import annotations
 
@@ -10,21 +10,44 @@ import pandas as pd
 import pytest
 import skops.io
 
-from medxfer.classify import CLASSIFIERS, create_classifier, load_classifier, train_classifier
+from medxfer.classify import (
+    CLASSIFIERS,
+    ENSEMBLE,
+    _folds,
+    create_classifier,
+    fit_data,
+    load_classifier,
+    select_hyperparameters,
+    split_grid,
+    train_classifier,
+)
+from medxfer.fusion import load_feature_file
 from medxfer.io import read_json, save_npz
 
 CLASSES = np.array(["normal", "benign", "malignant"])
 N = {"train": 60, "val": 24, "test": 24}
 NAMES = sorted(CLASSIFIERS)
+MEMBERS = ("logreg", "knn")
+# small grids, so the CV path runs for every classifier that has something to choose
+GRIDS = {
+    "svm": {"C": [0.1, 1.0]},
+    "svm_linear": {"C": [0.01, 0.1]},
+    "logreg": {"C": [0.1, 1.0]},
+    "random_forest": {"n_estimators": 20, "min_samples_leaf": [1, 3]},
+    "knn": {"n_neighbors": [3, 5]},
+    "gradient_boosting": {"max_iter": 20, "learning_rate": [0.1, 0.3]},
+    "mlp": {"hidden_layer_sizes": [[16]], "alpha": [0.0001, 0.01], "max_iter": 200},
+    ENSEMBLE: {},
+}
 
 
-def _write_blobs(path: Path, seed: int = 0, dim: int = 6, with_study: bool = False) -> Path:
-    """Three well-separated Gaussian blobs: any reasonable classifier should score far above chance (1/3)."""
+def _write_blobs(path: Path, seed: int = 0, dim: int = 6, with_study: bool = False, classes: int = 3) -> Path:
+    """Well-separated Gaussian blobs: any reasonable classifier should score far above chance."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=4.0, size=(len(CLASSES), dim))
-    arrays: dict[str, np.ndarray] = {"classes": CLASSES}
+    centres = rng.normal(scale=4.0, size=(classes, dim))
+    arrays: dict[str, np.ndarray] = {"classes": CLASSES[:classes]}
     for split, n in N.items():
-        y = (np.arange(n) % len(CLASSES)).astype(np.int64)
+        y = (np.arange(n) // 2 % classes).astype(np.int64)  # pairs share a label, so a study of two is consistent
         arrays[f"X_{split}"] = (centres[y] + rng.normal(size=(n, dim))).astype(np.float32)
         arrays[f"y_{split}"] = y
         arrays[f"ids_{split}"] = np.array([f"{split}-{i:03d}" for i in range(n)])
@@ -34,9 +57,23 @@ def _write_blobs(path: Path, seed: int = 0, dim: int = 6, with_study: bool = Fal
     return path
 
 
-def _train(features: Path, out: Path, name: str, params: dict | None = None) -> dict:
+def _train(features: Path, out: Path, name: str, params: dict | None = None, **kwargs) -> dict:
+    members = []
+    if name == ENSEMBLE:
+        for member in MEMBERS:
+            _train(features, out / "members" / member, member, GRIDS[member])
+            members.append(out / "members" / member / "metrics.json")
     return train_classifier(
-        features, name, params or {}, out / "model.skops", out / "predictions.csv", out / "metrics.json", seed=0
+        features,
+        name,
+        GRIDS[name] if params is None else params,
+        out / "model.skops",
+        out / "predictions.csv",
+        out / "metrics.json",
+        seed=0,
+        member_metrics=members,
+        n_bootstrap=200,
+        **kwargs,
     )
 
 
@@ -46,44 +83,70 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_registry_has_the_paper_classifiers() -> None:
-    assert {"svm", "logreg", "random_forest", "knn"} <= set(CLASSIFIERS)
+    assert set(GRIDS) == set(CLASSIFIERS)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("name", NAMES)
 def test_classifier_trains_and_writes_artifacts(name: str, blobs: Path, tmp_path: Path) -> None:
-    metrics = _train(blobs, tmp_path, name)
-    for artifact in ("model.skops", "predictions.csv", "metrics.json"):
-        assert (tmp_path / artifact).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.skops", "predictions.csv"]
+    plots = {"roc_path": tmp_path / "roc.csv", "roc_plot": tmp_path / "roc.png", "confusion_plot": tmp_path / "cm.png"}
+    metrics = _train(blobs, tmp_path, name, **plots)
+    for path in plots.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert plots["roc_plot"].read_bytes()[:4] == b"\x89PNG"
+    roc = pd.read_csv(plots["roc_path"])
+    assert set(roc["class"]) == set(CLASSES) and roc["fpr"].between(0, 1).all() and roc["tpr"].between(0, 1).all()
 
     saved = read_json(tmp_path / "metrics.json")
     assert saved == metrics
-    for key in ("accuracy", "balanced_accuracy", "f1", "cohen_kappa", "roc_auc"):
+    for key in ("accuracy", "balanced_accuracy", "f1", "cohen_kappa", "roc_auc", "sensitivity", "specificity"):
         assert 0.0 <= metrics[key] <= 1.0, key
+        low, high = metrics["ci"][key]
+        assert low <= metrics[key] <= high, key
     assert metrics["accuracy"] > 0.8 and metrics["roc_auc"] > 0.9
-    assert metrics["val"]["n"] == N["val"] and metrics["val"]["accuracy"] > 0.8
-    assert metrics["classifier"] == name and metrics["params"] == {}
-    assert metrics["features"] == str(blobs)
-    assert metrics["n"] == N["test"] and metrics["n_train"] == N["train"] and metrics["n_features"] == 6
+    assert metrics["classifier"] == name and metrics["features"] == str(blobs)
+    assert metrics["n"] == N["test"] and metrics["n_fit"] == N["train"] + N["val"] and metrics["n_features"] == 6
+    assert np.array(metrics["confusion_matrix"]).sum() == N["test"]
+    if name == ENSEMBLE:
+        assert set(metrics["best_params"]["members"]) == set(MEMBERS)
+    else:
+        assert metrics["cv"]["candidates"] == 2 and len(metrics["cv"]["results"]) == 2
+        chosen = {k: metrics["best_params"][k] for k in split_grid(GRIDS[name])[1][0]}
+        assert chosen in [r["params"] for r in metrics["cv"]["results"]]
 
     predictions = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(predictions.columns) == ["image_id", "label", "prediction"] + [f"prob_{c}" for c in CLASSES]
+    prob_columns = [f"prob_{c}" for c in CLASSES]
+    assert list(predictions.columns) == ["image_id", "label", "probability", "prediction", *prob_columns]
     assert len(predictions) == N["test"]
-    proba = predictions[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    proba = predictions[prob_columns].to_numpy()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(predictions["prediction"], proba.argmax(axis=1))
+    np.testing.assert_allclose(predictions["probability"], proba.max(axis=1))
     assert math.isclose(metrics["accuracy"], float((predictions["prediction"] == predictions["label"]).mean()))
 
     with np.load(blobs) as data:
         x_test = data["X_test"]
     path = tmp_path / "model.skops"
     loaded = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-    np.testing.assert_array_equal(loaded.predict_proba(x_test), proba)
-    np.testing.assert_array_equal(load_classifier(path).predict_proba(x_test), proba)
+    np.testing.assert_allclose(loaded.predict_proba(x_test), proba, atol=1e-12)
+    np.testing.assert_allclose(load_classifier(path).predict_proba(x_test), proba, atol=1e-12)
 
 
+def test_fit_data_ignores_the_test_split(blobs: Path, tmp_path: Path) -> None:
+    data = load_feature_file(blobs)
+    changed = dict(data)
+    changed["X_test"] = data["X_test"] * -7.0 + 3.0
+    changed["y_test"] = np.zeros_like(data["y_test"])
+    for a, b in zip(fit_data(data), fit_data(changed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x, y, groups = fit_data(data)
+    assert x.shape[0] == N["train"] + N["val"] and groups is None
+    np.testing.assert_array_equal(x, np.concatenate([data["X_train"], data["X_val"]]))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["svm", "knn", "gradient_boosting", ENSEMBLE])
 def test_test_split_is_never_used_for_fitting(name: str, blobs: Path, tmp_path: Path) -> None:
     with np.load(blobs) as npz:
         data = {key: npz[key] for key in npz.files}
@@ -92,43 +155,76 @@ def test_test_split_is_never_used_for_fitting(name: str, blobs: Path, tmp_path: 
     data["y_test"] = np.zeros_like(data["y_test"])  # a different label distribution too
     other = tmp_path / "other.npz"
     save_npz(other, **data)
-    _train(blobs, tmp_path / "a", name)
-    _train(other, tmp_path / "b", name)
+    a, b = _train(blobs, tmp_path / "a", name), _train(other, tmp_path / "b", name)
+    assert a["best_params"] == b["best_params"] and a["cv"] == b["cv"]
     probe = rng.normal(scale=4.0, size=(32, 6)).astype(np.float32)
     model_a, model_b = load_classifier(tmp_path / "a" / "model.skops"), load_classifier(tmp_path / "b" / "model.skops")
     np.testing.assert_array_equal(model_a.predict_proba(probe), model_b.predict_proba(probe))
 
 
-def test_training_is_deterministic(blobs: Path, tmp_path: Path) -> None:
-    _train(blobs, tmp_path / "a", "random_forest", {"n_estimators": 20})
-    _train(blobs, tmp_path / "b", "random_forest", {"n_estimators": 20})
-    assert (tmp_path / "a" / "predictions.csv").read_bytes() == (tmp_path / "b" / "predictions.csv").read_bytes()
-    assert read_json(tmp_path / "b" / "metrics.json")["params"] == {"n_estimators": 20}
+def test_cv_folds_keep_studies_together_and_pick_the_best(tmp_path: Path) -> None:
+    data = load_feature_file(_write_blobs(tmp_path / "f.npz", with_study=True, classes=2))
+    x, y, groups = fit_data(data)
+    splitter, reason = _folds(y, groups, 3, seed=0)
+    assert reason is None
+    for train, test in splitter.split(x, y, groups):
+        assert not set(groups[train]) & set(groups[test])
+    # on noisy features the choice must be the candidate with the best mean CV score, ties to the first
+    noisy = x + np.random.default_rng(0).normal(scale=3.0, size=x.shape)
+    best, report = select_hyperparameters("knn", {"n_neighbors": [1, 15]}, noisy, y, groups, seed=0, threads=1)
+    assert report["grouped_by"] == "study" and report["folds"] == 3 and report["scoring"] == "roc_auc"
+    assert best["n_neighbors"] == [1, 15][int(np.argmax([r["mean"] for r in report["results"]]))]
+    _, skipped = select_hyperparameters("knn", {"n_neighbors": [3, 5]}, x[:3], np.array([0, 1, 1]), None, 0, 1)
+    assert "first candidate used" in skipped["skipped"]
 
 
-def test_study_id_column_when_present(tmp_path: Path) -> None:
-    features = _write_blobs(tmp_path / "features.npz", with_study=True)
-    _train(features, tmp_path / "out", "logreg", {"C": 0.5})
+def test_binary_predictions_and_study_level_metrics(tmp_path: Path) -> None:
+    features = _write_blobs(tmp_path / "features.npz", with_study=True, classes=2)
+    metrics = _train(features, tmp_path / "out", "logreg", {"C": 0.5})
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(predictions.columns[:4]) == ["image_id", "study_id", "label", "prediction"]
+    assert list(predictions.columns[:5]) == ["image_id", "study_id", "label", "probability", "prediction"]
     assert predictions["study_id"].iloc[3] == "study-test-1"
+    np.testing.assert_array_equal(predictions["probability"], predictions["prob_benign"])
+    assert metrics["bootstrap"]["unit"] == "study" and metrics["study"]["n"] == N["test"] // 2
+    assert metrics["study"]["ci"]["accuracy"][0] <= metrics["study"]["accuracy"]
+
+
+def test_training_is_deterministic(blobs: Path, tmp_path: Path) -> None:
+    _train(blobs, tmp_path / "a", "random_forest")
+    _train(blobs, tmp_path / "b", "random_forest")
+    assert (tmp_path / "a" / "predictions.csv").read_bytes() == (tmp_path / "b" / "predictions.csv").read_bytes()
+    a, b = read_json(tmp_path / "a" / "metrics.json"), read_json(tmp_path / "b" / "metrics.json")
+    assert a["ci"] == b["ci"] and a["cv"] == b["cv"]
 
 
 def test_class_absent_from_train_gets_zero_probability(blobs: Path, tmp_path: Path) -> None:
     with np.load(blobs) as npz:
         data = {key: npz[key] for key in npz.files}
-    keep = data["y_train"] != 2
-    for key in ("X", "y", "ids"):
-        data[f"{key}_train"] = data[f"{key}_train"][keep]
+    for split in ("train", "val"):
+        keep = data[f"y_{split}"] != 2
+        for key in ("X", "y", "ids"):
+            data[f"{key}_{split}"] = data[f"{key}_{split}"][keep]
     save_npz(tmp_path / "two.npz", **data)
     metrics = _train(tmp_path / "two.npz", tmp_path / "out", "logreg")
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert (predictions["prob_malignant"] == 0.0).all()
-    assert metrics["n_train"] == int(keep.sum()) and 0.0 <= metrics["accuracy"] <= 1.0
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_ensemble_refuses_members_of_other_features(blobs: Path, tmp_path: Path) -> None:
+    other = _write_blobs(tmp_path / "other.npz", seed=1)
+    _train(other, tmp_path / "m", "logreg")
+    with pytest.raises(ValueError, match=r"not a classifier result on"):
+        train_classifier(
+            blobs, ENSEMBLE, {}, tmp_path / "e.skops", tmp_path / "p.csv", tmp_path / "m.json",
+            member_metrics=[tmp_path / "m" / "metrics.json"],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"at least two members"):
+        create_classifier(ENSEMBLE, {"members": {"logreg": {}}}, seed=0, threads=1)
 
 
 def test_unknown_classifier_names_allowed_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown classifier 'xgboost'.*knn.*logreg.*random_forest.*svm"):
+    with pytest.raises(ValueError, match=r"unknown classifier 'xgboost'.*gradient_boosting.*knn.*mlp.*svm_linear"):
         create_classifier("xgboost", {}, seed=0, threads=1)
 
 
@@ -137,8 +233,12 @@ def test_bad_params_name_classifier_and_param(blobs: Path, tmp_path: Path) -> No
         create_classifier("svm", {"gama": 0.1}, seed=0, threads=1)
     with pytest.raises(ValueError, match=r"classifier 'random_forest'.*'random_state'.*not configurable"):
         create_classifier("random_forest", {"random_state": 3}, seed=0, threads=1)
+    with pytest.raises(ValueError, match=r"classifier 'knn'.*'n_neighbours'"):
+        _train(blobs, tmp_path, "knn", {"n_neighbours": [3, 5]})  # a bad name inside a grid fails before any fit
     with pytest.raises(ValueError, match=r"classifier 'logreg'.*'C' parameter"):
         _train(blobs, tmp_path, "logreg", {"C": -1.0})
+    with pytest.raises(ValueError, match=r"'C': an empty list"):
+        _train(blobs, tmp_path, "logreg", {"C": []})
     assert not (tmp_path / "model.skops").exists()
 
 
@@ -147,3 +247,7 @@ def test_create_classifier_applies_seed_threads_and_params() -> None:
     assert (forest.n_estimators, forest.random_state, forest.n_jobs) == (7, 11, 2)
     svm = create_classifier("svm", {"C": 3.0, "kernel": "linear"}, seed=5, threads=1)
     assert svm.get_params()["clf__estimator__C"] == 3.0 and svm.get_params()["clf__estimator__random_state"] == 5
+    mlp = create_classifier("mlp", {"hidden_layer_sizes": [32, 8]}, seed=0, threads=1)[-1]
+    assert mlp.hidden_layer_sizes == (32, 8)
+    fixed, candidates = split_grid({"C": [1, 2], "kernel": "rbf", "gamma": [0.1, 1]})
+    assert fixed == {"kernel": "rbf"} and len(candidates) == 4 and candidates[0] == {"C": 1, "gamma": 0.1}

@@ -25,8 +25,9 @@ def test_bad_config_is_a_clear_error(tmp_path):
 def test_synthesize_then_ingest_through_the_cli(tmp_path):
     assert medxfer("synthesize", "mura", str(tmp_path / "mura"), "--n", "8").returncode == 0
     config = tmp_path / "c.yaml"
-    config.write_text(f"datasets: {{m: {{format: mura, root: {tmp_path / 'mura'}}}}}\n"
-                      "finetune: {targets: [m], inits: [scratch]}\n")
+    config.write_text(
+        f"datasets: {{m: {{format: mura, root: {tmp_path / 'mura'}}}}}\nfinetune: {{targets: [m], inits: [scratch]}}\n"
+    )
     result = medxfer("ingest", str(config), "m", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "manifest.csv").read_text().count("\n") > 8

@@ -167,3 +167,23 @@ def test_study_ids_pass_through(tmp_path: Path) -> None:
     c = _write(tmp_path / "c.npz", dim=2, seed=3)
     assert not fuse_features([a, c], tmp_path / "g.npz", tmp_path / "s.json")["study_ids"]
     assert "study_train" not in _load(tmp_path / "g.npz")
+
+
+def test_supervised_selection_keeps_the_informative_dims(tmp_path: Path) -> None:
+    """Selection is fitted on train labels only; the kept columns are the class-dependent ones."""
+    a = _write(tmp_path / "a.npz", dim=3, seed=1)
+    rng = np.random.default_rng(0)
+    noise = {f"X_{s}": rng.normal(size=(n, 5)).astype(np.float32) for s, n in N.items()}
+    b = _write(tmp_path / "b.npz", dim=5, seed=2, **noise)  # pure noise, no class signal
+    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", select_k=3)
+    fused = _load(tmp_path / "f.npz")
+    assert all(fused[f"X_{split}"].shape == (N[split], 3) for split in SPLITS)
+    assert report["fused_dim"] == 3 and report["concat_dim"] == 8
+    assert report["selection"] == {"used": True, "k": 3, "score": "anova_f", "kept_per_model": [3, 0]}
+    fuse_features([a, b], tmp_path / "g.npz", tmp_path / "s.json")
+    full = _load(tmp_path / "g.npz")
+    np.testing.assert_array_equal(fused["X_test"], full["X_test"][:, :3])
+    with pytest.raises(ValueError, match="either pca_components or select_k"):
+        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=2, pca_components=2)
+    with pytest.raises(ValueError, match=r"select_k=9 must be an int in 1\.\.8"):
+        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=9)

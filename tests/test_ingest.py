@@ -1,13 +1,16 @@
+import hashlib
 import shutil
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from conftest import dataset_config
+from PIL import Image
 
 from medxfer.cache import cache_images, load_cached
-from medxfer.imaging import load_image
-from medxfer.ingest import IngestError, ingest_dataset
+from medxfer.imaging import load_image, read_image, resize
+from medxfer.ingest import IngestError, classes_of, ingest_dataset, pseudonymize, salt_of
 
 
 def run(tmp_path, name, ds):
@@ -99,3 +102,180 @@ def test_cache_equals_direct_decode(demo_root, tmp_path):
     data = load_cached(tmp_path / "manifest.csv", tmp_path / "images_64.npy")
     assert data.classes == ["normal", "lesion"] and data.in_chans == 2
     assert sum(len(s.labels) for s in data.splits.values()) == len(table)
+
+
+def entry(root, **fields) -> dict:
+    """A validated data set entry for generated files under `root`."""
+    from medxfer.config import validate
+
+    conf = validate(
+        {"datasets": {"d": {"root": str(root)} | fields}, "finetune": {"targets": ["d"], "inits": ["scratch"]}}
+    )
+    return conf["datasets"]["d"]
+
+
+def noise(seed: int, shape=(20, 20)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_npz_medmnist_multilabel_is_a_label_set(tmp_path):
+    images = {s: np.stack([noise(i + 100 * k) for i in range(6)]) for k, s in enumerate(("train", "val", "test"))}
+    labels = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0], [0, 1, 0]], np.uint8)
+    arrays = {f"{s}_images": x for s, x in images.items()} | {f"{s}_labels": labels for s in images}
+    np.savez_compressed(tmp_path / "chest.npz", **arrays)
+    ds = entry(tmp_path, format="npz", file="chest.npz", classes=["a", "b", "c"], max_reject_fraction=0)
+    table = run(tmp_path / "out", "chest", ds)
+    assert table.groupby("split").size().to_dict() == {"train": 6, "val": 6, "test": 6}
+    assert table["label_name"].tolist()[:3] == ["a;c", "none", "b"]
+    assert table.groupby("label_name")["label"].first().to_dict() == {"none": 0, "b": 1, "a;c": 2}
+    assert table.loc[0, "path"] == "chest.npz#train_images[0]"
+    assert table.loc[0, "sha256"] == hashlib.sha256(images["train"][0].tobytes()).hexdigest()
+
+
+def test_npz_flat_ids_splits_unknown_labels_and_cache(tmp_path):
+    images = np.stack([noise(i, (40, 30)) for i in range(12)]).astype(np.uint16) * 200  # 16-bit values
+    ids = [f"img{i}" for i in range(11)] + ["img3"]  # the last id repeats
+    np.savez(
+        tmp_path / "flat.npz",
+        images=images,
+        labels=np.array([0, 1, 2] * 3 + [7, 0, 1]),  # 7 is not a class index
+        label_names=np.array(["normal", "nodule", "mass"]),
+        patient_ids=np.array([f"P{i // 2}" for i in range(12)]),
+        image_ids=np.array(ids),
+        split=np.array(["train"] * 8 + ["test", "test", "valid", "train"]),
+    )
+    ds = entry(tmp_path, format="npz", file="flat.npz", max_reject_fraction=0.5, size=16)
+    table = run(tmp_path / "out", "flat", ds)
+    reasons = pd.read_csv(tmp_path / "out" / "quarantine.csv").set_index("path")["reason"]
+    assert reasons["flat.npz#images[9]"].startswith("unknown label 7")
+    assert reasons["flat.npz#images[11]"] == "duplicate image id 'img3'"
+    assert len(table) == 10 and table.groupby("split").size().to_dict() == {"train": 8, "val": 1, "test": 1}
+    assert classes_of(table) == ["normal", "nodule", "mass"]
+    cache_images(ds, tmp_path / "out" / "manifest.csv", tmp_path / "out" / "images_16.npy", threads=2)
+    cached = np.load(tmp_path / "out" / "images_16.npy")
+    direct = load_image(tmp_path / "flat.npz#images[4]", "xray", [], 16)
+    assert cached.shape == (10, 1, 16, 16) and np.array_equal(cached[4], direct)
+    native = read_image(tmp_path / "flat.npz#images[4]", "xray")  # 16-bit values scaled to the full 0..255
+    assert native.shape == (1, 40, 30) and native.min() == 0 and native.max() == 255
+
+
+def test_imagefolder_plain_and_split_layouts(tmp_path):
+    plain = tmp_path / "plain"
+    for k, label in enumerate(("cat_a", "cat_b")):
+        for i in range(6):
+            (plain / label / f"sub{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(noise(i + 10 * k)).save(plain / label / f"sub{i % 2}" / f"{label}{i}.png")
+    (plain / "cat_a" / "notes.txt").write_text("not an image")
+    (plain / ".hidden").mkdir()
+    table = run(tmp_path / "o1", "plain", entry(plain, format="imagefolder", max_reject_fraction=0.2))
+    assert len(table) == 12 and table["patient_id"].nunique() == 12 and set(table["split"]) == {"train", "val", "test"}
+    assert pd.read_csv(tmp_path / "o1" / "quarantine.csv")["reason"].str.contains("not an image file").all()
+    split_root = tmp_path / "split"
+    for j, (split, n) in enumerate((("train", 4), ("test", 2))):
+        for k, label in enumerate(("neg", "pos")):
+            (split_root / split / label).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(noise(100 + 10 * (2 * j + k) + i)).save(split_root / split / label / f"{i}.png")
+    table = run(tmp_path / "o2", "split", entry(split_root, format="imagefolder"))
+    assert table.loc[table["path"].str.startswith("test/"), "split"].eq("test").all()
+    assert table.loc[table["path"].str.startswith("train/"), "split"].isin(["train", "val"]).all()
+    assert classes_of(table) == ["neg", "pos"]
+
+
+def test_dicom_series_folder_rows_and_salt(tmp_path, monkeypatch):
+    from test_imaging import write_dicom
+
+    root = tmp_path / "ct"
+    for series, value in (("s1", 1064.0), ("s2", 1500.0), ("s3", 900.0)):
+        (root / series).mkdir(parents=True)
+        for k in range(3):
+            write_dicom(root / series / f"IM{k:04d}", np.full((16, 16), value + k))  # no extension
+    (root / "s2" / "readme.txt").write_text("series notes")
+    (root / "single.dcm").write_bytes((root / "s1" / "IM0000").read_bytes())
+    manifest = pd.DataFrame(
+        {"series": ["s1", "s2", "s3", "s1"], "finding": ["0", "1", "0", "1"], "patient_id": ["A", "B", "C", "A"]}
+    )
+    manifest.to_csv(root / "labels.csv", index=False)
+    fields = {"format": "dicom", "manifest": str(root / "labels.csv"), "modality": "ct", "max_reject_fraction": 0.5}
+    fields |= {"columns": {"path": "series", "label": "finding"}, "classes": ["normal", "lesion"]}
+    monkeypatch.setenv("MEDXFER_SALT", "env-salt")
+    table = run(tmp_path / "o1", "ct", entry(root, **fields))
+    assert len(table) == 9 and table.groupby("patient_id").size().tolist() == [3, 3, 3]
+    assert table.groupby("study_id")["split"].nunique().max() == 1
+    assert set(table["label_name"]) == {"normal", "lesion"}
+    reasons = pd.read_csv(tmp_path / "o1" / "quarantine.csv")["reason"]
+    assert reasons.str.contains("not a DICOM or image file").any() and reasons.str.contains("duplicate path").any()
+    text = (tmp_path / "o1" / "manifest.csv").read_text()
+    assert "Secret" not in text and "ID-123" not in text
+    salted = run(tmp_path / "o2", "ct", entry(root, **fields, privacy={"salt": "config-salt"}))
+    assert not set(salted["patient_id"]) & set(table["patient_id"])
+    assert salted.loc[0, "patient_id"] == pseudonymize("A", "config-salt")
+    assert table.loc[0, "patient_id"] == pseudonymize("A", "env-salt")
+
+
+def test_top_level_salt_reaches_every_dataset():
+    from medxfer.config import validate
+
+    conf = validate(
+        {
+            "privacy": {"salt": "top"},
+            "datasets": {"a": {"format": "imagefolder", "root": "x"}, "b": {"format": "mura", "root": "y"}}
+            | {"c": {"format": "mura", "root": "z", "privacy": {"salt": "own"}}},
+            "finetune": {"targets": ["a"], "inits": ["scratch"]},
+        }
+    )
+    assert [salt_of(conf["datasets"][n]) for n in "abc"] == ["top", "top", "own"]
+
+
+def test_bad_inputs_each_have_a_reason(tmp_path):
+    from test_imaging import write_dicom
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    for i in range(4):
+        Image.fromarray(noise(i)).save(root / f"ok{i}.png")
+    (root / "zero.png").write_bytes(b"")
+    data = (root / "ok0.png").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(noise(9)).save(root / "cut.jpg")
+    (root / "cut.jpg").write_bytes((root / "cut.jpg").read_bytes()[:200])
+    (root / "text.jpg").write_text("hello")
+    write_dicom(root / "nopix.dcm", np.zeros((8, 8)), pixel=False)
+    mpeg = pydicom.dcmread(write_dicom(root / "mpeg.dcm", np.full((8, 8), 1064.0)))
+    mpeg.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    mpeg.PixelData = pydicom.encaps.encapsulate([b"\0" * 64])
+    mpeg.save_as(root / "mpeg.dcm")
+    cases = {
+        "zero.png": "empty file",
+        "truncated.png": "not a readable image",
+        "cut.jpg": "not a readable image",
+        "text.jpg": "not a readable image",
+        "nopix.dcm": "no pixel data",
+        "mpeg.dcm": "unsupported transfer syntax",
+        "ok1.png": "unknown label 'tumour'",
+        "../outside.png": "outside",
+        "ok2.png": "duplicate path",  # listed again below
+    }
+    paths = list(cases) + ["ok0.png", "ok2.png", "ok3.png"]
+    labels = ["normal"] * len(paths)
+    labels[list(cases).index("ok1.png")] = "tumour"
+    pd.DataFrame({"path": paths, "label": labels}).to_csv(root / "labels.csv", index=False)
+    ds = entry(
+        root, format="csv", manifest=str(root / "labels.csv"), classes=["normal", "finding"], max_reject_fraction=1
+    )
+    table = run(tmp_path / "out", "bad", ds)
+    quarantine = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    assert sorted(table["path"]) == ["ok0.png", "ok2.png", "ok3.png"]
+    assert len(quarantine) == len(cases)
+    for name, reason in cases.items():
+        rows = quarantine[quarantine["path"].str.endswith(name.lstrip("./"))]
+        assert rows["reason"].str.contains(reason).any(), (name, quarantine.to_string())
+
+
+def test_load_image_equals_resized_read_image(tmp_path):
+    rgb = np.stack([noise(1, (50, 70)), noise(2, (50, 70)), noise(3, (50, 70))], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(noise(4, (33, 33))).save(tmp_path / "grey.jpg")
+    for name in ("rgb.png", "grey.jpg"):
+        expected = resize(read_image(tmp_path / name, "xray"), 24)
+        assert np.array_equal(load_image(tmp_path / name, "xray", [], 24), expected)

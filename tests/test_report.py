@@ -1,39 +1,146 @@
+"""Metrics against sklearn, bootstrap intervals, study aggregation, paired comparison and the summary table."""
+
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn import metrics as skm
 
-from medxfer.metrics import classification_metrics
-from medxfer.report import summarize_results
+from medxfer.metrics import (
+    METRICS,
+    _resample_weights,
+    bootstrap_metrics,
+    classification_metrics,
+    evaluate,
+    paired_bootstrap,
+    roc_points,
+    study_level,
+)
+from medxfer.report import plot_confusion, plot_roc, summarize_results
+
+
+def _scores(n_classes: int, n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Informative but imperfect probabilities, rounded so that ties occur (AUC must handle them like sklearn)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    proba = rng.dirichlet(np.ones(n_classes), n)
+    proba[np.arange(n), y] += 0.4
+    proba = np.round(proba, 1) + 1e-3
+    return y, proba / proba.sum(axis=1, keepdims=True)
 
 
 def test_metrics_match_sklearn_binary():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
-    p1 = np.clip(y * 0.3 + rng.uniform(0, 0.7, 200), 0, 1)
-    proba = np.stack([1 - p1, p1], axis=1)
-    result = classification_metrics(y, proba)
-    pred = proba.argmax(1)
-    assert result["accuracy"] == skm.accuracy_score(y, pred)
-    assert result["f1"] == skm.f1_score(y, pred)
-    assert result["cohen_kappa"] == skm.cohen_kappa_score(y, pred)
-    assert result["roc_auc"] == skm.roc_auc_score(y, p1)
+    y, proba = _scores(2)
+    result, pred = classification_metrics(y, proba), proba.argmax(1)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    assert result["f1"] == pytest.approx(skm.f1_score(y, pred), abs=1e-12)
+    assert result["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred), abs=1e-12)
+    assert result["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]), abs=1e-12)
+    assert result["sensitivity"] == pytest.approx(skm.recall_score(y, pred), abs=1e-12)
+    assert result["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=1e-12)
+    assert result["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+    assert result["n"] == len(y)
 
 
-def test_metrics_multiclass_macro_and_single_class_auc():
-    y = np.array([0, 1, 2, 2, 1, 0])
-    proba = np.eye(3)[[0, 1, 2, 1, 1, 0]] * 0.8 + 0.2 / 3
-    result = classification_metrics(y, proba)
-    assert result["f1"] == skm.f1_score(y, proba.argmax(1), average="macro")
-    assert 0 < result["roc_auc"] <= 1
+def test_metrics_match_sklearn_multiclass_macro():
+    y, proba = _scores(3)
+    result, pred = classification_metrics(y, proba), proba.argmax(1)
+    assert result["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
+    assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    assert result["sensitivity"] == pytest.approx(skm.recall_score(y, pred, average="macro"), abs=1e-12)
+    assert result["cohen_kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred), abs=1e-12)
+    assert result["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"), abs=1e-12)
+    cm = skm.confusion_matrix(y, pred)
+    specificity = [(cm.sum() - cm[k].sum() - cm[:, k].sum() + cm[k, k]) / (cm.sum() - cm[k].sum()) for k in range(3)]
+    assert result["specificity"] == pytest.approx(np.mean(specificity), abs=1e-12)
+
+
+def test_degenerate_cases():
     assert np.isnan(classification_metrics(np.zeros(3, int), np.full((3, 2), 0.5))["roc_auc"])
+    assert classification_metrics(np.zeros(3, int), np.full((3, 2), 0.5))["cohen_kappa"] == 0.0
+    y = np.array([0, 1, 1, 0])  # class 2 absent: one-vs-rest AUC undefined, like sklearn
+    assert np.isnan(classification_metrics(y, np.eye(3)[[0, 1, 2, 0]])["roc_auc"])
+    with pytest.raises(ValueError, match="proba must be"):
+        classification_metrics(y, np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_bootstrap_interval_contains_the_point_estimate_and_is_seeded(n_classes):
+    y, proba = _scores(n_classes, n=120)
+    result = bootstrap_metrics(y, proba, n_resamples=500, seed=3)
+    for m in METRICS:
+        low, high = result["ci"][m]
+        assert low <= result[m] <= high and high - low > 0, m
+    assert result["bootstrap"] == {"resamples": 500, "seed": 3, "level": 0.95, "unit": "image"}
+    assert bootstrap_metrics(y, proba, n_resamples=500, seed=3)["ci"] == result["ci"]
+    assert bootstrap_metrics(y, proba, n_resamples=500, seed=4)["ci"] != result["ci"]
+
+
+def test_cluster_bootstrap_draws_whole_studies():
+    groups = np.array(["a", "a", "b", "c", "c", "c"])
+    weights = _resample_weights(groups, 6, 50, seed=0)
+    assert weights.shape == (50, 6)
+    np.testing.assert_array_equal(weights[:, 0], weights[:, 1])
+    np.testing.assert_array_equal(weights[:, 3], weights[:, 5])
+    np.testing.assert_array_equal(weights[:, [0, 2, 3]].sum(axis=1), 3)  # three studies drawn per resample
+
+
+def test_weighted_metrics_equal_metrics_on_the_duplicated_cases():
+    y, proba = _scores(2, n=40)
+    weights = _resample_weights(None, 40, 1, seed=5)[0].astype(int)
+    from medxfer.metrics import _batch_metrics
+
+    batch = _batch_metrics(y, proba, weights[None, :].astype(float))
+    expanded = classification_metrics(np.repeat(y, weights), np.repeat(proba, weights, axis=0))
+    for m in METRICS:
+        assert batch[m][0] == pytest.approx(expanded[m], abs=1e-12), m
+
+
+def test_study_aggregation_by_hand():
+    y = np.array([1, 1, 0, 0, 0, 1])
+    p1 = np.array([0.9, 0.5, 0.2, 0.4, 0.3, 0.6])
+    studies = np.array(["s2", "s2", "s1", "s1", "s1", "s3"])
+    labels, proba, ids = study_level(y, np.stack([1 - p1, p1], 1), studies)
+    assert ids.tolist() == ["s1", "s2", "s3"] and labels.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(proba[:, 1], [0.3, 0.7, 0.6])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    result = evaluate(y, np.stack([1 - p1, p1], 1), studies, n_resamples=100)
+    assert result["study"]["n"] == 3 and result["study"]["accuracy"] == 1.0 and result["accuracy"] == 5 / 6
+    assert result["bootstrap"]["unit"] == "study"
+    mixed = y.copy()
+    mixed[0] = 0
+    assert study_level(mixed, np.stack([1 - p1, p1], 1), studies) is None
+    assert "skipped" in evaluate(mixed, np.stack([1 - p1, p1], 1), studies, n_resamples=10)["study"]
+    assert "study" not in evaluate(y, np.stack([1 - p1, p1], 1), np.arange(6).astype(str), n_resamples=10)
+
+
+def test_paired_bootstrap():
+    y, proba = _scores(2, n=200)
+    same = paired_bootstrap(y, proba, proba.copy(), n_resamples=200)
+    assert all(d["difference"] == 0 and d["ci"] == [0.0, 0.0] for d in same["metrics"].values())
+    noise = np.random.default_rng(1).uniform(size=(200, 2))
+    worse = noise / noise.sum(axis=1, keepdims=True)
+    better = paired_bootstrap(y, proba, worse, n_resamples=500, seed=1)["metrics"]
+    assert better["cohen_kappa"]["ci"][0] > 0 and better["roc_auc"]["p_value"] < 0.01
+    assert better["accuracy"]["a"] == classification_metrics(y, proba)["accuracy"]
+
+
+def test_roc_points_and_plots(tmp_path):
+    y, proba = _scores(3, n=60)
+    roc = roc_points(y, proba, ["a", "b", "c"])
+    assert set(roc["class"]) == {"a", "b", "c"} and list(roc.columns) == ["class", "fpr", "tpr", "threshold"]
+    plot_roc(roc, 0.8, tmp_path / "roc.png", "test")
+    plot_confusion(np.array(classification_metrics(y, proba)["confusion_matrix"]), "abc", tmp_path / "cm.png", "t")
+    assert (tmp_path / "roc.png").read_bytes()[:4] == (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def write_metrics(path, accuracy, kappa):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accuracy": accuracy, "balanced_accuracy": accuracy, "f1": accuracy,
-                                "cohen_kappa": kappa, "roc_auc": 0.9, "n": 10}))
+    keys = ("accuracy", "balanced_accuracy", "f1")
+    path.write_text(json.dumps({**dict.fromkeys(keys, accuracy), "cohen_kappa": kappa, "roc_auc": 0.9, "n": 10}))
     return path
 
 
@@ -53,5 +160,43 @@ def test_summary_rows_best_and_tables(tmp_path):
     assert table.iloc[0]["init"] == "scratch"
     nested = json.loads((tmp_path / "m.json").read_text())
     assert nested["t1"]["indomain"]["fused"]["svm"]["cohen_kappa"] == 0.7
+    assert "skipped" in nested["t1"]["paired_comparison"]  # no predictions.csv to pair
     md = (tmp_path / "s.md").read_text()
     assert "## t1" in md and "**svm**" in md and "| scratch |" in md
+
+
+def _predictions(path: Path, y: np.ndarray, proba: np.ndarray, studies: np.ndarray, order: np.ndarray) -> None:
+    table = pd.DataFrame({"image_id": [f"img{i}" for i in range(len(y))], "study_id": studies, "label": y})
+    table["prediction"] = proba.argmax(1)
+    table["prob_neg"], table["prob_pos"] = proba[:, 0], proba[:, 1]
+    table.iloc[order].to_csv(path, index=False)
+
+
+def test_summary_intervals_for_cnn_rows_and_paired_comparison(tmp_path):
+    """The CNN's metrics.json has no intervals: they come from its predictions.csv; rows may be in any order."""
+    y, good = _scores(2, n=120, seed=2)
+    _, weak = _scores(2, n=120, seed=3)
+    weak = 0.5 * weak + 0.25
+    studies = np.array([f"s{i // 2}" for i in range(120)])
+    y[1::2] = y[::2]  # both images of a study share the label
+    r = tmp_path / "results"
+    cnn, fused = r / "finetune/t/indomain/resnet18", r / "classify/t/indomain/fused/logreg"
+    for folder, proba, order in ((cnn, weak, np.arange(120)[::-1]), (fused, good, np.arange(120))):
+        folder.mkdir(parents=True)
+        _predictions(folder / "predictions.csv", y, proba, studies, order)
+    (cnn / "metrics.json").write_text(json.dumps(classification_metrics(y, weak)))
+    (fused / "metrics.json").write_text(json.dumps(evaluate(y, good, studies)))
+    summarize_results([cnn / "metrics.json", fused / "metrics.json"], r / "s.csv", r / "m.json", r / "s.md")
+    csv = pd.read_csv(r / "s.csv")
+    for m in METRICS:
+        assert (csv[f"{m}_lo"] <= csv[m] + 1e-4).all() and (csv[m] <= csv[f"{m}_hi"] + 1e-4).all(), m
+    assert csv["study_n"].tolist() == [60, 60]
+    comparison = json.loads((r / "m.json").read_text())["t"]["paired_comparison"]
+    assert comparison["a"] == "indomain/fused/logreg" and comparison["b"] == "indomain/resnet18/cnn"
+    assert comparison["bootstrap"]["unit"] == "study" and comparison["n"] == 120
+    kappa = comparison["metrics"]["cohen_kappa"]
+    assert kappa["difference"] == pytest.approx(
+        classification_metrics(y, good)["cohen_kappa"] - classification_metrics(y, weak)["cohen_kappa"]
+    )
+    md = (r / "s.md").read_text()
+    assert "Paired comparison on the same 120 test images" in md and "Study level" in md and " [" in md

@@ -11,19 +11,20 @@ from PIL import Image
 from medxfer import models
 from medxfer.explain import choose_images, explain_model
 from medxfer.features import extract_features
+from medxfer.runtime import seed_everything
 from medxfer.train import class_weights, finetune_model, pretrain_model, set_strategy
 
 AUG = dict(hflip=0.5, degrees=5, translate=0.05, scale=[0.95, 1.05], brightness=0.1, contrast=0.1, noise_std=0.01)
-PARAMS = dict(lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment=AUG,
-              strategy="full")
+PARAMS = dict(lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment=AUG, strategy="full")
 
 
 @pytest.fixture(scope="module")
 def pretrained(cached, tmp_path_factory):
     manifest, images = cached["xray_source"]
     out = tmp_path_factory.mktemp("pretrain")
-    pretrain_model(manifest, images, "resnet10t", {k: v for k, v in PARAMS.items() if k != "strategy"}, out,
-                   threads=2, seed=0)
+    pretrain_model(
+        manifest, images, "resnet10t", {k: v for k, v in PARAMS.items() if k != "strategy"}, out, threads=2, seed=0
+    )
     return out
 
 
@@ -37,8 +38,9 @@ def test_pretrain_writes_checkpoint_trio_with_metadata(pretrained):
 
 def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pretrained, tmp_path):
     manifest, images = cached["ct"]
-    metrics = finetune_model(manifest, images, "resnet10t", "indomain", PARAMS, tmp_path, init_path=pretrained,
-                             threads=2, seed=0)
+    metrics = finetune_model(
+        manifest, images, "resnet10t", "indomain", PARAMS, tmp_path, init_path=pretrained, threads=2, seed=0
+    )
     model, meta = models.load(tmp_path)
     assert meta["in_chans"] == 2 and meta["init"] == "indomain"
     assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] == len(pd.read_csv(tmp_path / "predictions.csv"))
@@ -63,12 +65,11 @@ def test_linear_probe_trains_only_the_head(cached, tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fc.weight", "fc.bias"}
     manifest, images = cached["mura"]
+    seed_everything(0)  # finetune_model seeds the same way before it builds the model
     before = models.create("resnet10t", 2, 1).state_dict()
-    torch.manual_seed(0)
     probe = PARAMS | {"strategy": "linear_probe", "epochs": 1}
     finetune_model(manifest, images, "resnet10t", "scratch", probe, tmp_path, threads=2, seed=0)
     after = models.load(tmp_path)[0].state_dict()
-    torch.manual_seed(0)
     assert torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
 

@@ -1,14 +1,21 @@
 """Classic-ML classifiers on (fused) deep features, behind one registry so the config names them by a short key.
 
-As in Alzubaidi et al. 2023, the CNNs only provide features; the final decision comes from SVM, logistic
-regression, random forest or k-NN. Each classifier is fitted on the train split only: val is kept for model
-selection and test is touched once, for the reported predictions and metrics.
+As in Alzubaidi et al. 2023, the CNNs only provide features; the final decision comes from SVM (RBF or linear),
+logistic regression, random forest, k-NN, gradient boosting, an MLP or a soft-voting ensemble of them.
+
+Honest evaluation: hyperparameters are chosen by cross-validation on train+val only (folds grouped by study
+when studies exist, so images of one study never sit on both sides of a fold); the chosen model is refitted on
+train+val and the test split is used once, for predictions.csv and metrics.json. In a classifier's config a
+list is a grid of candidates searched by CV; any other value is fixed.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,23 +23,30 @@ import pandas as pd
 import skops.io
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 from medxfer.fusion import load_feature_file
-from medxfer.io import atomic_path, write_json
-from medxfer.metrics import classification_metrics
+from medxfer.io import atomic_path, read_json, write_json
+from medxfer.metrics import N_BOOTSTRAP, evaluate, roc_points
 
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
+ENSEMBLE = "ensemble"
+CV_FOLDS = 3
 
 # Module prefixes whose types a saved classifier may contain; anything else in a .skops file is refused.
 _TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.")
+_SEED = {"random_state": "set from seed"}
+_THREADS = {"n_jobs": "set from threads"}
 
 
 def register_classifier(name: str) -> Callable[[ClassifierBuilder], ClassifierBuilder]:
@@ -60,45 +74,73 @@ def _configure(name: str, estimator: BaseEstimator, params: Mapping[str, Any], r
         raise ValueError(f"classifier '{name}': unknown parameter(s) {bad}; allowed: {allowed}") from exc
 
 
+def _calibrated(estimator: BaseEstimator, threads: int) -> CalibratedClassifierCV:
+    """Platt-scaled probabilities for an SVM (SVC(probability=True) is deprecated since sklearn 1.9); 3 folds: cheap."""
+    return CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False, n_jobs=threads)
+
+
 @register_classifier("svm")
 def _svm(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    # Platt-scaled probabilities via CalibratedClassifierCV: SVC(probability=True) is deprecated since sklearn 1.9.
-    svc = _configure(
-        "svm",
-        SVC(random_state=seed),
-        params,
-        {"random_state": "set from seed", "probability": "probabilities come from sigmoid calibration"},
-    )
-    calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False, n_jobs=threads)
-    return Pipeline([("scaler", StandardScaler()), ("clf", calibrated)])
+    """Kernel SVM, RBF by default (`kernel` is configurable)."""
+    reserved = _SEED | {"probability": "probabilities come from sigmoid calibration"}
+    svc = _configure("svm", SVC(kernel="rbf", random_state=seed), params, reserved)
+    return Pipeline([("scaler", StandardScaler()), ("clf", _calibrated(svc, threads))])
+
+
+@register_classifier("svm_linear")
+def _svm_linear(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    """Linear SVM (liblinear): scales to many images and the thousands of fused dimensions."""
+    svc = _configure("svm_linear", LinearSVC(dual="auto", max_iter=5000, random_state=seed), params, _SEED)
+    return Pipeline([("scaler", StandardScaler()), ("clf", _calibrated(svc, threads))])
 
 
 @register_classifier("logreg")
 def _logreg(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    logreg = _configure(
-        "logreg",
-        LogisticRegression(max_iter=2000, random_state=seed),
-        params,
-        {"random_state": "set from seed", "n_jobs": "set from threads"},
-    )
+    logreg = _configure("logreg", LogisticRegression(max_iter=2000, random_state=seed), params, _SEED | _THREADS)
     return Pipeline([("scaler", StandardScaler()), ("clf", logreg)])
 
 
 @register_classifier("random_forest")
 def _random_forest(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    forest = _configure(
-        "random_forest",
-        RandomForestClassifier(random_state=seed, n_jobs=threads),
-        params,
-        {"random_state": "set from seed", "n_jobs": "set from threads"},
-    )
-    return Pipeline([("clf", forest)])
+    forest = RandomForestClassifier(random_state=seed, n_jobs=threads)
+    return Pipeline([("clf", _configure("random_forest", forest, params, _SEED | _THREADS))])
 
 
 @register_classifier("knn")
 def _knn(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    knn = _configure("knn", KNeighborsClassifier(n_jobs=threads), params, {"n_jobs": "set from threads"})
+    knn = _configure("knn", KNeighborsClassifier(n_jobs=threads), params, _THREADS)
     return Pipeline([("scaler", StandardScaler()), ("clf", knn)])
+
+
+@register_classifier("gradient_boosting")
+def _gradient_boosting(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    """HistGradientBoosting: sklearn's fast boosting, no extra dependency (threads via threadpool_limits)."""
+    boosting = HistGradientBoostingClassifier(early_stopping=False, random_state=seed)
+    return Pipeline([("clf", _configure("gradient_boosting", boosting, params, _SEED))])
+
+
+@register_classifier("mlp")
+def _mlp(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    params = dict(params)
+    if isinstance(params.get("hidden_layer_sizes"), list):  # YAML has no tuples
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    mlp = MLPClassifier(hidden_layer_sizes=(128,), max_iter=500, random_state=seed)
+    return Pipeline([("scaler", StandardScaler()), ("clf", _configure("mlp", mlp, params, _SEED))])
+
+
+@register_classifier(ENSEMBLE)
+def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    """Soft voting (mean probability) over members given as `{"members": {name: fixed params}}`."""
+    unknown = sorted(set(params) - {"members"})
+    if unknown:
+        raise ValueError(f"classifier '{ENSEMBLE}': unknown parameter(s) {unknown}; allowed: ['members']")
+    members = params.get("members") or {}
+    if not isinstance(members, Mapping) or len(members) < 2:
+        raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members with their parameters, got {members!r}")
+    if ENSEMBLE in members:
+        raise ValueError(f"classifier '{ENSEMBLE}' cannot contain itself")
+    estimators = [(name, create_classifier(name, p, seed, threads)) for name, p in members.items()]
+    return Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
 
 
 def create_classifier(name: str, params: Mapping[str, Any] | None, seed: int, threads: int) -> Pipeline:
@@ -117,12 +159,120 @@ def load_classifier(path: str | os.PathLike) -> Pipeline:
     return skops.io.load(path, trusted=untrusted)
 
 
+def split_grid(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fixed params and the list of candidate dicts (the product of every list-valued param, in config order)."""
+    fixed = {k: v for k, v in params.items() if not isinstance(v, list)}
+    grid = {k: v for k, v in params.items() if isinstance(v, list)}
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"parameter '{key}': an empty list leaves no candidate to choose from")
+    candidates = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    return fixed, candidates
+
+
+def fit_data(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The only rows model selection and fitting ever see: train + val (features, labels, study groups)."""
+    x = np.concatenate([data["X_train"], data["X_val"]])
+    y = np.concatenate([data["y_train"], data["y_val"]])
+    groups = None
+    if "study_train" in data and "study_val" in data:
+        groups = np.concatenate([data["study_train"], data["study_val"]]).astype(str)
+    return x, y, groups
+
+
+def _folds(y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> tuple[Any, str | None]:
+    """A stratified (and study-grouped) splitter, with fewer folds when a class has too few studies/images."""
+    units = pd.DataFrame({"y": y, "g": groups if groups is not None else np.arange(y.size)})
+    smallest = int(units.groupby("y")["g"].nunique().min())
+    n_splits = min(folds, smallest)
+    if n_splits < 2:
+        return None, f"a class has only {smallest} {'studies' if groups is not None else 'images'} in train+val"
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), None
+    return StratifiedKFold(n_splits, shuffle=True, random_state=seed), None
+
+
+def select_hyperparameters(
+    name: str,
+    params: Mapping[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    seed: int,
+    threads: int,
+    folds: int = CV_FOLDS,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Best params by mean CV ROC AUC (one-vs-rest macro for multi-class) and a report of every candidate.
+
+    Every candidate goes through create_classifier, so grid values are checked like fixed ones.
+    """
+    fixed, candidates = split_grid(params)
+    for candidate in candidates:
+        create_classifier(name, fixed | candidate, seed, threads)
+    if len(candidates) == 1:
+        return fixed | candidates[0], {"candidates": 1, "skipped": "a single candidate: nothing to choose"}
+    splitter, reason = _folds(y, groups, folds, seed)
+    if splitter is None:
+        return fixed | candidates[0], {"candidates": len(candidates), "skipped": f"{reason}; first candidate used"}
+    scoring = "roc_auc" if np.unique(y).size == 2 else "roc_auc_ovr"
+    results = []
+    for candidate in candidates:
+        model = create_classifier(name, fixed | candidate, seed, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            scores = cross_val_score(
+                model, x, y, groups=groups, cv=splitter, scoring=scoring, n_jobs=threads, error_score=np.nan
+            )
+        ok = np.isfinite(scores).any()
+        mean, std = (float(np.nanmean(scores)), float(np.nanstd(scores))) if ok else (float("nan"), None)
+        results.append({"params": candidate, "mean": mean, "std": std})
+    means = np.array([r["mean"] for r in results])
+    if np.isnan(means).all():
+        raise ValueError(f"classifier '{name}': every CV candidate failed; check the grid {params}")
+    best = int(np.nanargmax(means))  # first of equals: the grid order breaks ties, reproducibly
+    report = {
+        "candidates": len(candidates),
+        "folds": splitter.get_n_splits(),
+        "grouped_by": "study" if groups is not None else None,
+        "scoring": scoring,
+        "results": results,
+        "best_score": results[best]["mean"],
+    }
+    return fixed | candidates[best], report
+
+
 def _predict_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities for every class in the file, with zeros for classes absent from the train split."""
+    """Probabilities for every class in the file, with zeros for classes absent from the fitting data."""
     full = np.zeros((x.shape[0], n_classes), dtype=np.float64)
     if x.shape[0]:
         full[:, model.classes_] = model.predict_proba(x)
     return full
+
+
+def _member_params(features_path: Path, member_metrics: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """Each member's CV-chosen params from its metrics.json, which must come from the same feature file."""
+    members: dict[str, dict[str, Any]] = {}
+    for path in member_metrics:
+        saved = read_json(path)
+        if saved.get("features") != str(features_path) or "best_params" not in saved:
+            raise ValueError(f"{path}: not a classifier result on {features_path} (features {saved.get('features')})")
+        members[saved["classifier"]] = saved["best_params"]
+    return members
+
+
+def write_predictions(path: str | os.PathLike, data: Mapping[str, np.ndarray], proba: np.ndarray) -> None:
+    """image_id, study_id, label, probability (positive class; predicted class if multi-class), prediction, prob_*."""
+    prediction = proba.argmax(axis=1)
+    columns: dict[str, Any] = {"image_id": data["ids_test"]}
+    if "study_test" in data:
+        columns["study_id"] = data["study_test"]
+    columns["label"] = data["y_test"]
+    columns["probability"] = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(proba)), prediction]
+    columns["prediction"] = prediction
+    for index, class_name in enumerate(data["classes"]):
+        columns[f"prob_{class_name}"] = proba[:, index]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False)
 
 
 def train_classifier(
@@ -134,52 +284,80 @@ def train_classifier(
     metrics_path: str | os.PathLike,
     seed: int = 0,
     threads: int = 1,
+    roc_path: str | os.PathLike | None = None,
+    roc_plot: str | os.PathLike | None = None,
+    confusion_plot: str | os.PathLike | None = None,
+    member_metrics: Sequence[str | os.PathLike] = (),
+    n_bootstrap: int = N_BOOTSTRAP,
+    cv_folds: int = CV_FOLDS,
 ) -> dict[str, Any]:
-    """Fit on train, score val and test, write model.skops, predictions.csv (test) and metrics.json; return metrics."""
+    """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
+
+    Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs. The ensemble takes
+    its members' chosen params from their metrics.json files (`member_metrics`) and refits them together.
+    """
     params = dict(params or {})
     threads = max(1, int(threads))
+    features_path = Path(features_path)
     data = load_feature_file(features_path)
     classes = [str(c) for c in data["classes"]]
-    x_train, y_train = data["X_train"], data["y_train"]
-    if x_train.shape[0] == 0 or data["X_test"].shape[0] == 0:
+    x_fit, y_fit, groups = fit_data(data)
+    if data["X_train"].shape[0] == 0 or data["X_test"].shape[0] == 0:
         raise ValueError(f"{features_path}: train and test splits must not be empty")
-    model = create_classifier(name, params, seed, threads)
     with threadpool_limits(limits=threads):
         try:
-            model.fit(x_train, y_train)
-            proba = {split: _predict_proba(model, data[f"X_{split}"], len(classes)) for split in ("val", "test")}
+            if name == ENSEMBLE:
+                best_params: dict[str, Any] = {"members": _member_params(features_path, member_metrics)}
+                cv: dict[str, Any] = {"skipped": "members' params were chosen by their own CV"}
+            else:
+                best_params, cv = select_hyperparameters(name, params, x_fit, y_fit, groups, seed, threads, cv_folds)
+            model = create_classifier(name, best_params, seed, threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(x_fit, y_fit)
+            proba = _predict_proba(model, data["X_test"], len(classes))  # the one look at the test split
         except ValueError as exc:
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
 
     with atomic_path(model_path) as tmp:
         skops.io.dump(model, tmp)
+    write_predictions(predictions_path, data, proba)
 
-    columns: dict[str, Any] = {"image_id": data["ids_test"]}
-    if "study_test" in data:
-        columns["study_id"] = data["study_test"]
-    columns["label"] = data["y_test"]
-    columns["prediction"] = proba["test"].argmax(axis=1)
-    for index, class_name in enumerate(classes):
-        columns[f"prob_{class_name}"] = proba["test"][:, index]
-    with atomic_path(predictions_path) as tmp:
-        pd.DataFrame(columns).to_csv(tmp, index=False)
+    metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed)
+    metrics |= {
+        "classifier": name,
+        "params": params,
+        "best_params": best_params,
+        "cv": cv,
+        "features": str(features_path),
+        "classes": classes,
+        "n_fit": int(x_fit.shape[0]),
+        "n_features": int(x_fit.shape[1]),
+        "seed": int(seed),
+    }
+    roc = roc_points(data["y_test"], proba, classes)
+    if roc_path is not None:
+        with atomic_path(roc_path) as tmp:
+            roc.to_csv(tmp, index=False)
+    if roc_plot is not None or confusion_plot is not None:
+        from medxfer.report import plot_confusion, plot_roc  # matplotlib only when plots are asked for
 
-    metrics: dict[str, Any] = classification_metrics(data["y_test"], proba["test"])
-    val_metrics = classification_metrics(data["y_val"], proba["val"]) if data["y_val"].size else {"n": 0}
-    metrics.update(
-        {
-            "classifier": name,
-            "params": params,
-            "features": str(features_path),
-            "classes": classes,
-            "n_train": int(x_train.shape[0]),
-            "n_features": int(x_train.shape[1]),
-            "seed": int(seed),
-            "val": val_metrics,
-        }
-    )
+        title = f"{name} on {features_path.stem} (test, n={len(proba)})"
+        if roc_plot is not None:
+            plot_roc(roc, metrics["roc_auc"], roc_plot, title)
+        if confusion_plot is not None:
+            plot_confusion(np.array(metrics["confusion_matrix"]), classes, confusion_plot, title)
     write_json(metrics_path, metrics)
     return metrics
 
 
-__all__ = ["CLASSIFIERS", "create_classifier", "load_classifier", "register_classifier", "train_classifier"]
+__all__ = [
+    "CLASSIFIERS",
+    "ENSEMBLE",
+    "create_classifier",
+    "fit_data",
+    "load_classifier",
+    "register_classifier",
+    "select_hyperparameters",
+    "train_classifier",
+]

@@ -65,7 +65,16 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None)
         ]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _cross_check(config)
+    _inherit_privacy(config)
     return config
+
+
+def _inherit_privacy(config: dict[str, Any]) -> None:
+    """Give each data set the top-level privacy settings it does not override: ingest sees only its data set."""
+    top = config.get("privacy") or {}
+    for ds in config["datasets"].values():
+        if top:
+            ds["privacy"] = top | (ds.get("privacy") or {})
 
 
 def _cross_check(config: dict[str, Any]) -> None:
@@ -94,6 +103,8 @@ def _cross_check(config: dict[str, Any]) -> None:
     for name, ds in datasets.items():
         if ds["format"] in ("csv", "dicom") and "manifest" not in ds:
             problems.append(f"config key 'datasets.{name}.manifest': required for format '{ds['format']}'")
+        if ds["format"] == "npz" and "file" not in ds:
+            problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
         if ds["val_fraction"] + ds["test_fraction"] >= 1:
             problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
     if problems:

@@ -1,19 +1,22 @@
 """Feature fusion: deep features from several fine-tuned CNNs become one matrix for the classic-ML classifiers.
 
 Each model's features are standardised on its own (so a model with large activations does not dominate the
-concatenation), rows are aligned by image id, and an optional PCA shrinks the fused matrix. Every statistic is
-fitted on the train split only, so nothing about val/test leaks into the classifiers.
+concatenation), rows are aligned by image id, and an optional PCA or supervised selection (ANOVA F, k best)
+shrinks the fused matrix. Every statistic is fitted on the train split only, so nothing about val/test leaks
+into the classifiers.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.feature_selection import f_classif
 from sklearn.preprocessing import StandardScaler
 
 from medxfer.io import save_npz, write_json
@@ -98,11 +101,13 @@ def fuse_features(
     standardize: bool = True,
     pca_components: int | float | None = None,
     seed: int = 0,
+    select_k: int | None = None,
 ) -> dict[str, Any]:
     """Fuse per-model feature files into one, in the order of the first file's ids; returns the report dict.
 
     `pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
-    variance to keep).
+    variance to keep). `select_k`: keep the k fused dimensions with the highest ANOVA F-score against the train
+    labels (supervised selection, an alternative to PCA; the two cannot be combined).
     """
     paths = [Path(p) for p in feature_paths]
     if not paths:
@@ -132,6 +137,25 @@ def fuse_features(
             blocks[split].append(feats[split])
     fused = {split: np.concatenate(blocks[split], axis=1) for split in SPLITS}
     concat_dim = int(fused["train"].shape[1])
+
+    selection_report: dict[str, Any] = {"used": False}
+    if select_k is not None:
+        if pca_components is not None:
+            raise ValueError("choose either pca_components or select_k for the fused features, not both")
+        if isinstance(select_k, bool) or not isinstance(select_k, int) or not 1 <= select_k <= concat_dim:
+            raise ValueError(f"select_k={select_k!r} must be an int in 1..{concat_dim} (the fused dims)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant features: F is NaN, they rank last
+            scores, _ = f_classif(fused["train"], ref["y_train"])
+        kept = np.sort(np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:select_k])
+        fused = {split: x[:, kept] for split, x in fused.items()}
+        owner = np.repeat(np.arange(len(files)), [int(d["X_train"].shape[1]) for d in files])
+        selection_report = {
+            "used": True,
+            "k": select_k,
+            "score": "anova_f",
+            "kept_per_model": [int(np.sum(owner[kept] == i)) for i in range(len(files))],
+        }
 
     pca_report: dict[str, Any] = {"used": False}
     if pca_components is not None:
@@ -175,6 +199,7 @@ def fuse_features(
         "classes": [str(c) for c in ref["classes"]],
         "standardize": bool(standardize),
         "pca": pca_report,
+        "selection": selection_report,
         "study_ids": with_study,
         "seed": int(seed),
         "output": str(out_path),

@@ -1,14 +1,25 @@
-"""Decode one image file (PNG/JPEG/DICOM) into a uint8 channel-first array at a fixed size."""
+"""Decode one image (PNG/JPEG/DICOM file or one entry of an .npz array) into a uint8 channel-first array.
+
+An image inside an array file is addressed as `<file>.npz#<key>[<index>]`, so every manifest row is one path and
+ingest, cache and tests share a single decoder (`read_image` / `load_image`).
+"""
 
 from __future__ import annotations
 
+import functools
+import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medxfer.io import sha256_bytes, sha256_file
+
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
+RESAMPLE = Image.Resampling.BILINEAR
+NPZ_REF = re.compile(r"^(?P<file>.+\.npz)#(?P<key>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>\d+)\]$")
 
 
 class ImageError(ValueError):
@@ -28,8 +39,65 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def npz_ref(file: str | Path, key: str, index: int) -> str:
+    """The manifest path of entry `index` of array `key` in an .npz file."""
+    return f"{Path(file).as_posix()}#{key}[{index}]"
+
+
+def parse_npz_ref(path: str | Path) -> tuple[Path, str, int] | None:
+    """(file, key, index) for an `<file>.npz#<key>[<index>]` path, None for a plain file path."""
+    match = NPZ_REF.match(str(path))
+    return (Path(match["file"]), match["key"], int(match["index"])) if match else None
+
+
+def npz_array(file: str | Path, key: str) -> np.ndarray:
+    """One array of an .npz file, decompressed once and kept (keyed on mtime/size, so a changed file is re-read)."""
+    file = Path(file)
+    if not file.is_file():
+        raise ImageError(file, "file not found")
+    stat = file.stat()
+    return _npz_array(str(file), key, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _npz_array(file: str, key: str, mtime_ns: int, size: int) -> np.ndarray:
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            keys = list(data.files)
+            array = data[key] if key in keys else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise ImageError(file, f"not a readable .npz file ({err})") from None
+    if array is None:
+        raise ImageError(file, f"no array '{key}' in the file (has {keys})")
+    array.flags.writeable = False  # shared between threads and callers
+    return array
+
+
+def npz_entry(path: str | Path) -> np.ndarray:
+    """The raw array entry an `<file>.npz#<key>[<index>]` path points to."""
+    file, key, index = parse_npz_ref(path)
+    array = npz_array(file, key)
+    if index >= len(array):
+        raise ImageError(path, f"index {index} out of range: '{key}' has {len(array)} entries")
+    return array[index]
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of what makes the image: the file bytes, or the raw array bytes of an .npz entry."""
+    if parse_npz_ref(path):
+        return sha256_bytes(np.ascontiguousarray(npz_entry(path)).tobytes())
+    return sha256_file(path)
+
+
 def read_image(path: str | Path, modality: str, windows: Sequence[Sequence[float]] = ((40, 400),)) -> np.ndarray:
     """Return a uint8 array (C, H, W) at native size: C=1 for radiographs, one channel per window for CT."""
+    return _decode(path, modality, windows, None)
+
+
+def _decode(path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int | None) -> np.ndarray:
+    """read_image; with `size`, 8-bit rasters may come back already resized (the same pixels, fewer copies)."""
+    if parse_npz_ref(path):
+        return array_to_image(npz_entry(path), path, modality, windows)
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")
@@ -37,10 +105,33 @@ def read_image(path: str | Path, modality: str, windows: Sequence[Sequence[float
         raise ImageError(path, "empty file (0 bytes)")
     if is_dicom(path):
         return _read_dicom(path, modality, windows)
-    return _read_raster(path)
+    return _read_raster(path, size)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def array_to_image(
+    values: np.ndarray, where: str | Path, modality: str, windows: Sequence[Sequence[float]]
+) -> np.ndarray:
+    """An array entry (H, W), (1, H, W) or RGB (H, W, 3|4) as (C, H, W) uint8; CT arrays hold HU and are windowed."""
+    if values.ndim == 3 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim == 3 and values.shape[-1] in (3, 4) and values.dtype == np.uint8:
+        values = np.asarray(Image.fromarray(values[..., :3]).convert("L"))
+    if values.ndim != 2:
+        raise ImageError(where, f"expected a 2-D image (H, W), (1, H, W) or (H, W, 3), got shape {values.shape}")
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise ImageError(where, f"image array has non-numeric dtype {values.dtype}")
+    if modality == "ct":
+        hu = values.astype(np.float64)
+        return np.stack([_to_uint8(hu, c - w / 2, c + w / 2) for c, w in windows])
+    if values.dtype == np.uint8:
+        return values[None].copy()
+    if values.dtype == bool:
+        return (values.astype(np.uint8) * 255)[None]
+    numbers = values.astype(np.float64)
+    return _to_uint8(numbers, numbers.min(), numbers.max())[None]
+
+
+def _read_raster(path: Path, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
@@ -50,7 +141,10 @@ def _read_raster(path: Path) -> np.ndarray:
                 return _to_uint8(arr, arr.min(), arr.max())[None]
             if mode not in ("L", "RGB", "RGBA", "LA", "P", "1"):
                 raise ImageError(path, f"unsupported image mode {mode}")
-            return np.asarray(img.convert("L"), dtype=np.uint8)[None]
+            grey = img.convert("L")
+            if size is not None and grey.size != (size, size):
+                grey = grey.resize((size, size), RESAMPLE)  # what resize() would do, without the array round trip
+            return np.asarray(grey, dtype=np.uint8)[None]
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageError(path, f"not a readable image ({err})") from None
 
@@ -65,11 +159,16 @@ def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -
         raise ImageError(path, f"not a readable DICOM file ({err})") from None
     if "PixelData" not in ds:
         raise ImageError(path, "DICOM file has no pixel data")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         pixels = ds.pixel_array
+    except NotImplementedError:
+        name = getattr(syntax, "name", "unknown")
+        raise ImageError(path, f"unsupported transfer syntax {name} ({syntax}): no decoder installed") from None
     except Exception as err:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageError(path, f"cannot decode pixel data (transfer syntax {syntax}: {err})") from None
+    if pixels.ndim == 3 and pixels.shape[-1] == 3 and ds.get("SamplesPerPixel") == 3 and pixels.dtype == np.uint8:
+        pixels = np.asarray(Image.fromarray(pixels).convert("L"))  # colour secondary captures: grey like PNG
     if pixels.ndim != 2:
         raise ImageError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
     if modality == "ct":
@@ -94,9 +193,10 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a (C, H, W) uint8 image to (C, size, size) with antialiasing."""
     if image.shape[1:] == (size, size):
         return image
-    channels = [Image.fromarray(ch).resize((size, size), Image.Resampling.BILINEAR) for ch in image]
+    channels = [Image.fromarray(ch).resize((size, size), RESAMPLE) for ch in image]
     return np.stack([np.asarray(ch, dtype=np.uint8) for ch in channels])
 
 
 def load_image(path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int) -> np.ndarray:
-    return resize(read_image(path, modality, windows), size)
+    """The cached form of one manifest row: decoded and resized to (C, size, size) uint8."""
+    return resize(_decode(path, modality, windows, size), size)

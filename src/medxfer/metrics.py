@@ -1,42 +1,279 @@
-"""Classification metrics as the field reports them, from true labels and class probabilities."""
+"""Classification metrics as the field reports them, with bootstrap intervals and paired comparisons.
+
+Every metric is computed from a (weighted) confusion matrix and a weighted rank statistic for ROC AUC. Weights
+make the bootstrap cheap and exact: a resample is a vector of counts per case (or per study, for a cluster
+bootstrap), so 1000 resamples are a few array operations instead of 1000 calls into sklearn. With unit weights
+the values equal sklearn's (tests/test_report.py checks that).
+
+Binary tasks: F1, sensitivity and specificity of the positive class (index 1), AUC on its probability.
+Multi-class tasks: macro F1, macro sensitivity (= balanced accuracy), macro specificity, one-vs-rest macro AUC.
+The decision is always argmax of the probabilities (0.5 for binary): no threshold is tuned on test data.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
-from sklearn import metrics as skm
+import pandas as pd
+
+METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "cohen_kappa",
+    "roc_auc",
+    "sensitivity",
+    "specificity",
+)
+N_BOOTSTRAP = 1000
+CI_LEVEL = 0.95
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy, F1, Cohen's kappa and ROC AUC.
-
-    Binary tasks score F1 on the positive class (index 1) and AUC on its probability; multi-class tasks use
-    macro F1 and one-vs-rest macro AUC. AUC is NaN where the true labels hold a single class.
-    """
+def _check(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[0] != y_true.shape[0]:
         raise ValueError(f"proba must be (n_samples, n_classes); got {proba.shape} for {y_true.shape[0]} labels")
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= proba.shape[1]):
+        raise ValueError(f"labels must be in 0..{proba.shape[1] - 1}, got {np.unique(y_true)}")
+    return y_true, proba
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B, K, K) confusion matrices (rows: true, columns: predicted) for B weight vectors of shape (n,)."""
+    cell = y_true * n_classes + y_pred
+    offsets = np.arange(weights.shape[0])[:, None] * n_classes * n_classes
+    size = weights.shape[0] * n_classes**2
+    flat = np.bincount((offsets + cell[None, :]).ravel(), weights=weights.ravel(), minlength=size)
+    return flat.reshape(weights.shape[0], n_classes, n_classes)
+
+
+def _divide(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """num / den with `empty` where den is 0 (sklearn's zero_division / undefined recall)."""
+    out = np.full(np.broadcast(num, den).shape, empty, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN, NaN (without a warning) where every value is NaN."""
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=-1)
+    return _divide(np.where(valid, values, 0.0).sum(axis=-1), count, np.nan)
+
+
+def _auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUC for B weight vectors; ties count one half; NaN where a class has no weight."""
+    order = np.argsort(score, kind="stable")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    w = weights[:, order]
+    pos = np.add.reduceat(np.where(positive[order], w, 0.0), starts, axis=1)
+    neg = np.add.reduceat(np.where(positive[order], 0.0, w), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    total = pos.sum(axis=1) * neg.sum(axis=1)
+    return _divide((pos * (below + 0.5 * neg)).sum(axis=1), total, np.nan)
+
+
+def _batch_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric in METRICS for each row of `weights` (B, n): the one place the formulas live."""
     n_classes = proba.shape[1]
     y_pred = proba.argmax(axis=1)
-    binary = n_classes == 2
-    labels = np.arange(n_classes)
+    cm = _confusion(y_true, y_pred, weights, n_classes)
+    n = cm.sum(axis=(1, 2))
+    diag = np.diagonal(cm, axis1=1, axis2=2)
+    true_count, pred_count = cm.sum(axis=2), cm.sum(axis=1)
+    recall = _divide(diag, true_count, np.nan)  # NaN for classes absent from y_true, as sklearn's balanced accuracy
+    f1 = _divide(2 * diag, true_count + pred_count, 0.0)
+    negatives = n[:, None] - true_count
+    specificity = _divide(negatives - (pred_count - diag), negatives, np.nan)
+    expected = (true_count * pred_count).sum(axis=1) / np.where(n > 0, n, 1) ** 2
+    observed = _divide(diag.sum(axis=1), n, np.nan)
+    kappa = _divide(observed - expected, 1.0 - expected, np.nan)
+    kappa = np.where(np.isnan(kappa) & (n > 0), 0.0, kappa)  # one class everywhere: no agreement beyond chance
     result = {
-        "n": int(y_true.shape[0]),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
-        "f1": float(
-            skm.f1_score(y_true, y_pred, average="binary" if binary else "macro", labels=labels, zero_division=0)
-        ),
-        "cohen_kappa": float(skm.cohen_kappa_score(y_true, y_pred, labels=labels)),
-        "roc_auc": float("nan"),
+        "accuracy": observed,
+        "balanced_accuracy": _nanmean(recall),
+        "cohen_kappa": kappa,
     }
-    if np.unique(y_true).size > 1:
-        if binary:
-            result["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
-        else:
-            present = np.unique(y_true)
-            if present.size == n_classes:
-                result["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
-    if np.isnan(result["cohen_kappa"]):
-        result["cohen_kappa"] = 0.0
+    if n_classes == 2:
+        result |= {"f1": f1[:, 1], "sensitivity": recall[:, 1], "specificity": recall[:, 0]}
+        result["roc_auc"] = _auc(y_true == 1, proba[:, 1], weights)
+    else:
+        result |= {"f1": f1.mean(axis=1), "sensitivity": _nanmean(recall), "specificity": _nanmean(specificity)}
+        per_class = np.stack([_auc(y_true == k, proba[:, k], weights) for k in range(n_classes)], axis=1)
+        # like sklearn: one-vs-rest AUC is only defined when every class is present
+        result["roc_auc"] = np.where(np.isnan(per_class).any(axis=1), np.nan, per_class.mean(axis=1))
     return result
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Point estimates of METRICS, the test size and the confusion matrix (rows true, columns predicted)."""
+    y_true, proba = _check(y_true, proba)
+    ones = np.ones((1, y_true.size))
+    point = {name: float(values[0]) for name, values in _batch_metrics(y_true, proba, ones).items()}
+    cm = _confusion(y_true, proba.argmax(axis=1), ones, proba.shape[1])[0].astype(np.int64)
+    return {"n": int(y_true.size), **{m: point[m] for m in METRICS}, "confusion_matrix": cm.tolist()}
+
+
+def _resample_weights(groups: np.ndarray | None, n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(B, n) case weights: how often each case is drawn; with groups, whole groups are drawn (cluster bootstrap)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        draws = rng.integers(0, n, size=(n_resamples, n))
+        index = np.arange(n)
+    else:
+        _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        n_groups = int(index.max()) + 1 if n else 0
+        draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
+        n = n_groups
+    offsets = np.arange(n_resamples)[:, None] * n
+    counts = np.bincount((offsets + draws).ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+    return counts[:, index].astype(np.float64)
+
+
+def _interval(values: np.ndarray, level: float) -> list[float | None]:
+    valid = values[~np.isnan(values)]
+    if valid.size == 0:
+        return [None, None]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(valid, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def bootstrap_metrics(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> dict[str, Any]:
+    """Point estimates plus percentile bootstrap intervals `ci: {metric: [low, high]}` for every metric.
+
+    With `groups` (study ids) whole studies are resampled, because images of one study are not independent.
+    """
+    y_true, proba = _check(y_true, proba)
+    result = classification_metrics(y_true, proba)
+    weights = _resample_weights(groups, y_true.size, n_resamples, seed)
+    replicates = _batch_metrics(y_true, proba, weights)
+    result["ci"] = {m: _interval(replicates[m], level) for m in METRICS}
+    result["bootstrap"] = {
+        "resamples": int(n_resamples),
+        "seed": int(seed),
+        "level": level,
+        "unit": "study" if groups is not None else "image",
+    }
+    return result
+
+
+def study_level(
+    y_true: np.ndarray, proba: np.ndarray, studies: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Study labels, study probabilities (mean of the image probabilities, as in the MURA paper) and study ids.
+
+    None when a study holds images with different labels: then a study has no single truth to score against.
+    """
+    y_true, proba = _check(y_true, proba)
+    frame = pd.DataFrame(proba).assign(study=np.asarray(studies).astype(str), label=y_true)
+    grouped = frame.groupby("study", sort=True)
+    if (grouped["label"].nunique() > 1).any():
+        return None
+    labels = grouped["label"].first().to_numpy(np.int64)
+    mean_proba = grouped[list(range(proba.shape[1]))].mean().to_numpy(np.float64)
+    return labels, mean_proba, grouped["label"].first().index.to_numpy(str)
+
+
+def evaluate(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    studies: np.ndarray | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Image-level metrics with intervals and, where studies group several images, study-level ones under `study`."""
+    result = bootstrap_metrics(y_true, proba, studies, n_resamples, seed)
+    if studies is not None and np.unique(np.asarray(studies).astype(str)).size < len(y_true):
+        aggregated = study_level(y_true, proba, studies)
+        if aggregated is None:
+            result["study"] = {"skipped": "a study holds images with different labels"}
+        else:
+            labels, study_proba, _ = aggregated
+            result["study"] = bootstrap_metrics(labels, study_proba, None, n_resamples, seed)
+            result["study"]["bootstrap"]["unit"] = "study"
+    return result
+
+
+def read_predictions(path: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """A predictions.csv (image_id, [study_id], label, prob_<class>...) and its probability matrix."""
+    table = pd.read_csv(path, dtype={"image_id": str, "study_id": str})
+    columns = [c for c in table.columns if c.startswith("prob_")]
+    if not columns or "label" not in table or "image_id" not in table:
+        raise ValueError(f"{path}: predictions need image_id, label and prob_<class> columns, got {list(table)}")
+    return table, table[columns].to_numpy(np.float64)
+
+
+def evaluate_predictions(path: Any, n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """`evaluate` on a predictions.csv, so the CNN's own predictions get the same intervals as the classifiers."""
+    table, proba = read_predictions(path)
+    studies = table["study_id"].to_numpy(str) if "study_id" in table else None
+    return evaluate(table["label"].to_numpy(np.int64), proba, studies, n_resamples, seed)
+
+
+def paired_bootstrap(
+    y_true: np.ndarray,
+    proba_a: np.ndarray,
+    proba_b: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> dict[str, Any]:
+    """A minus B on the same test cases and the same resamples: difference, its interval and a two-sided p-value.
+
+    Pairing removes the case-to-case variation both models share, so the interval of the difference is much
+    tighter than comparing two separate intervals.
+    """
+    y_true, proba_a = _check(y_true, proba_a)
+    _, proba_b = _check(y_true, proba_b)
+    weights = _resample_weights(groups, y_true.size, n_resamples, seed)
+    ones = np.ones((1, y_true.size))
+    point_a, point_b = _batch_metrics(y_true, proba_a, ones), _batch_metrics(y_true, proba_b, ones)
+    reps_a, reps_b = _batch_metrics(y_true, proba_a, weights), _batch_metrics(y_true, proba_b, weights)
+    result: dict[str, Any] = {}
+    for m in METRICS:
+        diff = reps_a[m] - reps_b[m]
+        valid = diff[~np.isnan(diff)]
+        p_value = None
+        if valid.size:
+            p_value = float(min(1.0, 2 * min(np.mean(valid <= 0), np.mean(valid >= 0))))
+        result[m] = {
+            "a": float(point_a[m][0]),
+            "b": float(point_b[m][0]),
+            "difference": float(point_a[m][0] - point_b[m][0]),
+            "ci": _interval(diff, level),
+            "p_value": p_value,
+        }
+    unit = "study" if groups is not None else "image"
+    return {"metrics": result, "bootstrap": {"resamples": n_resamples, "seed": seed, "level": level, "unit": unit}}
+
+
+def roc_points(y_true: np.ndarray, proba: np.ndarray, class_names: Mapping[int, str] | list[str]) -> pd.DataFrame:
+    """ROC curve points (class, fpr, tpr, threshold): the positive class for binary, one-vs-rest per class else."""
+    from sklearn.metrics import roc_curve
+
+    y_true, proba = _check(y_true, proba)
+    names = list(class_names)
+    targets = [1] if proba.shape[1] == 2 else list(range(proba.shape[1]))
+    frames = []
+    for k in targets:
+        positive = y_true == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, thresholds = roc_curve(positive, proba[:, k], drop_intermediate=True)
+        frames.append(pd.DataFrame({"class": names[k], "fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1)}))
+    if not frames:
+        return pd.DataFrame(columns=["class", "fpr", "tpr", "threshold"])
+    return pd.concat(frames, ignore_index=True)

@@ -1,4 +1,10 @@
 # Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
+import sys
+from pathlib import Path
+
+# This checkout's library, also where medxfer is not installed (workflow/scripts do the same for jobs).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
 import medxfer.config
 
 _validated = medxfer.config.validate(config)
@@ -90,18 +96,40 @@ def features_input(wildcards):
     return f"{R}/features/{wildcards.target}/{wildcards.init}/{wildcards.features}.npz"
 
 
-def finetune_metrics():
+def ensemble_members():
+    """The classifiers the soft-voting ensemble combines: as configured, or every other one."""
+    others = [c for c in CLASSIFIERS if c != "ensemble"]
+    members = config["classifiers"].get("ensemble", {}).get("members") or others
+    missing = [m for m in members if m not in others]
+    if missing or len(members) < 2:
+        raise ValueError(
+            f"config key 'classifiers.ensemble.members': {members} must name at least two other configured "
+            f"classifiers (configured: {others}); missing: {missing}"
+        )
+    return members
+
+
+def classifier_inputs(wildcards):
+    """The feature file, plus the members' results for the ensemble (it reuses their CV-chosen params)."""
+    inputs = {"features": features_input(wildcards)}
+    if wildcards.clf == "ensemble":
+        base = f"{R}/classify/{wildcards.target}/{wildcards.init}/{wildcards.features}"
+        inputs["members"] = [f"{base}/{m}/metrics.json" for m in ensemble_members()]
+    return inputs
+
+
+def finetune_metrics(name="metrics.json"):
     return expand(
-        f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json",
+        f"{R}/finetune/{{target}}/{{init}}/{{arch}}/{name}",
         target=FT["targets"],
         init=FT["inits"],
         arch=ARCHS,
     )
 
 
-def classify_metrics():
+def classify_metrics(name="metrics.json"):
     return expand(
-        f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json",
+        f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/{name}",
         target=FT["targets"],
         init=FT["inits"],
         features=FEATURE_SETS,

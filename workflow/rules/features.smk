@@ -18,6 +18,7 @@ rule extract_features:
         runtime=60,
     params:
         batch_size=config["features"]["batch_size"],
+        stages=config["features"]["stages"],
         device=config["device"],
     script:
         "../scripts/extract_features.py"

@@ -2,6 +2,9 @@ rule summarize_results:
     input:
         finetune=finetune_metrics(),
         classify=classify_metrics(),
+        # read beside each metrics.json: bootstrap intervals for the CNN rows, the paired comparison
+        cnn_predictions=finetune_metrics("predictions.csv"),
+        predictions=classify_metrics("predictions.csv"),
     output:
         summary=f"{R}/report/summary.csv",
         metrics=f"{R}/report/metrics.json",
@@ -10,5 +13,7 @@ rule summarize_results:
         f"{R}/logs/summarize_results.log",
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        seed=config["seed"],
     script:
         "../scripts/summarize_results.py"

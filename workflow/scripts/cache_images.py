@@ -1,11 +1,14 @@
 """Snakemake adapter: decode a data set once into a uint8 .npy cache."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.cache import cache_images
 from medxfer.log import get_logger, logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     cache_images(
         sm.params.dataset,

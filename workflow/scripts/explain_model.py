@@ -1,11 +1,14 @@
 """Snakemake adapter: Grad-CAM and LIME overlays for one fine-tuned model."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.explain import explain_model
 from medxfer.log import logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     explain_model(
         Path(sm.input.weights).parent,

@@ -1,11 +1,14 @@
 """Snakemake adapter: pooled deep features of one fine-tuned model for every split."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.features import extract_features
 from medxfer.log import logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     extract_features(
         Path(sm.input.weights).parent,
@@ -15,5 +18,6 @@ with logged(sm.log[0]):
         batch_size=sm.params.batch_size,
         threads=sm.threads,
         device=sm.params.device,
+        stages=sm.params.stages,
         log_path=Path(sm.log[0]),
     )

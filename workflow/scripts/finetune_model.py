@@ -1,17 +1,17 @@
 """Snakemake adapter: fine-tune one architecture from one init on one target."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.log import logged
 from medxfer.train import finetune_model
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
-init = sm.wildcards.init
-init_path = {
-    "scratch": None,
-    "imagenet": sm.input.get("weights"),
-    "indomain": Path(sm.input.get("weights")).parent if init == "indomain" else None,
-}[init]
+init, weights = sm.wildcards.init, sm.input.get("weights")
+# imagenet: the weights file itself; indomain: the pretrain checkpoint folder; scratch: nothing
+init_path = None if weights is None else Path(weights).parent if init == "indomain" else Path(weights)
 with logged(sm.log[0]):
     finetune_model(
         Path(sm.input.manifest),
@@ -20,7 +20,7 @@ with logged(sm.log[0]):
         init,
         sm.params.train,
         Path(sm.output.weights).parent,
-        init_path=Path(init_path) if init_path else None,
+        init_path=init_path,
         threads=sm.threads,
         seed=sm.params.seed,
         device=sm.params.device,

@@ -1,11 +1,14 @@
 """Snakemake adapter: fuse the feature matrices of several fine-tuned models."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.fusion import fuse_features
 from medxfer.log import get_logger, logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     report = fuse_features(
         [Path(p) for p in sm.input.features],
@@ -14,5 +17,6 @@ with logged(sm.log[0]):
         standardize=sm.params.fusion["standardize"],
         pca_components=sm.params.fusion["pca_components"],
         seed=sm.params.seed,
+        select_k=sm.params.fusion["select_k"],
     )
     get_logger("medxfer.fusion", sm.log[0]).info("fused %s -> %s", report["concat_dim"], report["fused_dim"])

@@ -1,11 +1,14 @@
 """Snakemake adapter: supervised in-domain pretraining of one architecture."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.log import logged
 from medxfer.train import pretrain_model
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     pretrain_model(
         Path(sm.input.manifest),

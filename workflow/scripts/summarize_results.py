@@ -1,15 +1,19 @@
-"""Snakemake adapter: one summary table over every metrics.json."""
+"""Snakemake adapter: one summary table over every metrics.json, with intervals and the paired comparison."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.log import logged
 from medxfer.report import summarize_results
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     summarize_results(
         [Path(p) for p in [*sm.input.finetune, *sm.input.classify]],
         Path(sm.output.summary),
         Path(sm.output.metrics),
         Path(sm.output.table),
+        seed=sm.params.seed,
     )

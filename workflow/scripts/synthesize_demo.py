@@ -1,11 +1,14 @@
 """Snakemake adapter: generate one demo data set under data/demo/."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer import synth
 from medxfer.log import logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
 with logged(sm.log[0]):
     demo = sm.params.demo

@@ -1,11 +1,14 @@
-"""Snakemake adapter: fit one classic classifier on one feature matrix."""
+"""Snakemake adapter: select (by CV on train+val), fit and evaluate one classic classifier on one feature matrix."""
 
+import sys
 from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.classify import train_classifier
 from medxfer.log import get_logger, logged
 
-sm = snakemake  # noqa: F821 - injected by Snakemake
 with logged(sm.log[0]):
     metrics = train_classifier(
         Path(sm.input.features),
@@ -16,5 +19,10 @@ with logged(sm.log[0]):
         Path(sm.output.metrics),
         seed=sm.params.seed,
         threads=sm.threads,
+        roc_path=Path(sm.output.roc),
+        roc_plot=Path(sm.output.roc_plot),
+        confusion_plot=Path(sm.output.confusion_plot),
+        member_metrics=[Path(p) for p in sm.input.get("members", [])],
     )
-    get_logger("medxfer.classify", sm.log[0]).info("%s test metrics: %s", sm.wildcards.clf, metrics)
+    summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {"best_params": metrics["best_params"]}
+    get_logger("medxfer.classify", sm.log[0]).info("%s test metrics: %s", sm.wildcards.clf, summary)
