@@ -200,3 +200,30 @@ def test_summary_intervals_for_cnn_rows_and_paired_comparison(tmp_path):
     )
     md = (r / "s.md").read_text()
     assert "Paired comparison on the same 120 test images" in md and "Study level" in md and " [" in md
+
+
+def test_paired_comparison_picks_models_without_the_test_split(tmp_path):
+    """The CNN with the better validation AUC is compared, even though the other one scores higher on test."""
+    y, good = _scores(2, n=80, seed=4)
+    _, weak = _scores(2, n=80, seed=5)
+    weak = 0.5 * weak + 0.25
+    studies = np.array([f"s{i}" for i in range(80)])
+    r = tmp_path / "results"
+    rows = {
+        "finetune/t/scratch/resnet10t": (good, 0.6),
+        "finetune/t/indomain/resnet10t": (weak, 0.9),
+        "classify/t/indomain/fused/svm": (good, 0.7),
+    }
+    paths = []
+    for rel, (proba, selection_auc) in rows.items():
+        folder = r / rel
+        folder.mkdir(parents=True)
+        _predictions(folder / "predictions.csv", y, proba, studies, np.arange(80))
+        metrics = classification_metrics(y, proba)
+        metrics |= {"cv": {"best_score": selection_auc}} if "classify" in rel else {"val": {"roc_auc": selection_auc}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        paths.append(folder / "metrics.json")
+    summarize_results(paths, r / "s.csv", r / "m.json", r / "s.md", n_bootstrap=50)
+    comparison = json.loads((r / "m.json").read_text())["t"]["paired_comparison"]
+    assert comparison["b"] == "indomain/resnet10t/cnn"
+    assert "validation AUC" in (r / "s.md").read_text()

@@ -253,9 +253,10 @@ def finetune_model(
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path)
     set_strategy(model, params["strategy"])
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger)
-    test = data.splits["test"]
+    test, val = data.splits["test"], data.splits["val"]
     proba = predict_proba(model, test.images, dev)
     metrics = classification_metrics(test.labels, proba)
+    metrics["val"] = classification_metrics(val.labels, predict_proba(model, val.images, dev))
     metrics |= {
         "arch": arch,
         "init": init,

@@ -33,7 +33,11 @@ wildcard_constraints:
 
 
 def dataset_root(wildcards):
-    return DATASETS[wildcards.dataset]["root"]
+    """The raw input: the array file for npz data sets (so an in-place edit re-runs ingest), else the root folder."""
+    ds = DATASETS[wildcards.dataset]
+    if ds["format"] == "npz":
+        return str(Path(ds["root"]) / ds["file"])
+    return ds["root"]
 
 
 def manifest_of(name):
