@@ -2,16 +2,16 @@ rule train_classifier:
     input:
         unpack(classifier_inputs),
     output:
-        model=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/model.skops",
-        predictions=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/predictions.csv",
-        metrics=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/metrics.json",
-        roc=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/roc.csv",
-        roc_plot=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/roc.png",
-        confusion_plot=f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/confusion.png",
+        model=classify_outputs("model.skops"),
+        predictions=classify_outputs("predictions.csv"),
+        metrics=classify_outputs("metrics.json"),
+        roc=classify_outputs("roc.csv"),
+        roc_plot=classify_outputs("roc.png"),
+        confusion_plot=classify_outputs("confusion.png"),
     log:
-        f"{R}/logs/train_classifier/{{target}}/{{init}}/{{features}}/{{clf}}.log",
+        f"{R}/logs/train_classifier/{{target}}/{{init}}/{{clf}}.log",
     benchmark:
-        f"{R}/benchmarks/train_classifier/{{target}}/{{init}}/{{features}}/{{clf}}.tsv"
+        f"{R}/benchmarks/train_classifier/{{target}}/{{init}}/{{clf}}.tsv"
     conda:
         "../../envs/sklearn.yaml"
     threads: 1

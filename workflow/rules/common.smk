@@ -94,10 +94,10 @@ def pretrain_params(wildcards):
     }
 
 
-def features_input(wildcards):
-    if wildcards.features == "fused":
-        return f"{R}/fused/{wildcards.target}/{wildcards.init}/features.npz"
-    return f"{R}/features/{wildcards.target}/{wildcards.init}/{wildcards.features}.npz"
+def features_file(target, init, features):
+    if features == "fused":
+        return f"{R}/fused/{target}/{init}/features.npz"
+    return f"{R}/features/{target}/{init}/{features}.npz"
 
 
 def ensemble_members():
@@ -114,12 +114,28 @@ def ensemble_members():
 
 
 def classifier_inputs(wildcards):
-    """The feature file, plus the members' results for the ensemble (it reuses their CV-chosen params)."""
-    inputs = {"features": features_input(wildcards)}
-    if wildcards.clf == "ensemble":
-        base = f"{R}/classify/{wildcards.target}/{wildcards.init}/{wildcards.features}"
-        inputs["members"] = [f"{base}/{m}/metrics.json" for m in ensemble_members()]
+    """Every feature file (each model and the fusion), plus the members' results for the ensemble.
+
+    One job fits one classifier on all feature sets: the same re-runs as one job per set (a changed classifier
+    re-runs only its own jobs), with a third of the process start-ups.
+    """
+    w = wildcards
+    inputs = {"features": [features_file(w.target, w.init, f) for f in FEATURE_SETS]}
+    if w.clf == "ensemble":
+        base = f"{R}/classify/{w.target}/{w.init}"
+        inputs["members"] = [
+            f"{base}/{f}/{m}/metrics.json"
+            for f in FEATURE_SETS
+            for m in ensemble_members()
+        ]
     return inputs
+
+
+def classify_outputs(name):
+    return expand(
+        f"{R}/classify/{{{{target}}}}/{{{{init}}}}/{{features}}/{{{{clf}}}}/{name}",
+        features=FEATURE_SETS,
+    )
 
 
 def finetune_metrics(name="metrics.json"):

@@ -1,4 +1,4 @@
-"""Snakemake adapter: select (by CV on train+val), fit and evaluate one classic classifier on one feature matrix."""
+"""Snakemake adapter: select (by CV on train+val), fit and evaluate one classic classifier on each feature matrix."""
 
 import sys
 from pathlib import Path
@@ -9,20 +9,27 @@ sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout'
 from medxfer.classify import train_classifier
 from medxfer.log import get_logger, logged
 
+log = get_logger("medxfer.classify", sm.log[0])
+members = [Path(p) for p in sm.input.get("members", [])]  # classify/<t>/<i>/<features>/<member>/metrics.json
 with logged(sm.log[0]):
-    metrics = train_classifier(
-        Path(sm.input.features),
-        sm.wildcards.clf,
-        sm.params.hyperparameters,
-        Path(sm.output.model),
-        Path(sm.output.predictions),
-        Path(sm.output.metrics),
-        seed=sm.params.seed,
-        threads=sm.threads,
-        roc_path=Path(sm.output.roc),
-        roc_plot=Path(sm.output.roc_plot),
-        confusion_plot=Path(sm.output.confusion_plot),
-        member_metrics=[Path(p) for p in sm.input.get("members", [])],
-    )
-    summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {"best_params": metrics["best_params"]}
-    get_logger("medxfer.classify", sm.log[0]).info("%s test metrics: %s", sm.wildcards.clf, summary)
+    for i, features in enumerate(Path(p) for p in sm.input.features):
+        model = Path(sm.output.model[i])
+        feature_set = model.parent.parent.name
+        metrics = train_classifier(
+            features,
+            sm.wildcards.clf,
+            sm.params.hyperparameters,
+            model,
+            Path(sm.output.predictions[i]),
+            Path(sm.output.metrics[i]),
+            seed=sm.params.seed,
+            threads=sm.threads,
+            roc_path=Path(sm.output.roc[i]),
+            roc_plot=Path(sm.output.roc_plot[i]),
+            confusion_plot=Path(sm.output.confusion_plot[i]),
+            member_metrics=[m for m in members if m.parent.parent.name == feature_set],
+        )
+        summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {
+            "best_params": metrics["best_params"]
+        }
+        log.info("%s on %s: test metrics %s", sm.wildcards.clf, feature_set, summary)
