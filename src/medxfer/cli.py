@@ -62,7 +62,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from medxfer.train import pretrain_model
 
     conf = cfg.load(args.config)
-    params = {k: v for k, v in conf["pretrain"].items() if k != "source"}
+    params = cfg.training_params(conf, "pretrain")
     pretrain_model(
         Path(args.manifest),
         Path(args.images),
@@ -79,7 +79,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from medxfer.train import finetune_model
 
     conf = cfg.load(args.config)
-    params = {k: v for k, v in conf["finetune"].items() if k not in ("targets", "inits", "archs", "imagenet_weights")}
+    params = cfg.training_params(conf, "finetune")
     finetune_model(
         Path(args.manifest),
         Path(args.images),

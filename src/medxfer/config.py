@@ -120,6 +120,12 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def training_params(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The training settings of `pretrain` or `finetune`, without the keys that only choose which jobs exist."""
+    selectors = {"source", "targets", "inits", "archs", "imagenet_weights"}
+    return {k: v for k, v in config[stage].items() if k not in selectors}
+
+
 def channels(dataset: Mapping[str, Any]) -> int:
     """Channels of the cached images: one per CT window, one for radiographs."""
     return len(dataset["windows"]) if dataset["modality"] == "ct" else 1

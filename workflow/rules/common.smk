@@ -81,17 +81,11 @@ def init_inputs(wildcards):
 
 
 def finetune_params(wildcards):
-    return {
-        k: v
-        for k, v in FT.items()
-        if k not in ("targets", "inits", "archs", "imagenet_weights")
-    }
+    return medxfer.config.training_params(config, "finetune")
 
 
 def pretrain_params(wildcards):
-    return {k: v for k, v in config["pretrain"].items() if k != "source"} | {
-        "class_weights": True
-    }
+    return medxfer.config.training_params(config, "pretrain")
 
 
 def features_file(target, init, features):
