@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 import medxfer.config
+import medxfer.fingerprint
 
 _validated = medxfer.config.validate(config)
 config.clear()
@@ -33,11 +34,46 @@ wildcard_constraints:
 
 
 def dataset_root(wildcards):
-    """The raw input: the array file for npz data sets (so an in-place edit re-runs ingest), else the root folder."""
+    """The raw input: the array file for npz data sets, else the root folder."""
     ds = DATASETS[wildcards.dataset]
     if ds["format"] == "npz":
         return str(Path(ds["root"]) / ds["file"])
     return ds["root"]
+
+
+def ancient_raw(wildcards):
+    """The raw input with its file time ignored (DVC resets times); raw_fingerprint tells whether it changed."""
+    return ancient(dataset_root(wildcards))
+
+
+def generated_demo_set(root):
+    """The demo set name if synthesize_demo makes this root, else None."""
+    path = Path(root)
+    return (
+        path.name
+        if path.parent == Path("data/demo") and path.name in DEMO_SETS
+        else None
+    )
+
+
+def raw_inputs(wildcards):
+    """Ingest's inputs: the raw data (time ignored) and, for generated demo data, synthesize_demo's stamp, so a
+    re-run of the generator re-runs ingest in the same invocation."""
+    inputs = {"raw": ancient_raw(wildcards)}
+    demo_set = generated_demo_set(dataset_root(wildcards))
+    if demo_set:
+        inputs["stamp"] = f"data/demo/{demo_set}.json"
+    return inputs
+
+
+def raw_fingerprint(wildcards):
+    """Content digest of the raw files (medxfer.fingerprint); a change re-runs ingest through the params trigger.
+
+    Evaluated when the DAG is built and again right before the job runs (after synthesize_demo has made the data),
+    so the recorded value is that of the data ingest actually read.
+    """
+    name = wildcards.dataset
+    return medxfer.fingerprint.dataset_fingerprint(name, DATASETS[name])
 
 
 def manifest_of(name):
