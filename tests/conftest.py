@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,13 @@ def snakemake():
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole workflow run once on tests/workflow/tiny.yaml; shared by every workflow test (dry runs after)."""
+    """The whole workflow run once on tests/workflow/tiny.yaml; shared by every workflow test (dry runs after).
+
+    $MEDXFER_TEST_RUN_DIR names an already finished tiny run to reuse instead (development only: tests edit it and
+    put their edits back).
+    """
+    if os.environ.get("MEDXFER_TEST_RUN_DIR"):
+        return Path(os.environ["MEDXFER_TEST_RUN_DIR"])
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config").mkdir()
     shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
