@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 TARGET_S = 3.0
-IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|( *)(\S+)$")
+IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$")
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
             build_tiny(Path(tmp) / "run")
             result = measure(Path(tmp) / "run", args.repeat, args.imports) | {"config": "tests/workflow/tiny.yaml"}
     else:
-        result = measure(args.directory.resolve(), args.repeat, args.imports) | {"config": "config/config.yaml"}
+        workdir = args.directory.resolve()
+        result = measure(workdir, args.repeat, args.imports) | {"config": str(workdir / "config" / "config.yaml")}
     json.dump(result, sys.stdout, indent=2)
     print()
     return result
