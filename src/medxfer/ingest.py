@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxfer.imaging import ImageError, content_hash, is_dicom, npz_array, npz_ref, parse_npz_ref, read_image
+from medxfer.imaging import ImageError, content_hash, dicom_ids, is_dicom, npz_array, npz_ref, parse_npz_ref, read_image
 from medxfer.io import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -291,11 +291,48 @@ def _read_npz(root: Path, dataset: Mapping[str, Any]) -> Found:
     return found
 
 
+def _read_dicom(root: Path, dataset: Mapping[str, Any]) -> Found:
+    """DICOM through a manifest when one is configured, else found by walking the tree (see _read_dicom_tree)."""
+    return _read_manifest(root, dataset) if dataset.get("manifest") else _read_dicom_tree(root, dataset)
+
+
+def _read_dicom_tree(root: Path, dataset: Mapping[str, Any]) -> Found:
+    """Every DICOM file under root. Labels come from class folders (`labels: folder`, the imagefolder layout) or
+    are absent (`labels: none`, for self-supervised pretraining); patient and study come from the DICOM header
+    (PatientID, StudyInstanceUID), so slices of one patient share a split."""
+    if dataset.get("labels", "folder") == "folder":
+        found = _read_imagefolder(root, dataset)
+    else:
+        found = Found()
+        for path in _visible_files(root):
+            rel = str(path.relative_to(root))
+            if _looks_like_image(path):
+                row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
+                found.rows.append(row)
+            else:
+                found.reject(rel, f"not a DICOM file (extension '{path.suffix}', no DICM preamble)")
+        if not found.rows and not found.rejected:
+            raise IngestError(f"{root}: no files found")
+    rows, found.rows = found.rows, []
+    for row in rows:
+        path = root / row["path"]
+        if not is_dicom(path):
+            found.reject(row["path"], "not a DICOM file (no DICM preamble); use format csv/imagefolder for PNG/JPEG")
+            continue
+        try:
+            patient, study = dicom_ids(path)
+        except ImageError as err:
+            found.reject(row["path"], err.reason)
+            continue
+        found.rows.append(row | {"patient_id": patient or row["path"], "study_id": study or patient or row["path"]})
+    return found
+
+
 READERS: dict[str, Callable[[Path, Mapping[str, Any]], Found]] = {
     "mura": _read_mura,
     "imagefolder": _read_imagefolder,
     "csv": _read_manifest,
-    "dicom": _read_manifest,
+    "dicom": _read_dicom,
     "npz": _read_npz,
 }
 
@@ -355,7 +392,7 @@ def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found:
             read_image(path, dataset["modality"], windows)
             digest = content_hash(path)
         except ImageError as err:
-            found.reject(row["path"] if parse_npz_ref(row["path"]) else path, err.reason)
+            found.reject(row["path"], err.reason)
             continue
         accepted.append(row | {"sha256": digest})
     return accepted
@@ -453,7 +490,7 @@ def _check_rejections(name: str, dataset: Mapping[str, Any], n_rejected: int, to
         first = "; ".join(f"{r['path']}: {r['reason']}" for r in quarantine[:3])
         raise IngestError(
             f"data set '{name}': {n_rejected} of {total} files rejected, more than max_reject_fraction="
-            f"{dataset['max_reject_fraction']} (see quarantine.csv); first: {first}"
+            f"{dataset['max_reject_fraction']} (see quarantine.csv; paths relative to {root}); first: {first}"
         )
 
 
