@@ -101,8 +101,8 @@ def _cross_check(config: dict[str, Any]) -> None:
                     "safetensors file for every arch (nothing is downloaded)"
                 )
     for name, ds in datasets.items():
-        if ds["format"] in ("csv", "dicom") and "manifest" not in ds:
-            problems.append(f"config key 'datasets.{name}.manifest': required for format '{ds['format']}'")
+        if ds["format"] == "csv" and "manifest" not in ds:
+            problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
         if ds["format"] == "npz" and "file" not in ds:
             problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
         if ds["val_fraction"] + ds["test_fraction"] >= 1:

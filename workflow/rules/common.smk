@@ -116,6 +116,14 @@ def init_inputs(wildcards):
     return {}
 
 
+def pretrain_sources():
+    """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
+    if "indomain" not in FT["inits"]:
+        return []
+    source = config["pretrain"]["source"]
+    return [source] if isinstance(source, str) else list(source)
+
+
 def finetune_params(wildcards):
     return medxfer.config.training_params(config, "finetune")
 
@@ -202,4 +210,8 @@ def final_outputs():
         f"{R}/report/metrics.json",
         f"{R}/report/summary.md",
         *explanations(),
+        *expand(
+            f"{R}/datasets/{{target}}/source_overlap.json",
+            target=FT["targets"] if pretrain_sources() else [],
+        ),
     ]
