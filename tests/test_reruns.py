@@ -55,9 +55,11 @@ def jobs(rule: str, **wildcards: list[str] | str) -> set[tuple[str, str]]:
 
 
 def downstream_of_target(target: str) -> set[tuple[str, str]]:
-    """What depends on one target data set's cache: its fine-tuning and everything after it, and the summary."""
+    """What depends on one target data set's manifest and cache: the check against the pretraining sources, its
+    fine-tuning and everything after it, and the summary."""
     return (
-        jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
+        jobs("check_source_overlap", target=target)
+        | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
         | jobs("extract_features", target=target, init=INITS, arch=ARCHS)
         | jobs("explain_model", target=target, init=INITS, arch=ARCHS)
         | jobs("fuse_features", target=target, init=INITS)
