@@ -15,9 +15,10 @@ SHARED = REPO.parent / "shared"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """The real Snakefile on `workdir` (its config/config.yaml), in a subprocess; output captured."""
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=900)
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config").mkdir()
     shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
-    result = run_snakemake(workdir, "--cores", "2")
+    result = run_snakemake(workdir, "--cores", "2", timeout=1800)  # ~5 min alone on 2 cores, 15 on shared ones
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return workdir
