@@ -9,13 +9,37 @@ import torch
 from PIL import Image
 
 from medxfer import models
+from medxfer.cache import CachedDataset, Split
 from medxfer.explain import choose_images, explain_model
-from medxfer.features import extract_features
+from medxfer.features import extract_features, pooled_features
+from medxfer.log import get_logger
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, finetune_model, pretrain_model, set_strategy
+from medxfer.train import class_weights, finetune_model, fit, pretrain_model, set_strategy
+
+LOG = get_logger("test_train")
+
+
+def tiny_data(n_train: int = 24, n_val: int = 8, size: int = 32, channels: int = 1, seed: int = 0) -> CachedDataset:
+    """A learnable two-class set in memory: class 1 has a bright square. Seconds to train on at 32 px."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_val)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 120, size=(n, channels, size, size), dtype=np.uint8)
+        images[labels == 1, :, 8:16, 8:16] = 230
+        ids = np.array([f"{name}{i}" for i in range(n)])
+        splits[name] = Split(images, labels.astype(np.int64), ids, ids, np.array([""] * n))
+    return CachedDataset(classes=["normal", "finding"], splits=splits)
+
+
+def tiny_params(**overrides) -> dict:
+    return dict(lr=3e-3, weight_decay=1e-4, epochs=2, batch_size=8, augment=AUG, strategy="full") | overrides
+
 
 AUG = dict(hflip=0.5, degrees=5, translate=0.05, scale=[0.95, 1.05], brightness=0.1, contrast=0.1, noise_std=0.01)
-PARAMS = dict(lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment=AUG, strategy="full")
+PARAMS = dict(
+    lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, imbalance="weighted_loss", augment=AUG, strategy="full"
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +135,81 @@ def test_choose_images_spreads_over_classes(cached):
     test = load_cached(*cached["mura"]).splits["test"]
     index = choose_images(test, 4, 0)
     assert len(index) == 4 and len(set(test.labels[index])) == 2
+
+
+def _fit_model(strategy: str, tmp_path, truncate_stages=None, **params):
+    seed_everything(0)
+    model = models.create("resnet10t", 2, 1, truncate_stages)
+    set_strategy(model, strategy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, tiny_data(), tiny_params(epochs=1, **params), torch.device("cpu"), tmp_path / "log.csv", 0, LOG)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return before, changed
+
+
+@pytest.mark.parametrize("strategy", ["full", "truncated"])
+def test_full_and_truncated_train_every_parameter(strategy, tmp_path):
+    before, changed = _fit_model(strategy, tmp_path, 3 if strategy == "truncated" else None)
+    weights = {k for k in before if k.endswith(".weight")}
+    assert weights <= changed
+
+
+def test_linear_probe_changes_only_the_head_even_batchnorm_statistics(tmp_path):
+    before, changed = _fit_model("linear_probe", tmp_path)
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_gradual_unfreezing_trains_only_the_head_before_unfreeze_epoch(tmp_path):
+    before, changed = _fit_model("full", tmp_path, unfreeze_epoch=2)
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_backbone_lr_mult_moves_the_backbone_less(tmp_path):
+    def backbone_step(mult):
+        seed_everything(0)
+        model = models.create("resnet10t", 2, 1)
+        start = model.layer3[0].conv1.weight.detach().clone()
+        params = tiny_params(epochs=1, backbone_lr_mult=mult, schedule="cosine")
+        fit(model, tiny_data(), params, torch.device("cpu"), tmp_path / "log.csv", 0, LOG)
+        return (model.layer3[0].conv1.weight - start).norm()
+
+    assert backbone_step(0.01) < backbone_step(1.0) / 5
+
+
+def test_truncated_model_is_smaller_saves_loads_and_serves_features_and_gradcam(tmp_path):
+    full = models.create("resnet10t", 2, 1)
+    cut = models.create("resnet10t", 2, 1, truncate_stages=3).eval()
+    assert models.num_parameters(cut) < models.num_parameters(full) / 10
+    assert [f["module"] for f in cut.feature_info] == ["act1", "layer1", "layer2"]
+    meta = {"arch": "resnet10t", "classes": ["a", "b"], "in_chans": 1, "input_size": [1, 32, 32]}
+    models.save(tmp_path, cut, meta)
+    loaded, meta = models.load(tmp_path)
+    assert meta["truncate_stages"] == 3 and meta["num_parameters"] == models.num_parameters(cut)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cut(x), loaded(x))
+    assert models.gradcam_layer(loaded, 32) is loaded.layer2  # the deepest stage that is left
+    images = np.random.default_rng(0).integers(0, 255, (3, 1, 32, 32), dtype=np.uint8)
+    assert pooled_features(loaded, images, torch.device("cpu"), 8).shape == (3, 128)  # layer2 channels
+    assert pooled_features(loaded, images, torch.device("cpu"), 8, stages=2).shape == (3, 128 + 64)
+
+
+def test_truncation_beyond_the_network_is_a_clear_error():
+    with pytest.raises(ValueError, match="truncate_stages must be 1..4 for resnet10t"):
+        models.create("resnet10t", 2, 1, truncate_stages=5)
+
+
+def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_path):
+    manifest, images = cached["mura"]
+    params = PARAMS | {"strategy": "truncated", "truncate_stages": 4, "epochs": 1}
+    metrics = finetune_model(
+        manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0
+    )
+    model, meta = models.load(tmp_path)
+    assert meta["truncate_stages"] == metrics["truncate_stages"] == 4
+    assert metrics["num_parameters"] == meta["num_parameters"] == models.num_parameters(model)
+    assert metrics["num_parameters"] < models.num_parameters(models.load(pretrained)[0]) / 2
+    assert not hasattr(model, "layer4") or len(model.layer4) == 0
+    extract_features(tmp_path, manifest, images, tmp_path / "f.npz", batch_size=64, threads=2)
+    assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3

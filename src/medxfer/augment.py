@@ -30,10 +30,17 @@ class RandomBrightnessContrast(v2.Transform):
 
 
 def build_augment(params: Mapping[str, Any]) -> v2.Transform:
-    """Geometric + intensity transforms for one (C, H, W) float image in [0, 1] (v2 draws one set per call)."""
+    """Geometric + intensity transforms for one (C, H, W) float image in [0, 1] (v2 draws one set per call).
+
+    Keys as in the config schema's `augment`; a missing or zero key leaves its transform out, so `{}` is identity.
+    Elastic deformation (a smooth random displacement field, `alpha` pixels strong, `sigma` pixels smooth) mimics
+    the soft-tissue and positioning variation between radiographs that affine transforms cannot.
+    """
     transforms: list[v2.Transform] = []
     if params.get("hflip", 0) > 0:
         transforms.append(v2.RandomHorizontalFlip(p=params["hflip"]))
+    if params.get("vflip", 0) > 0:
+        transforms.append(v2.RandomVerticalFlip(p=params["vflip"]))
     if params.get("degrees", 0) > 0 or params.get("translate", 0) > 0 or list(params.get("scale", [1, 1])) != [1, 1]:
         translate = params.get("translate", 0)
         transforms.append(
@@ -44,6 +51,13 @@ def build_augment(params: Mapping[str, Any]) -> v2.Transform:
                 interpolation=v2.InterpolationMode.BILINEAR,
             )
         )
+    if params.get("elastic", 0) > 0:
+        elastic = v2.ElasticTransform(
+            alpha=params.get("elastic_alpha", 30.0),
+            sigma=params.get("elastic_sigma", 5.0),
+            interpolation=v2.InterpolationMode.BILINEAR,
+        )
+        transforms.append(v2.RandomApply([elastic], p=params["elastic"]))
     if params.get("brightness", 0) > 0 or params.get("contrast", 0) > 0:
         transforms.append(RandomBrightnessContrast(params.get("brightness", 0), params.get("contrast", 0)))
     if params.get("noise_std", 0) > 0:

@@ -79,7 +79,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from medxfer.train import finetune_model
 
     conf = cfg.load(args.config)
-    params = cfg.training_params(conf, "finetune")
+    target = Path(args.manifest).parent.name  # results/datasets/<name>/manifest.csv: its own augment settings
+    params = cfg.training_params(conf, "finetune", target if target in conf["datasets"] else None)
     finetune_model(
         Path(args.manifest),
         Path(args.images),
