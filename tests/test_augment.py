@@ -35,3 +35,57 @@ def test_no_augmentation_is_identity():
     batch = torch.rand(4, 1, 16, 16)
     params = dict(hflip=0, degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0)
     assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+
+
+ELASTIC = dict(elastic=1.0, elastic_alpha=20.0, elastic_sigma=4.0)
+
+
+def test_elastic_deformation_moves_pixels_smoothly():
+    torch.manual_seed(0)
+    batch = torch.zeros(4, 1, 32, 32)
+    batch[:, :, 8:24:4, :] = 1.0  # horizontal stripes: a deformation bends them
+    out = augment_batch(batch, build_augment(ELASTIC))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert (out - batch).abs().mean() > 0.02
+    # a smooth warp, not noise: the mean intensity is about kept
+    assert abs(out.mean() - batch.mean()) < 0.05
+
+
+@pytest.mark.parametrize("key", ["hflip", "vflip", "elastic"])
+def test_probability_zero_is_identity(key):
+    batch = torch.rand(4, 2, 16, 16)
+    params = dict(degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0) | {key: 0.0}
+    assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+
+
+def test_vertical_flip_at_probability_one_flips():
+    batch = torch.rand(3, 1, 8, 8)
+    assert torch.equal(augment_batch(batch, build_augment({"vflip": 1.0})), batch.flip(-2))
+
+
+def test_data_set_augment_overrides_the_stage_keys():
+    from medxfer.config import training_params, validate
+
+    ct = {"format": "npz", "root": ".", "file": "x.npz", "augment": {"hflip": 0, "elastic": 0.3}}
+    conf = validate(
+        {"datasets": {"ct": ct}, "finetune": {"targets": ["ct"], "inits": ["scratch"], "augment": {"degrees": 5}}}
+    )
+    params = training_params(conf, "finetune", "ct")["augment"]
+    assert params["hflip"] == 0 and params["elastic"] == 0.3 and params["degrees"] == 5
+    assert params["noise_std"] == 0.02  # schema default of the stage, not reset by the override
+    assert training_params(conf, "finetune")["augment"]["hflip"] == 0.5
+
+
+def test_training_loader_keeps_labels_and_shapes():
+    from medxfer.cache import Split
+    from medxfer.train import train_loader
+
+    images = torch.randint(0, 255, (10, 1, 16, 16), dtype=torch.uint8).numpy()
+    labels = (torch.arange(10) % 2).numpy()
+    split = Split(images, labels, labels.astype(str), labels.astype(str), labels.astype(str))
+    loader = train_loader(split, torch.arange(10), build_augment(FULL | ELASTIC), 4, torch.Generator().manual_seed(0))
+    seen = []
+    for batch, index in loader:
+        assert batch.dtype == torch.float32 and batch.shape[1:] == (1, 16, 16)
+        seen += index.tolist()
+    assert sorted(seen) == list(range(10))  # every image once per epoch, its own target alongside

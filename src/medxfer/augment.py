@@ -29,6 +29,20 @@ class RandomBrightnessContrast(v2.Transform):
         return (out * params["brightness"]).clamp(0.0, 1.0)
 
 
+class ElasticDeformation(v2.ElasticTransform):
+    """v2.ElasticTransform whose smoothing kernel fits small images: torchvision blurs the displacement field with
+    an 8-sigma kernel under reflect padding, which fails once the kernel is wider than the image (sigma 5 on a
+    32 px image), so sigma is capped at what the image allows."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        side = min(v2.functional.get_size(next(i for i in flat_inputs if isinstance(i, torch.Tensor))))
+        configured, self.sigma = self.sigma, [min(s, (side - 2) / 8) for s in self.sigma]
+        try:
+            return super().make_params(flat_inputs)
+        finally:
+            self.sigma = configured
+
+
 def build_augment(params: Mapping[str, Any]) -> v2.Transform:
     """Geometric + intensity transforms for one (C, H, W) float image in [0, 1] (v2 draws one set per call).
 
@@ -52,7 +66,7 @@ def build_augment(params: Mapping[str, Any]) -> v2.Transform:
             )
         )
     if params.get("elastic", 0) > 0:
-        elastic = v2.ElasticTransform(
+        elastic = ElasticDeformation(
             alpha=params.get("elastic_alpha", 30.0),
             sigma=params.get("elastic_sigma", 5.0),
             interpolation=v2.InterpolationMode.BILINEAR,
