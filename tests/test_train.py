@@ -213,3 +213,79 @@ def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_pat
     assert not hasattr(model, "layer4") or len(model.layer4) == 0
     extract_features(tmp_path, manifest, images, tmp_path / "f.npz", batch_size=64, threads=2)
     assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
+
+
+class Killed(Exception):
+    """Stands in for a job killed after an epoch (the resume state is already written then)."""
+
+
+def _train(tmp_path, name, resume_dir=None, kill_after=None, **overrides):
+    """Three epochs on the tiny set; returns the final (best) weights, the last epoch's weights and the log."""
+    seed_everything(0)
+    model = models.create("resnet10t", 2, 1)
+    aug = AUG | {"elastic": 0.5, "elastic_sigma": 3.0}
+    params = tiny_params(epochs=3, imbalance="weighted_sampler", augment=aug) | overrides
+    last = {}
+
+    def on_epoch_end(epoch):
+        last.update({k: v.clone() for k, v in model.state_dict().items()})
+        if epoch == kill_after:
+            raise Killed
+
+    data, cpu = tiny_data(), torch.device("cpu")
+    model, history = fit(model, data, params, cpu, tmp_path / f"{name}.csv", 0, LOG, None, resume_dir, on_epoch_end)
+    return model.state_dict(), last, [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_resume_after_a_kill_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
+    best, last, history = _train(tmp_path, "straight")
+    resume = tmp_path / "resume"
+    with pytest.raises(Killed):
+        _train(tmp_path, "killed", resume, kill_after=1)
+    state = torch.load(resume / "state.pt", weights_only=True)  # tensors and plain values only, no pickled code
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    best_r, last_r, history_r = _train(tmp_path, "resumed", resume)
+    assert history_r == history and len(history) == 3
+    assert all(torch.equal(last[k], last_r[k]) for k in last)
+    assert all(torch.equal(best[k], best_r[k]) for k in best)
+    assert torch.load(resume / "state.pt", weights_only=True)["epoch"] == 3
+
+
+def test_resume_state_of_other_settings_is_ignored(tmp_path):
+    resume = tmp_path / "resume"
+    with pytest.raises(Killed):
+        _train(tmp_path, "killed", resume, kill_after=2, epochs=2)
+    killed = torch.load(resume / "state.pt", weights_only=True)["history"]
+    _, _, history = _train(tmp_path, "other", resume, lr=1e-3, epochs=2)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[0]["train_loss"] != killed[0]["train_loss"]  # trained epoch 1 itself, not taken from the state
+
+
+def test_finetune_removes_its_resume_state_when_done(cached, tmp_path):
+    manifest, images = cached["mura"]
+    resume = tmp_path / "resume" / "finetune" / "mura"
+    params = PARAMS | {"epochs": 1}
+    finetune_model(manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, threads=2)
+    assert (tmp_path / "out/metrics.json").is_file() and not resume.exists()
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path):
+    _, _, history = _train(tmp_path, "patience", epochs=8, patience=1, lr=0.05, schedule="cosine")
+    losses = [row["val_loss"] for row in history]
+    assert len(history) < 8
+    assert losses[-1] >= min(losses[:-1])  # the epoch that stopped it did not improve
+    assert all(losses[i] < min(losses[:i]) for i in range(1, len(losses) - 1))  # every earlier one did
+
+
+def test_weighted_sampler_draws_classes_evenly():
+    from medxfer.augment import build_augment
+    from medxfer.train import train_loader
+
+    data = tiny_data(n_train=200)
+    labels = (np.arange(200) % 10 == 0).astype(np.int64)  # 10 % minority
+    split = Split(data.splits["train"].images, labels, labels, labels, labels)
+    loader = train_loader(
+        split, torch.from_numpy(labels), build_augment({}), 50, torch.Generator().manual_seed(0), "weighted_sampler"
+    )
+    drawn = torch.cat([target for _, target in loader])
+    assert len(drawn) == 200 and 0.4 < drawn.float().mean() < 0.6
