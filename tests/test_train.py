@@ -215,7 +215,7 @@ def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_pat
     assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
 
 
-class Killed(Exception):
+class KilledError(Exception):
     """Stands in for a job killed after an epoch (the resume state is already written then)."""
 
 
@@ -230,7 +230,7 @@ def _train(tmp_path, name, resume_dir=None, kill_after=None, **overrides):
     def on_epoch_end(epoch):
         last.update({k: v.clone() for k, v in model.state_dict().items()})
         if epoch == kill_after:
-            raise Killed
+            raise KilledError
 
     data, cpu = tiny_data(), torch.device("cpu")
     model, history = fit(model, data, params, cpu, tmp_path / f"{name}.csv", 0, LOG, None, resume_dir, on_epoch_end)
@@ -240,7 +240,7 @@ def _train(tmp_path, name, resume_dir=None, kill_after=None, **overrides):
 def test_resume_after_a_kill_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
     best, last, history = _train(tmp_path, "straight")
     resume = tmp_path / "resume"
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         _train(tmp_path, "killed", resume, kill_after=1)
     state = torch.load(resume / "state.pt", weights_only=True)  # tensors and plain values only, no pickled code
     assert state["epoch"] == 1 and len(state["history"]) == 1
@@ -253,7 +253,7 @@ def test_resume_after_a_kill_ends_bit_for_bit_where_an_uninterrupted_run_ends(tm
 
 def test_resume_state_of_other_settings_is_ignored(tmp_path):
     resume = tmp_path / "resume"
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         _train(tmp_path, "killed", resume, kill_after=2, epochs=2)
     killed = torch.load(resume / "state.pt", weights_only=True)["history"]
     _, _, history = _train(tmp_path, "other", resume, lr=1e-3, epochs=2)
