@@ -289,3 +289,88 @@ def test_weighted_sampler_draws_classes_evenly():
     )
     drawn = torch.cat([target for _, target in loader])
     assert len(drawn) == 200 and 0.4 < drawn.float().mean() < 0.6
+
+
+PRE = {k: v for k, v in PARAMS.items() if k != "strategy"} | {"epochs": 1}
+
+
+def test_multilabel_pretraining_from_a_medmnist_style_npz(tmp_path):
+    from medxfer.cache import cache_images
+    from medxfer.config import validate
+    from medxfer.ingest import ingest_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        labels = rng.integers(0, 2, (n, 3)).astype(np.uint8)  # ChestMNIST-like: several findings per image
+        images = rng.integers(0, 100, (n, 28, 28)).astype(np.uint8)
+        for k, (r, c) in enumerate([(2, 2), (2, 16), (16, 9)]):
+            images[labels[:, k] == 1, r : r + 9, c : c + 9] = 250
+        arrays |= {f"{split}_images": images, f"{split}_labels": labels}
+    np.savez(tmp_path / "chest.npz", **arrays)
+    entry = {"format": "npz", "root": str(tmp_path), "file": "chest.npz", "classes": ["effusion", "mass", "nodule"]}
+    ds = validate(
+        {"datasets": {"chest": entry | {"size": 32}}, "finetune": {"targets": ["chest"], "inits": ["scratch"]}}
+    )["datasets"]
+    manifest, images = tmp_path / "chest/manifest.csv", tmp_path / "chest/images_32.npy"
+    ingest_dataset("chest", ds["chest"], manifest, tmp_path / "chest/quarantine.csv", seed=0)
+    cache_images(ds["chest"], manifest, images)
+    assert pd.read_csv(manifest)["label_name"].str.contains(";").any()
+    metrics = pretrain_model(manifest, images, "resnet10t", PRE | {"multilabel": True}, tmp_path / "out", threads=2)
+    model, meta = models.load(tmp_path / "out")
+    assert meta["classes"] == ["effusion", "mass", "nodule"] and meta["multilabel"] is True
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+    assert 0 <= metrics["roc_auc"] <= 1 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_label_sets_split_joined_labels():
+    from medxfer.train import label_sets
+
+    names, matrix = label_sets(["none", "mass", "effusion;mass"])
+    assert names == ["mass", "effusion"]
+    assert matrix.tolist() == [[0, 0], [1, 0], [1, 1]]
+
+
+def test_pooled_sources_share_one_label_space(cached, tmp_path):
+    from medxfer.cache import load_cached
+
+    (m1, i1), (m2, i2) = cached["xray_source"], cached["mura"]
+    pretrain_model([m1, m2], [i1, i2], "resnet10t", PRE, tmp_path, threads=2)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    first, second = load_cached(m1, i1).classes, load_cached(m2, i2).classes
+    assert meta["classes"] == first + [c for c in second if c not in first]
+    assert meta["source"] == "xray_source+mura"
+    assert pd.read_csv(tmp_path / "log.csv")["train_loss"].notna().all()
+
+
+def test_pooling_sets_of_different_channels_is_a_clear_error(cached):
+    from medxfer.cache import load_cached, pool
+
+    with pytest.raises(ValueError, match="differ in image shape"):
+        pool([load_cached(*cached["xray_source"]), load_cached(*cached["ct"])], ["xray_source", "ct"])
+
+
+def test_nt_xent_rewards_matching_views():
+    from medxfer.train import nt_xent
+
+    z = torch.randn(16, 8)
+    same, acc = nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.1)
+    other, _ = nt_xent(z, torch.randn(16, 8), 0.1)
+    assert same < other and acc == 1
+
+
+def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, tmp_path):
+    manifest, images = cached["mura"]
+    params = PRE | {"objective": "simclr", "temperature": 0.2, "projection_dim": 32, "batch_size": 16}
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    model, meta = models.load(tmp_path / "ssl")
+    assert meta["classes"] == [] and meta["objective"] == "simclr"
+    assert set(model.state_dict()) == set(models.create("resnet10t", 0, 1).state_dict())  # projector dropped
+    log = pd.read_csv(tmp_path / "ssl/log.csv")
+    assert np.isfinite(log["val_loss"]).all() and 0 <= log["val_accuracy"].iloc[0] <= 1
+    tuned = finetune_model(
+        manifest, images, "resnet10t", "indomain", PARAMS | {"epochs": 1}, tmp_path / "ft", tmp_path / "ssl", threads=2
+    )
+    assert tuned["n"] > 0
+    source = model.state_dict()["layer4.0.conv1.weight"]
+    assert not torch.equal(models.load(tmp_path / "ft")[0].state_dict()["layer4.0.conv1.weight"], source)

@@ -90,8 +90,9 @@ def _cross_check(config: dict[str, Any]) -> None:
         sources = pretrain_sources(config)
         unknown = [s for s in sources if s not in datasets]
         if not sources or unknown:
+            what = f"{', '.join(map(repr, unknown))} is not a data set" if unknown else "missing"
             problems.append(
-                f"config key 'pretrain.source': {unknown or None} is not a data set (known: {sorted(datasets)}); "
+                f"config key 'pretrain.source': {what} (known data sets: {sorted(datasets)}); "
                 "the 'indomain' init needs a pretraining source"
             )
     if "imagenet" in finetune["inits"]:
