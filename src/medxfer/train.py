@@ -20,11 +20,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from medxfer import models, runtime
-from medxfer.augment import build_augment
+from medxfer.augment import BatchAugment, build_augment
 from medxfer.cache import CachedDataset, Split, load_cached, pool
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
@@ -196,10 +195,9 @@ class SimCLR:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for start in range(0, len(split.images), 256):
-                images = torch.from_numpy(split.images[start : start + 256]).float() / 255.0
-                views = torch.stack([_standardize(self.augment(x)) for x in images for _ in range(2)])
+                images = torch.from_numpy(split.images[start : start + 256])
                 with autocast(device):
-                    loss, acc = self._pairs(model, views.view(len(images), 2, *images.shape[1:]).to(device))
+                    loss, acc = self._pairs(model, prepare_batch(images, self.augment, device, views=2))
                 losses.append(float(loss) * len(images))
                 accs.append(float(acc) * len(images))
         n = max(len(split.images), 1)
@@ -213,39 +211,41 @@ def _standardize(image: torch.Tensor) -> torch.Tensor:
     return (image - models.NORM_MEAN) / models.NORM_STD
 
 
-class AugmentedImages(Dataset):
-    """uint8 images (an array or memmap) -> augmented, normalised float tensors with their targets; `views=2` gives
-    two independent augmentations of each image (SimCLR). Runs in DataLoader workers when there are any."""
+class CachedImages(Dataset):
+    """uint8 images (an in-memory array or a memmap) with their targets, fetched a whole batch at a time (one fancy
+    index instead of one call per image); augmentation happens afterwards on the batch (see `prepare_batch`)."""
 
-    def __init__(self, images: np.ndarray, targets: torch.Tensor, augment: v2.Transform, views: int = 1) -> None:
-        self.images, self.targets, self.augment, self.views = images, targets, augment, views
+    def __init__(self, images: np.ndarray, targets: torch.Tensor) -> None:
+        self.images, self.targets = images, targets
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(np.asarray(self.images[index])).float() / 255.0
-        if self.views == 1:
-            return _standardize(self.augment(image)), self.targets[index]
-        return torch.stack([_standardize(self.augment(image)) for _ in range(self.views)]), self.targets[index]
+        return torch.from_numpy(np.array(self.images[index])), self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = np.asarray(indices)
+        return torch.from_numpy(np.asarray(self.images[index])), self.targets[torch.from_numpy(index)]
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ already returns the stacked batch
 
 
 def train_loader(
     split: Split,
     targets: torch.Tensor,
-    augment: v2.Transform,
     batch_size: int,
     generator: torch.Generator,
     imbalance: str = "none",
-    workers: int = 0,
-    views: int = 1,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Shuffled (or, with `weighted_sampler`, class-balanced with replacement) batches drawn from `generator`.
+    """uint8 batches, shuffled (or, with `weighted_sampler`, class-balanced with replacement) from `generator`.
 
     A last batch of one image is dropped: batch norm cannot train on it.
     """
-    dataset = AugmentedImages(split.images, targets, augment, views)
+    dataset = CachedImages(split.images, targets)
     if imbalance == "weighted_sampler":
         per_class = class_weights(split.labels, int(split.labels.max()) + 1)
         sampler = WeightedRandomSampler(per_class[split.labels].double(), len(dataset), generator=generator)
@@ -256,17 +256,21 @@ def train_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
         generator=generator,
+        collate_fn=_whole_batch,
         pin_memory=pin_memory,
         drop_last=len(dataset) % batch_size == 1,
     )
 
 
-def loader_workers(threads: int) -> int:
-    """DataLoader worker processes for `threads`: none on small machines (the main process augments), else a
-    quarter of the threads, so augmentation overlaps the network without starving it."""
-    return 0 if threads < 4 else min(4, threads // 4)
+def prepare_batch(images: torch.Tensor, augment: BatchAugment, device: torch.device, views: int = 1) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> on `device`, augmented per image, normalised; `views=2` stacks two independent
+    augmentations of each image as (B, 2, C, H, W) (SimCLR). On CUDA the augmentation runs on the GPU."""
+    batch = images.to(device, non_blocking=True).float() / 255.0
+    if views == 1:
+        out = _standardize(augment(batch))
+        return out.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else out
+    return torch.stack([_standardize(augment(batch)) for _ in range(views)], dim=1)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -329,7 +333,6 @@ def fit(
     objective: Any = None,
     resume_dir: Path | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
-    workers: int = 0,
 ) -> tuple[nn.Module, list[dict]]:
     """Train with AdamW + one-cycle or cosine schedule; keep the weights of the epoch with the lowest validation
     loss; stop after `patience` epochs without improvement.
@@ -351,16 +354,9 @@ def fit(
     optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
     imbalance = params.get("imbalance", "weighted_loss")
+    augment = build_augment(params.get("augment", {}))
     loader = train_loader(
-        train,
-        objective.targets(train),
-        build_augment(params.get("augment", {})),
-        params["batch_size"],
-        generator,
-        imbalance,
-        workers,
-        objective.views,
-        device.type == "cuda",
+        train, objective.targets(train), params["batch_size"], generator, imbalance, device.type == "cuda"
     )
     scheduler = _scheduler(optimizer, params, params["epochs"] * len(loader))
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
@@ -377,10 +373,8 @@ def fit(
         _freeze_for_epoch(model, trainable, epoch, unfreeze)
         total_loss, seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{params['epochs']}", leave=False, disable=not sys.stderr.isatty())
-        for batch, target in bar:
-            batch = batch.to(device, non_blocking=True)
-            if device.type == "cuda" and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
+        for images, target in bar:
+            batch = prepare_batch(images, augment, device, objective.views)
             with autocast(device):
                 loss = objective.loss(model, batch, target.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
@@ -564,9 +558,7 @@ def pretrain_model(
     else:
         objective = Supervised(data, params)
         model = models.create(arch, len(data.classes), data.in_chans)
-    workers = loader_workers(threads)
-    log_csv = out_dir / "log.csv"
-    model, history = fit(model, data, params, dev, log_csv, seed, logger, objective, resume_dir, None, workers)
+    model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, objective, resume_dir)
     test = data.splits["test"]
     test_metrics = objective.evaluate(model, test, dev)[1] if len(test.labels) else {}
     digests = [sha256_file(m) for m in manifests]
@@ -618,8 +610,7 @@ def finetune_model(
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate)
     set_strategy(model, strategy)
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
-    workers = loader_workers(threads)
-    model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir, None, workers)
+    model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
     test, val = data.splits["test"], data.splits["val"]
     proba = predict_proba(model, test.images, dev)
     metrics = classification_metrics(test.labels, proba)
