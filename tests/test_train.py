@@ -374,3 +374,29 @@ def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, 
     assert tuned["n"] > 0
     source = model.state_dict()["layer4.0.conv1.weight"]
     assert not torch.equal(models.load(tmp_path / "ft")[0].state_dict()["layer4.0.conv1.weight"], source)
+
+
+def test_unlabeled_folder_gives_a_simclr_checkpoint_and_refuses_supervised(tmp_path):
+    from medxfer.cache import cache_images
+    from medxfer.config import validate
+    from medxfer.ingest import ingest_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        image = rng.integers(0, 90, (40, 40), dtype=np.uint8)
+        r, c = rng.integers(0, 28, 2)
+        image[r : r + 12, c : c + 12] = 240
+        (tmp_path / "archive" / f"batch{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "archive" / f"batch{i % 3}" / f"{i}.png")
+    entry = {"format": "imagefolder", "root": str(tmp_path / "archive"), "unlabeled": True, "size": 32}
+    conf = validate({"datasets": {"archive": entry}, "finetune": {"targets": ["archive"], "inits": ["scratch"]}})
+    manifest, images = tmp_path / "archive_out/manifest.csv", tmp_path / "archive_out/images_32.npy"
+    ingest_dataset("archive", conf["datasets"]["archive"], manifest, tmp_path / "archive_out/quarantine.csv", seed=0)
+    cache_images(conf["datasets"]["archive"], manifest, images)
+    table = pd.read_csv(manifest, keep_default_na=False)
+    assert len(table) == 40 and set(table["label_name"]) == {"none"} and set(table["split"]) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="use pretrain.objective simclr"):
+        pretrain_model(manifest, images, "resnet10t", PRE, tmp_path / "sup", threads=2)
+    params = PRE | {"objective": "simclr", "batch_size": 16}
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    assert models.load(tmp_path / "ssl")[1]["objective"] == "simclr"

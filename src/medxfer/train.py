@@ -556,6 +556,11 @@ def pretrain_model(
         objective = MultiLabel(data, params)
         model = models.create(arch, len(objective.classes), data.in_chans)
     else:
+        if len(data.classes) < 2:
+            raise ValueError(
+                f"{'+'.join(names)}: supervised pretraining needs at least two classes, found {data.classes}; "
+                "use pretrain.objective simclr for unlabeled images"
+            )
         objective = Supervised(data, params)
         model = models.create(arch, len(data.classes), data.in_chans)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, objective, resume_dir)
