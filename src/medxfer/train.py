@@ -422,6 +422,8 @@ def fit(
         writer = csv.DictWriter(fh, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
+    if state["best_state"] is None:
+        raise ValueError(f"validation loss was never finite ({[r['val_loss'] for r in history]}): training diverged")
     model.load_state_dict(state["best_state"])
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     logger.info("best epoch %d (val_loss %.4f)", best_epoch, state["best_loss"])
