@@ -118,8 +118,20 @@ def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
 
 
 def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
-    """root/<class>/**/<image>, or root/<split>/<class>/**/<image> when every top folder is a split name."""
+    """root/<class>/**/<image>, or root/<split>/<class>/**/<image> when every top folder is a split name.
+    With `unlabeled`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
     found = Found()
+    if dataset.get("unlabeled", False):
+        for path in _visible_files(root):
+            rel = str(path.relative_to(root))
+            if _looks_like_image(path):
+                row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
+                found.rows.append(row)
+            else:
+                found.reject(rel, f"not an image file (extension '{path.suffix}', no DICOM preamble)")
+        if not found.rows:
+            raise IngestError(f"{root}: no images found (unlabeled image folder)")
+        return found
     tops = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     by_split = bool(tops) and all(d.name.lower() in FOLDER_SPLITS for d in tops)
     bases = [(d, FOLDER_SPLITS[d.name.lower()]) for d in tops] if by_split else [(root, None)]

@@ -24,7 +24,7 @@ DEMO_SETS = ["xray_source", "mura", "ct"]
 wildcard_constraints:
     dataset="[A-Za-z][A-Za-z0-9_]*",
     target="[A-Za-z][A-Za-z0-9_]*",
-    source="[A-Za-z][A-Za-z0-9_]*",
+    source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(DEMO_SETS),
     arch="[a-z0-9_]+",
     init="scratch|imagenet|indomain",
@@ -89,7 +89,12 @@ def dataset_inputs(name):
 
 
 def source_inputs(wildcards):
-    return dataset_inputs(wildcards.source)
+    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches."""
+    names = wildcards.source.split("+")
+    return {
+        "manifest": [manifest_of(n) for n in names],
+        "images": [cache_of(n) for n in names],
+    }
 
 
 def target_inputs(wildcards):
@@ -111,7 +116,7 @@ def init_inputs(wildcards):
     if wildcards.init == "imagenet":
         return {"weights": FT["imagenet_weights"][wildcards.arch]}
     if wildcards.init == "indomain":
-        ckpt = f"{R}/pretrain/{config['pretrain']['source']}/{wildcards.arch}"
+        ckpt = f"{R}/pretrain/{medxfer.config.pretrain_name(config)}/{wildcards.arch}"
         return {"weights": f"{ckpt}/model.safetensors", "meta": f"{ckpt}/model.json"}
     return {}
 
@@ -125,11 +130,27 @@ def pretrain_sources():
 
 
 def finetune_params(wildcards):
-    return medxfer.config.training_params(config, "finetune")
+    return medxfer.config.training_params(config, "finetune", wildcards.target)
 
 
 def pretrain_params(wildcards):
-    return medxfer.config.training_params(config, "pretrain")
+    names = wildcards.source.split("+")
+    return medxfer.config.training_params(
+        config, "pretrain", names[0] if len(names) == 1 else None
+    )
+
+
+def resume_dir(stage):
+    """Where a training job keeps its per-epoch resume state: outside its declared outputs, so Snakemake's
+    clean-up of a failed job's outputs leaves it for the re-run; the job removes it when it succeeds.
+    """
+
+    def path(wildcards):
+        keys = ("source", "target", "init", "arch")
+        parts = [getattr(wildcards, k) for k in keys if hasattr(wildcards, k)]
+        return str(Path(R, "resume", stage, *parts))
+
+    return path
 
 
 def features_file(target, init, features):
