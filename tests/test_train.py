@@ -388,7 +388,7 @@ def test_unlabeled_folder_gives_a_simclr_checkpoint_and_refuses_supervised(tmp_p
         image[r : r + 12, c : c + 12] = 240
         (tmp_path / "archive" / f"batch{i % 3}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(tmp_path / "archive" / f"batch{i % 3}" / f"{i}.png")
-    entry = {"format": "imagefolder", "root": str(tmp_path / "archive"), "unlabeled": True, "size": 32}
+    entry = {"format": "imagefolder", "root": str(tmp_path / "archive"), "labels": "none", "size": 32}
     conf = validate({"datasets": {"archive": entry}, "finetune": {"targets": ["archive"], "inits": ["scratch"]}})
     manifest, images = tmp_path / "archive_out/manifest.csv", tmp_path / "archive_out/images_32.npy"
     ingest_dataset("archive", conf["datasets"]["archive"], manifest, tmp_path / "archive_out/quarantine.csv", seed=0)

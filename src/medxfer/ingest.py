@@ -119,9 +119,9 @@ def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
 
 def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
     """root/<class>/**/<image>, or root/<split>/<class>/**/<image> when every top folder is a split name.
-    With `unlabeled`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
+    With `labels: none`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
     found = Found()
-    if dataset.get("unlabeled", False):
+    if dataset.get("labels") == "none":
         for path in _visible_files(root):
             rel = str(path.relative_to(root))
             if _looks_like_image(path):
@@ -312,19 +312,7 @@ def _read_dicom_tree(root: Path, dataset: Mapping[str, Any]) -> Found:
     """Every DICOM file under root. Labels come from class folders (`labels: folder`, the imagefolder layout) or
     are absent (`labels: none`, for self-supervised pretraining); patient and study come from the DICOM header
     (PatientID, StudyInstanceUID), so slices of one patient share a split."""
-    if dataset.get("labels", "folder") == "folder":
-        found = _read_imagefolder(root, dataset)
-    else:
-        found = Found()
-        for path in _visible_files(root):
-            rel = str(path.relative_to(root))
-            if _looks_like_image(path):
-                row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
-                found.rows.append(row)
-            else:
-                found.reject(rel, f"not a DICOM file (extension '{path.suffix}', no DICM preamble)")
-        if not found.rows and not found.rejected:
-            raise IngestError(f"{root}: no files found")
+    found = _read_imagefolder(root, dataset)
     rows, found.rows = found.rows, []
     for row in rows:
         path = root / row["path"]
