@@ -1,7 +1,7 @@
 rule check_source_overlap:
     input:
         target=f"{R}/datasets/{{target}}/manifest.csv",
-        sources=lambda wildcards: [manifest_of(s) for s in pretrain_sources()],
+        sources=lambda wildcards: [manifest_of(s) for s in indomain_sources()],
     output:
         f"{R}/datasets/{{target}}/source_overlap.json",
     log:
@@ -9,6 +9,6 @@ rule check_source_overlap:
     conda:
         "../../envs/data.yaml"
     params:
-        sources=pretrain_sources(),
+        sources=indomain_sources(),
     script:
         "../scripts/check_source_overlap.py"

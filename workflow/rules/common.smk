@@ -121,12 +121,9 @@ def init_inputs(wildcards):
     return {}
 
 
-def pretrain_sources():
+def indomain_sources():
     """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
-    if "indomain" not in FT["inits"]:
-        return []
-    source = config["pretrain"]["source"]
-    return [source] if isinstance(source, str) else list(source)
+    return medxfer.config.pretrain_sources(config) if "indomain" in FT["inits"] else []
 
 
 def finetune_params(wildcards):
@@ -233,6 +230,6 @@ def final_outputs():
         *explanations(),
         *expand(
             f"{R}/datasets/{{target}}/source_overlap.json",
-            target=FT["targets"] if pretrain_sources() else [],
+            target=FT["targets"] if indomain_sources() else [],
         ),
     ]
