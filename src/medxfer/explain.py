@@ -151,7 +151,6 @@ def lime_maps(
             hide_color=0,
             num_samples=num_samples,
             segmentation_fn=lambda _image, labels=labels: labels,
-            progress_bar=False,
         )
         segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)
         for segment, weight in explanation.local_exp[int(targets[i])]:
