@@ -32,12 +32,16 @@ wildcard_constraints:
     size="[0-9]+",
 
 
-def dataset_root(wildcards):
+def raw_of(name):
     """The raw input: the array file for npz data sets (so an in-place edit re-runs ingest), else the root folder."""
-    ds = DATASETS[wildcards.dataset]
+    ds = DATASETS[name]
     if ds["format"] == "npz":
         return str(Path(ds["root"]) / ds["file"])
     return ds["root"]
+
+
+def dataset_root(wildcards):
+    return raw_of(wildcards.dataset)
 
 
 def manifest_of(name):
@@ -160,10 +164,59 @@ def explanations():
     )
 
 
+def robustness_inputs(wildcards):
+    """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers
+    (the best by CV AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again).
+    """
+    w = wildcards
+    inputs = {
+        "weights": expand(
+            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.safetensors", arch=ARCHS
+        ),
+        "metas": expand(
+            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.json", arch=ARCHS
+        ),
+        "features": [features_file(w.target, w.init, arch) for arch in ARCHS],
+        "classifiers": expand(
+            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/metrics.json",
+            clf=CLASSIFIERS,
+        ),
+        "models": expand(
+            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/model.skops",
+            clf=CLASSIFIERS,
+        ),
+    }
+    if DATASETS[w.target].get("modality") == "ct":
+        inputs["raw"] = raw_of(w.target)
+    return inputs
+
+
+def reported(name, category):
+    """classify_outputs(name), each marked for the HTML report under `category`, labelled by its feature set."""
+    caption = f"../report/{name.split('.')[0]}.rst"
+    paths = classify_outputs(name)
+    return [mark_report(p, caption, category, f) for f, p in zip(FEATURE_SETS, paths)]
+
+
+def mark_report(path, caption, category, features):
+    labels = {"init": "{init}", "features": features, "classifier": "{clf}"}
+    return report(
+        path, caption=caption, category=category, subcategory="{target}", labels=labels
+    )
+
+
 def final_outputs():
     return [
         f"{R}/report/summary.csv",
         f"{R}/report/metrics.json",
         f"{R}/report/summary.md",
+        f"{R}/report/summary.html",
+        f"{R}/report/faithfulness.csv",
         *explanations(),
+        *expand(
+            f"{R}/robustness/{{target}}/{{init}}.png",
+            target=FT["targets"],
+            init=FT["inits"],
+        ),
+        *expand(f"{R}/report/training/{{target}}.png", target=FT["targets"]),
     ]
