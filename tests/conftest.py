@@ -1,13 +1,33 @@
-"""Shared fixtures: small real data sets generated on disk, once per session."""
+"""Shared fixtures: small real data sets generated on disk and the tiny workflow run, once per session."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Snakefile run once on tests/workflow/tiny.yaml, shared by every workflow and report test."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
+    result = snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return workdir
 
 
 @pytest.fixture(scope="session")
