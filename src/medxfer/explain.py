@@ -150,6 +150,7 @@ def lime_maps(
             top_labels=None,
             hide_color=0,
             num_samples=num_samples,
+            batch_size=64,  # lime's default of 10 makes many small forward passes
             segmentation_fn=lambda _image, labels=labels: labels,
         )
         segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)

@@ -285,24 +285,19 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     with their test metrics and intervals; the same picks as the paired comparison, never by a test number."""
     rows = []
     for (target, init), group in table.groupby(["target", "init"], sort=False):
-        picks = {
-            "best CNN (val AUC)": _best(group[group["classifier"] == "cnn"]),
-            "best fused classifier (CV AUC)": _best(
-                group[(group["features"] == "fused") & (group["classifier"] != "cnn")]
-            ),
-        }
-        for role, row in picks.items():
+        cnn = _best(group[group["classifier"] == "cnn"])
+        fused = _best(group[(group["features"] == "fused") & (group["classifier"] != "cnn")])
+        for row, name, score in (
+            (cnn, "{features} CNN", "val AUC"),
+            (fused, "{classifier} on fused features", "CV AUC"),
+        ):
             if row is None:
                 continue
             record = row.to_dict()
+            picked = "n/a" if _missing(record["selection_auc"]) else f"{record['selection_auc']:.3f}"
             rows.append(
-                {
-                    "target": target,
-                    "init": init,
-                    "pick": role,
-                    "model": f"{record['features']} / {record['classifier']}",
-                }
-                | {m: _cell(record, m) for m in ("accuracy", "cohen_kappa", "roc_auc", "sensitivity", "specificity")}
+                {"target": target, "init": init, "model": name.format(**record), "picked by": f"{score} {picked}"}
+                | {m: _cell(record, m) for m in ("accuracy", "cohen_kappa", "roc_auc")}
                 | {"n": int(record["n_test"])}
             )
     return pd.DataFrame(rows)

@@ -195,7 +195,7 @@ def assess_robustness(
     table = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         table.round(4).to_csv(tmp, index=False)
-    plot_robustness(table, out_plot, f"{best.parent.parent.parent.name} / {best.parent.parent.name}")
+    plot_robustness(table, out_plot, f"{best.parts[-5]} / {best.parts[-4]} init")  # classify/{target}/{init}/..
     return table
 
 
