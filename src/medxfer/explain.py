@@ -308,9 +308,9 @@ def explain_model(
     seed: int = 0,
     threads: int = 1,
     log_path: Path | None = None,
-    n_faithfulness: int = 16,
+    n_faithfulness: int = 8,
     lime_segments: int = 50,
-    steps: int = 16,
+    steps: int = 10,
 ) -> pd.DataFrame:
     """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv.
 
