@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +16,19 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=2400)
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=2400
+    )
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real Snakefile run once on tests/workflow/tiny.yaml, shared by every workflow and report test."""
+    """The real Snakefile run once on tests/workflow/tiny.yaml, shared by every workflow and report test.
+
+    MEDXFER_WORKFLOW_RUN=<dir> checks a finished run of the tiny config in <dir> again instead of running it.
+    """
+    if os.environ.get("MEDXFER_WORKFLOW_RUN"):
+        return Path(os.environ["MEDXFER_WORKFLOW_RUN"])
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config").mkdir()
     shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
