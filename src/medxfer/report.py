@@ -310,7 +310,8 @@ def to_html(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>medxfer summary</title><style>"
         "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}tr.best{font-weight:bold;background:#eef}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
+        "tr.best{font-weight:bold;background:#eef}"
         "</style></head><body><h1>medxfer results</h1>",
         "<p>Test-split metrics with bootstrap 95 % intervals in brackets; the best row per target (highest Cohen's"
         " kappa) in bold.</p>",
