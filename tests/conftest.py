@@ -15,24 +15,30 @@ SHARED = REPO.parent / "shared"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=2400
-    )
+def run_snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The real Snakefile on `workdir` (its config/config.yaml), in a subprocess; output captured."""
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def snakemake():
+    return run_snakemake
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real Snakefile run once on tests/workflow/tiny.yaml, shared by every workflow and report test.
+    """The whole workflow run once on tests/workflow/tiny.yaml; shared by every workflow test (dry runs after).
 
-    MEDXFER_WORKFLOW_RUN=<dir> checks a finished run of the tiny config in <dir> again instead of running it.
+    $MEDXFER_TEST_RUN_DIR names an already finished tiny run to reuse instead (development only: tests edit it and
+    put their edits back).
     """
-    if os.environ.get("MEDXFER_WORKFLOW_RUN"):
-        return Path(os.environ["MEDXFER_WORKFLOW_RUN"])
+    if os.environ.get("MEDXFER_TEST_RUN_DIR"):
+        return Path(os.environ["MEDXFER_TEST_RUN_DIR"])
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config").mkdir()
     shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
-    result = snakemake(workdir, "--cores", "2")
+    result = run_snakemake(workdir, "--cores", "2", timeout=1800)  # ~5 min alone on 2 cores, 15 on shared ones
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return workdir

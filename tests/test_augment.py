@@ -35,3 +35,93 @@ def test_no_augmentation_is_identity():
     batch = torch.rand(4, 1, 16, 16)
     params = dict(hflip=0, degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0)
     assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+
+
+ELASTIC = dict(elastic=1.0, elastic_alpha=20.0, elastic_sigma=4.0)
+
+
+def test_elastic_deformation_moves_pixels_smoothly():
+    torch.manual_seed(0)
+    batch = torch.zeros(4, 1, 32, 32)
+    batch[:, :, 8:24:4, :] = 1.0  # horizontal stripes: a deformation bends them
+    out = augment_batch(batch, build_augment(ELASTIC))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert (out - batch).abs().mean() > 0.02
+    # a smooth warp, not noise: the mean intensity is about kept
+    assert abs(out.mean() - batch.mean()) < 0.05
+
+
+@pytest.mark.parametrize("key", ["hflip", "vflip", "elastic"])
+def test_probability_zero_is_identity(key):
+    batch = torch.rand(4, 2, 16, 16)
+    params = dict(degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0) | {key: 0.0}
+    assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+
+
+def test_vertical_flip_at_probability_one_flips():
+    batch = torch.rand(3, 1, 8, 8)
+    assert torch.equal(augment_batch(batch, build_augment({"vflip": 1.0})), batch.flip(-2))
+
+
+def test_data_set_augment_overrides_the_stage_keys():
+    from medxfer.config import training_params, validate
+
+    ct = {"format": "npz", "root": ".", "file": "x.npz", "augment": {"hflip": 0, "elastic": 0.3}}
+    conf = validate(
+        {"datasets": {"ct": ct}, "finetune": {"targets": ["ct"], "inits": ["scratch"], "augment": {"degrees": 5}}}
+    )
+    params = training_params(conf, "finetune", "ct")["augment"]
+    assert params["hflip"] == 0 and params["elastic"] == 0.3 and params["degrees"] == 5
+    assert params["noise_std"] == 0.02  # schema default of the stage, not reset by the override
+    assert training_params(conf, "finetune")["augment"]["hflip"] == 0.5
+
+
+def test_training_loader_keeps_labels_and_shapes():
+    from medxfer.cache import Split
+    from medxfer.train import prepare_batch, train_loader
+
+    images = torch.randint(0, 255, (10, 1, 16, 16), dtype=torch.uint8).numpy()
+    labels = (torch.arange(10) % 2).numpy()
+    split = Split(images, labels, labels.astype(str), labels.astype(str), labels.astype(str))
+    loader = train_loader(split, torch.arange(10), 4, torch.Generator().manual_seed(0))
+    augment, seen = build_augment(FULL | ELASTIC), []
+    for batch, index in loader:
+        assert batch.dtype == torch.uint8 and torch.equal(batch, torch.from_numpy(images[index.numpy()]))
+        out = prepare_batch(batch, augment, torch.device("cpu"))
+        assert out.dtype == torch.float32 and out.shape == batch.shape
+        seen += index.tolist()
+    assert sorted(seen) == list(range(10))  # every image once per epoch, its own target alongside
+
+
+def test_elastic_matches_torchvision_elastic_for_the_same_field():
+    from torchvision.transforms.v2 import functional as tvf
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 2, 24, 24)
+    augment = build_augment(ELASTIC)
+    displacement = augment.elastic_displacement(1, 24, 24)
+    assert displacement.abs().max() > 0
+    grid = torch.nn.functional.affine_grid(torch.eye(2, 3)[None], [1, 1, 24, 24], align_corners=False)
+    ours = torch.nn.functional.grid_sample(image, grid + displacement, mode="bilinear", align_corners=False)
+    theirs = tvf.elastic(image, displacement, interpolation=tvf.InterpolationMode.BILINEAR)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_rotation_and_scale_follow_the_configured_ranges():
+    torch.manual_seed(0)
+    theta = build_augment({"degrees": 30, "scale": [0.8, 1.25], "translate": 0.1}).affine_theta(500)
+    linear = theta[:, :, :2]
+    scale = 1 / torch.linalg.det(linear).sqrt()  # theta is the inverse map: det = 1 / s^2
+    angle = torch.rad2deg(torch.atan2(-linear[:, 0, 1], linear[:, 0, 0]))
+    assert scale.min() >= 0.8 - 1e-4 and scale.max() <= 1.25 + 1e-4
+    assert angle.abs().max() <= 30 + 1e-3 and angle.abs().max() > 25
+
+
+def test_gaussian_blur_matches_torchvision():
+    from torchvision.transforms.v2 import functional as tvf
+
+    from medxfer.augment import gaussian_blur
+
+    field = torch.rand(3, 2, 40, 40)
+    theirs = tvf.gaussian_blur(field, kernel_size=[25, 25], sigma=[3.0, 3.0])  # 8 sigma + 1 = 25
+    assert torch.allclose(gaussian_blur(field, 3.0), theirs, atol=1e-5)

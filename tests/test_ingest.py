@@ -1,4 +1,5 @@
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -32,6 +33,23 @@ def test_mura_layout_labels_splits_and_patients(demo_root, tmp_path):
 def test_body_part_filter(demo_root, tmp_path):
     table = run(tmp_path, "mura", dataset_config(demo_root, "mura", body_parts=["XR_WRIST"]))
     assert table["path"].str.contains("XR_WRIST").all()
+
+
+def test_train_fraction_keeps_a_stratified_share_of_training_patients(demo_root, tmp_path):
+    for sub in ("full", "a", "b"):
+        (tmp_path / sub).mkdir()
+    full = run(tmp_path / "full", "mura", dataset_config(demo_root, "mura"))
+    small = run(tmp_path / "a", "mura", dataset_config(demo_root, "mura", train_fraction=0.25))
+    again = run(tmp_path / "b", "mura", dataset_config(demo_root, "mura", train_fraction=0.25))
+    assert small["path"].tolist() == again["path"].tolist()  # seeded
+    for split in ("val", "test"):
+        assert small.loc[small["split"] == split, "path"].tolist() == full.loc[full["split"] == split, "path"].tolist()
+    train_full, train_small = (t[t["split"] == "train"] for t in (full, small))
+    assert set(train_small["path"]) < set(train_full["path"])
+    for label in (0, 1):  # about a quarter of each label's training patients
+        n_full = train_full.loc[train_full["label"] == label, "patient_id"].nunique()
+        n_small = train_small.loc[train_small["label"] == label, "patient_id"].nunique()
+        assert n_small >= 1 and abs(n_small - 0.25 * n_full) <= 1.5, (label, n_small, n_full)
 
 
 def test_dicom_patient_ids_are_pseudonymised(demo_root, tmp_path):
@@ -279,3 +297,31 @@ def test_load_image_equals_resized_read_image(tmp_path):
     for name in ("rgb.png", "grey.jpg"):
         expected = resize(read_image(tmp_path / name, "xray"), 24)
         assert np.array_equal(load_image(tmp_path / name, "xray", [], 24), expected)
+
+
+def test_source_overlap_finds_a_target_test_image_copied_into_the_source(demo_root, tmp_path):
+    from medxfer.ingest import check_source_overlap
+
+    for sub in ("target", "clean", "leaky"):
+        (tmp_path / sub).mkdir()
+    target = run(tmp_path / "target", "mura", dataset_config(demo_root, "mura"))
+    test_image = demo_root / "mura" / target.loc[target["split"] == "test", "path"].iloc[0]
+    source_root = tmp_path / "source"
+    for i, path in enumerate(sorted((demo_root / "xray_source").rglob("*.png"))[:6]):
+        (source_root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, source_root / f"c{i % 2}" / f"{i}.png")
+    source = {"format": "imagefolder", "root": str(source_root)}
+    run(tmp_path / "clean", "source", dataset_config(demo_root, "mura", **source))
+    report = check_source_overlap(
+        tmp_path / "target" / "manifest.csv", {"source": tmp_path / "clean" / "manifest.csv"}, tmp_path / "ok.json"
+    )
+    assert report["overlap"]["source"]["count"] == 0 and report["n_test"] == (target["split"] == "test").sum()
+    shutil.copy(test_image, source_root / "c0" / "copied.png")
+    run(tmp_path / "leaky", "source", dataset_config(demo_root, "mura", **source))
+    with pytest.raises(IngestError, match=r"test images also in a pretraining source \(source: 1"):
+        check_source_overlap(
+            tmp_path / "target" / "manifest.csv", {"source": tmp_path / "leaky" / "manifest.csv"}, tmp_path / "bad.json"
+        )
+    assert json.loads((tmp_path / "bad.json").read_text())["overlap"]["source"]["examples"] == [
+        str(test_image.relative_to(demo_root / "mura"))
+    ]

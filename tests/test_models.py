@@ -68,3 +68,40 @@ def test_gradcam_layer_is_last_stage():
     model = models.create("resnet10t", 2, 1)
     assert models.gradcam_layer(model, 224) is model.layer4
     assert models.gradcam_layer(model, 64) is model.layer3  # layer4 would be a 2x2 map
+
+
+def _imagenet_file():
+    from conftest import SHARED
+
+    path = SHARED / "weights" / "efficientnet_lite0_imagenet.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the real ImageNet weights test needs ../shared/weights beside the repository")
+    return path
+
+
+def test_real_imagenet_efficientnet_lite0_loads_with_matching_keys_and_grey_stem():
+    path = _imagenet_file()
+    weights = safetensors.torch.load_file(str(path))
+    reference = models.create("efficientnet_lite0", 1000, 3)
+    assert set(weights) == set(reference.state_dict())  # the file is timm's efficientnet_lite0, key for key
+    model = models.create_initialised("efficientnet_lite0", 2, 1, "imagenet", path)
+    state = model.state_dict()
+    assert state["conv_stem.weight"].shape == (32, 1, 3, 3)
+    assert torch.allclose(state["conv_stem.weight"], weights["conv_stem.weight"].sum(1, keepdim=True))
+    assert torch.equal(state["blocks.3.0.conv_pw.weight"], weights["blocks.3.0.conv_pw.weight"])
+    assert state["classifier.weight"].shape == (2, 1280)
+    # ImageNet features respond to structure: an edge and a flat image give clearly different embeddings
+    flat, edge = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    edge[..., 32:] = 2.0
+    with torch.no_grad():
+        model.eval()
+        a, b = (model.forward_head(model.forward_features(x), pre_logits=True) for x in (flat, edge))
+    assert (a - b).norm() > 0.1 * a.norm()
+
+
+def test_real_imagenet_init_truncated_keeps_the_early_stages():
+    path = _imagenet_file()
+    weights = safetensors.torch.load_file(str(path))
+    model = models.create_initialised("efficientnet_lite0", 2, 3, "imagenet", path, truncate_stages=3)
+    assert torch.equal(model.state_dict()["blocks.2.0.conv_pw.weight"], weights["blocks.2.0.conv_pw.weight"])
+    assert models.num_parameters(model) < 100_000 < models.num_parameters(models.create("efficientnet_lite0", 2, 3))

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import snakemake
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -17,7 +17,7 @@ SECTIONS = ("Summary", "ROC curves", "Confusion matrices", "Heatmaps", "Robustne
 
 @pytest.fixture(scope="module")
 def report_html(run_dir: Path) -> Path:
-    result = snakemake(run_dir, "--report", "results/report.html")
+    result = run_snakemake(run_dir, "--report", "results/report.html")
     if result.returncode != 0:
         pytest.fail(f"snakemake --report failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return run_dir / "results" / "report.html"

@@ -6,14 +6,39 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from medxfer import models
-from medxfer.features import extract_features
+from medxfer.cache import CachedDataset, Split
+from medxfer.features import extract_features, pooled_features
+from medxfer.log import get_logger
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, finetune_model, pretrain_model, set_strategy
+from medxfer.train import class_weights, finetune_model, fit, pretrain_model, set_strategy
+
+LOG = get_logger("test_train")
+
+
+def tiny_data(n_train: int = 24, n_val: int = 8, size: int = 32, channels: int = 1, seed: int = 0) -> CachedDataset:
+    """A learnable two-class set in memory: class 1 has a bright square. Seconds to train on at 32 px."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_val)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 120, size=(n, channels, size, size), dtype=np.uint8)
+        images[labels == 1, :, 8:16, 8:16] = 230
+        ids = np.array([f"{name}{i}" for i in range(n)])
+        splits[name] = Split(images, labels.astype(np.int64), ids, ids, np.array([""] * n))
+    return CachedDataset(classes=["normal", "finding"], splits=splits)
+
+
+def tiny_params(**overrides) -> dict:
+    return dict(lr=3e-3, weight_decay=1e-4, epochs=2, batch_size=8, augment=AUG, strategy="full") | overrides
+
 
 AUG = dict(hflip=0.5, degrees=5, translate=0.05, scale=[0.95, 1.05], brightness=0.1, contrast=0.1, noise_std=0.01)
-PARAMS = dict(lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment=AUG, strategy="full")
+PARAMS = dict(
+    lr=1e-3, weight_decay=1e-4, epochs=2, batch_size=16, imbalance="weighted_loss", augment=AUG, strategy="full"
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +111,268 @@ def test_features_per_split_without_nan(cached, pretrained, tmp_path):
         assert data[f"X_{split}"].shape == ((table["split"] == split).sum(), 512)
         assert np.isfinite(data[f"X_{split}"]).all()
         assert list(data[f"ids_{split}"]) == table.loc[table["split"] == split, "image_id"].tolist()
+
+
+def _fit_model(strategy: str, tmp_path, truncate_stages=None, **params):
+    seed_everything(0)
+    model = models.create("resnet10t", 2, 1, truncate_stages)
+    set_strategy(model, strategy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, tiny_data(), tiny_params(epochs=1, **params), torch.device("cpu"), tmp_path / "log.csv", 0, LOG)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return before, changed
+
+
+@pytest.mark.parametrize("strategy", ["full", "truncated"])
+def test_full_and_truncated_train_every_parameter(strategy, tmp_path):
+    before, changed = _fit_model(strategy, tmp_path, 3 if strategy == "truncated" else None)
+    weights = {k for k in before if k.endswith(".weight")}
+    assert weights <= changed
+
+
+def test_linear_probe_changes_only_the_head_even_batchnorm_statistics(tmp_path):
+    before, changed = _fit_model("linear_probe", tmp_path)
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_gradual_unfreezing_trains_only_the_head_before_unfreeze_epoch(tmp_path):
+    before, changed = _fit_model("full", tmp_path, unfreeze_epoch=2)
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_backbone_lr_mult_moves_the_backbone_less(tmp_path):
+    def backbone_step(mult):
+        seed_everything(0)
+        model = models.create("resnet10t", 2, 1)
+        start = model.layer3[0].conv1.weight.detach().clone()
+        params = tiny_params(epochs=1, backbone_lr_mult=mult, schedule="cosine")
+        fit(model, tiny_data(), params, torch.device("cpu"), tmp_path / "log.csv", 0, LOG)
+        return (model.layer3[0].conv1.weight - start).norm()
+
+    assert backbone_step(0.01) < backbone_step(1.0) / 5
+
+
+def test_truncated_model_is_smaller_saves_loads_and_serves_features_and_gradcam(tmp_path):
+    full = models.create("resnet10t", 2, 1)
+    cut = models.create("resnet10t", 2, 1, truncate_stages=3).eval()
+    assert models.num_parameters(cut) < models.num_parameters(full) / 10
+    assert [f["module"] for f in cut.feature_info] == ["act1", "layer1", "layer2"]
+    meta = {"arch": "resnet10t", "classes": ["a", "b"], "in_chans": 1, "input_size": [1, 32, 32]}
+    models.save(tmp_path, cut, meta)
+    loaded, meta = models.load(tmp_path)
+    assert meta["truncate_stages"] == 3 and meta["num_parameters"] == models.num_parameters(cut)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cut(x), loaded(x))
+    assert models.gradcam_layer(loaded, 32) is loaded.layer2  # the deepest stage that is left
+    images = np.random.default_rng(0).integers(0, 255, (3, 1, 32, 32), dtype=np.uint8)
+    assert pooled_features(loaded, images, torch.device("cpu"), 8).shape == (3, 128)  # layer2 channels
+    assert pooled_features(loaded, images, torch.device("cpu"), 8, stages=2).shape == (3, 128 + 64)
+
+
+def test_truncation_beyond_the_network_is_a_clear_error():
+    with pytest.raises(ValueError, match="truncate_stages must be 1..4 for resnet10t"):
+        models.create("resnet10t", 2, 1, truncate_stages=5)
+
+
+def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_path):
+    manifest, images = cached["mura"]
+    params = PARAMS | {"strategy": "truncated", "truncate_stages": 4, "epochs": 1}
+    metrics = finetune_model(
+        manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0
+    )
+    model, meta = models.load(tmp_path)
+    assert meta["truncate_stages"] == metrics["truncate_stages"] == 4
+    assert metrics["num_parameters"] == meta["num_parameters"] == models.num_parameters(model)
+    assert metrics["num_parameters"] < models.num_parameters(models.load(pretrained)[0]) / 2
+    assert not hasattr(model, "layer4") or len(model.layer4) == 0
+    extract_features(tmp_path, manifest, images, tmp_path / "f.npz", batch_size=64, threads=2)
+    assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
+
+
+class KilledError(Exception):
+    """Stands in for a job killed after an epoch (the resume state is already written then)."""
+
+
+def _train(tmp_path, name, resume_dir=None, kill_after=None, **overrides):
+    """Three epochs on the tiny set; returns the final (best) weights, the last epoch's weights and the log."""
+    seed_everything(0)
+    model = models.create("resnet10t", 2, 1)
+    aug = AUG | {"elastic": 0.5, "elastic_sigma": 3.0}
+    params = tiny_params(epochs=3, imbalance="weighted_sampler", augment=aug) | overrides
+    last = {}
+
+    def on_epoch_end(epoch):
+        last.update({k: v.clone() for k, v in model.state_dict().items()})
+        if epoch == kill_after:
+            raise KilledError
+
+    data, cpu = tiny_data(), torch.device("cpu")
+    model, history = fit(model, data, params, cpu, tmp_path / f"{name}.csv", 0, LOG, None, resume_dir, on_epoch_end)
+    return model.state_dict(), last, [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_resume_after_a_kill_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
+    best, last, history = _train(tmp_path, "straight")
+    resume = tmp_path / "resume"
+    with pytest.raises(KilledError):
+        _train(tmp_path, "killed", resume, kill_after=1)
+    state = torch.load(resume / "state.pt", weights_only=True)  # tensors and plain values only, no pickled code
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    best_r, last_r, history_r = _train(tmp_path, "resumed", resume)
+    assert history_r == history and len(history) == 3
+    assert all(torch.equal(last[k], last_r[k]) for k in last)
+    assert all(torch.equal(best[k], best_r[k]) for k in best)
+    assert torch.load(resume / "state.pt", weights_only=True)["epoch"] == 3
+
+
+def test_resume_state_of_other_settings_is_ignored(tmp_path):
+    resume = tmp_path / "resume"
+    with pytest.raises(KilledError):
+        _train(tmp_path, "killed", resume, kill_after=2, epochs=2)
+    killed = torch.load(resume / "state.pt", weights_only=True)["history"]
+    _, _, history = _train(tmp_path, "other", resume, lr=1e-3, epochs=2)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[0]["train_loss"] != killed[0]["train_loss"]  # trained epoch 1 itself, not taken from the state
+
+
+def test_finetune_removes_its_resume_state_when_done(cached, tmp_path):
+    manifest, images = cached["mura"]
+    resume = tmp_path / "resume" / "finetune" / "mura"
+    params = PARAMS | {"epochs": 1}
+    finetune_model(manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, threads=2)
+    assert (tmp_path / "out/metrics.json").is_file() and not resume.exists()
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path):
+    _, _, history = _train(tmp_path, "patience", epochs=8, patience=1, lr=0.05, schedule="cosine")
+    losses = [row["val_loss"] for row in history]
+    assert len(history) < 8
+    assert losses[-1] >= min(losses[:-1])  # the epoch that stopped it did not improve
+    assert all(losses[i] < min(losses[:i]) for i in range(1, len(losses) - 1))  # every earlier one did
+
+
+def test_weighted_sampler_draws_classes_evenly():
+    from medxfer.augment import build_augment
+    from medxfer.train import train_loader
+
+    data = tiny_data(n_train=200)
+    labels = (np.arange(200) % 10 == 0).astype(np.int64)  # 10 % minority
+    split = Split(data.splits["train"].images, labels, labels, labels, labels)
+    loader = train_loader(
+        split, torch.from_numpy(labels), build_augment({}), 50, torch.Generator().manual_seed(0), "weighted_sampler"
+    )
+    drawn = torch.cat([target for _, target in loader])
+    assert len(drawn) == 200 and 0.4 < drawn.float().mean() < 0.6
+
+
+PRE = {k: v for k, v in PARAMS.items() if k != "strategy"} | {"epochs": 1}
+
+
+def test_multilabel_pretraining_from_a_medmnist_style_npz(tmp_path):
+    from medxfer.cache import cache_images
+    from medxfer.config import validate
+    from medxfer.ingest import ingest_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        labels = rng.integers(0, 2, (n, 3)).astype(np.uint8)  # ChestMNIST-like: several findings per image
+        images = rng.integers(0, 100, (n, 28, 28)).astype(np.uint8)
+        for k, (r, c) in enumerate([(2, 2), (2, 16), (16, 9)]):
+            images[labels[:, k] == 1, r : r + 9, c : c + 9] = 250
+        arrays |= {f"{split}_images": images, f"{split}_labels": labels}
+    np.savez(tmp_path / "chest.npz", **arrays)
+    entry = {"format": "npz", "root": str(tmp_path), "file": "chest.npz", "classes": ["effusion", "mass", "nodule"]}
+    ds = validate(
+        {"datasets": {"chest": entry | {"size": 32}}, "finetune": {"targets": ["chest"], "inits": ["scratch"]}}
+    )["datasets"]
+    manifest, images = tmp_path / "chest/manifest.csv", tmp_path / "chest/images_32.npy"
+    ingest_dataset("chest", ds["chest"], manifest, tmp_path / "chest/quarantine.csv", seed=0)
+    cache_images(ds["chest"], manifest, images)
+    assert pd.read_csv(manifest)["label_name"].str.contains(";").any()
+    metrics = pretrain_model(manifest, images, "resnet10t", PRE | {"multilabel": True}, tmp_path / "out", threads=2)
+    model, meta = models.load(tmp_path / "out")
+    assert meta["classes"] == ["effusion", "mass", "nodule"] and meta["multilabel"] is True
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+    assert 0 <= metrics["roc_auc"] <= 1 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_label_sets_split_joined_labels():
+    from medxfer.train import label_sets
+
+    names, matrix = label_sets(["none", "mass", "effusion;mass"])
+    assert names == ["mass", "effusion"]
+    assert matrix.tolist() == [[0, 0], [1, 0], [1, 1]]
+
+
+def test_pooled_sources_share_one_label_space(cached, tmp_path):
+    from medxfer.cache import load_cached
+
+    (m1, i1), (m2, i2) = cached["xray_source"], cached["mura"]
+    pretrain_model([m1, m2], [i1, i2], "resnet10t", PRE, tmp_path, threads=2)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    first, second = load_cached(m1, i1).classes, load_cached(m2, i2).classes
+    assert meta["classes"] == first + [c for c in second if c not in first]
+    assert meta["source"] == "xray_source+mura"
+    assert pd.read_csv(tmp_path / "log.csv")["train_loss"].notna().all()
+
+
+def test_pooling_sets_of_different_channels_is_a_clear_error(cached):
+    from medxfer.cache import load_cached, pool
+
+    with pytest.raises(ValueError, match="differ in image shape"):
+        pool([load_cached(*cached["xray_source"]), load_cached(*cached["ct"])], ["xray_source", "ct"])
+
+
+def test_nt_xent_rewards_matching_views():
+    from medxfer.train import nt_xent
+
+    z = torch.randn(16, 8)
+    same, acc = nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.1)
+    other, _ = nt_xent(z, torch.randn(16, 8), 0.1)
+    assert same < other and acc == 1
+
+
+def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, tmp_path):
+    manifest, images = cached["mura"]
+    params = PRE | {"objective": "simclr", "temperature": 0.2, "projection_dim": 32, "batch_size": 16}
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    model, meta = models.load(tmp_path / "ssl")
+    assert meta["classes"] == [] and meta["objective"] == "simclr"
+    assert set(model.state_dict()) == set(models.create("resnet10t", 0, 1).state_dict())  # projector dropped
+    log = pd.read_csv(tmp_path / "ssl/log.csv")
+    assert np.isfinite(log["val_loss"]).all() and 0 <= log["val_accuracy"].iloc[0] <= 1
+    tuned = finetune_model(
+        manifest, images, "resnet10t", "indomain", PARAMS | {"epochs": 1}, tmp_path / "ft", tmp_path / "ssl", threads=2
+    )
+    assert tuned["n"] > 0
+    source = model.state_dict()["layer4.0.conv1.weight"]
+    assert not torch.equal(models.load(tmp_path / "ft")[0].state_dict()["layer4.0.conv1.weight"], source)
+
+
+def test_unlabeled_folder_gives_a_simclr_checkpoint_and_refuses_supervised(tmp_path):
+    from medxfer.cache import cache_images
+    from medxfer.config import validate
+    from medxfer.ingest import ingest_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        image = rng.integers(0, 90, (40, 40), dtype=np.uint8)
+        r, c = rng.integers(0, 28, 2)
+        image[r : r + 12, c : c + 12] = 240
+        (tmp_path / "archive" / f"batch{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "archive" / f"batch{i % 3}" / f"{i}.png")
+    entry = {"format": "imagefolder", "root": str(tmp_path / "archive"), "labels": "none", "size": 32}
+    conf = validate({"datasets": {"archive": entry}, "finetune": {"targets": ["archive"], "inits": ["scratch"]}})
+    manifest, images = tmp_path / "archive_out/manifest.csv", tmp_path / "archive_out/images_32.npy"
+    ingest_dataset("archive", conf["datasets"]["archive"], manifest, tmp_path / "archive_out/quarantine.csv", seed=0)
+    cache_images(conf["datasets"]["archive"], manifest, images)
+    table = pd.read_csv(manifest, keep_default_na=False)
+    assert len(table) == 40 and set(table["label_name"]) == {"none"} and set(table["split"]) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="use pretrain.objective simclr"):
+        pretrain_model(manifest, images, "resnet10t", PRE, tmp_path / "sup", threads=2)
+    params = PRE | {"objective": "simclr", "batch_size": 16}
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    assert models.load(tmp_path / "ssl")[1]["objective"] == "simclr"

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import snakemake
 from PIL import Image
 
 from medxfer import models
 
 pytestmark = pytest.mark.workflow
+# run_dir (the tiny workflow, run once per session) and snakemake are fixtures in conftest.py
 
 
-def test_second_run_has_nothing_to_do(run_dir):
+def test_second_run_has_nothing_to_do(run_dir, snakemake):
     result = snakemake(run_dir, "--cores", "2", "--dry-run")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr

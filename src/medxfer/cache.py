@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +87,37 @@ def load_cached(manifest_path: Path, images_path: Path) -> CachedDataset:
             masks=part["mask"].to_numpy(str),
         )
     return CachedDataset(classes=classes_of(manifest), splits=splits)
+
+
+def pool(datasets: Sequence[CachedDataset], names: Sequence[str]) -> CachedDataset:
+    """Several cached data sets as one, e.g. chest and bone radiographs for in-domain pretraining.
+
+    The label space is shared: the union of the class names in order of first appearance, so a class that two sets
+    both name (e.g. 'none') is one class. Images keep their data set's split; ids become '<data set>/<id>'.
+    """
+    if len(datasets) == 1:
+        return datasets[0]
+    shapes = {name: data.splits["train"].images.shape[1:] for name, data in zip(names, datasets, strict=True)}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"pooled data sets differ in image shape (channels, size, size): {shapes}; give them the same size and "
+            "modality (CT windows) in the config"
+        )
+    classes: list[str] = []
+    for data in datasets:
+        classes += [c for c in data.classes if c not in classes]
+    splits = {}
+    for split in ("train", "val", "test"):
+        parts = [data.splits[split] for data in datasets]
+        remaps = [np.array([classes.index(c) for c in data.classes], dtype=np.int64) for data in datasets]
+        prefix = [np.array([f"{name}/"] * len(part.ids), dtype=str) for name, part in zip(names, parts, strict=True)]
+        splits[split] = Split(
+            images=np.concatenate([part.images for part in parts]),
+            labels=np.concatenate([remap[part.labels] for remap, part in zip(remaps, parts, strict=True)]),
+            ids=np.concatenate([np.char.add(p, part.ids.astype(str)) for p, part in zip(prefix, parts, strict=True)]),
+            studies=np.concatenate(
+                [np.char.add(p, part.studies.astype(str)) for p, part in zip(prefix, parts, strict=True)]
+            ),
+            masks=np.concatenate([part.masks for part in parts]),
+        )
+    return CachedDataset(classes=classes, splits=splits)

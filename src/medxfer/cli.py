@@ -72,6 +72,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         threads=args.threads,
         seed=conf["seed"],
         device=conf["device"],
+        resume_dir=Path(args.resume) if args.resume else None,
     )
 
 
@@ -79,7 +80,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from medxfer.train import finetune_model
 
     conf = cfg.load(args.config)
-    params = cfg.training_params(conf, "finetune")
+    target = Path(args.manifest).parent.name  # results/datasets/<name>/manifest.csv: its own augment settings
+    params = cfg.training_params(conf, "finetune", target if target in conf["datasets"] else None)
     finetune_model(
         Path(args.manifest),
         Path(args.images),
@@ -91,6 +93,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         threads=args.threads,
         seed=conf["seed"],
         device=conf["device"],
+        resume_dir=Path(args.resume) if args.resume else None,
     )
 
 
@@ -194,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("arch")
         p.add_argument("out")
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--resume", help="folder for the per-epoch resume state (continues a killed run)")
         if name == "finetune":
             p.add_argument("--init", default="scratch", choices=["scratch", "imagenet", "indomain"])
             p.add_argument("--init-path", help="ImageNet safetensors file or pretrain checkpoint folder")

@@ -87,10 +87,12 @@ def _cross_check(config: dict[str, Any]) -> None:
                 f"config key 'finetune.targets[{i}]': '{target}' is not a data set (known: {sorted(datasets)})"
             )
     if "indomain" in finetune["inits"]:
-        source = config["pretrain"].get("source")
-        if source not in datasets:
+        sources = pretrain_sources(config)
+        unknown = [s for s in sources if s not in datasets]
+        if not sources or unknown:
+            what = f"{', '.join(map(repr, unknown))} is not a data set" if unknown else "missing"
             problems.append(
-                f"config key 'pretrain.source': '{source}' is not a data set (known: {sorted(datasets)}); "
+                f"config key 'pretrain.source': {what} (known data sets: {sorted(datasets)}); "
                 "the 'indomain' init needs a pretraining source"
             )
     if "imagenet" in finetune["inits"]:
@@ -101,8 +103,8 @@ def _cross_check(config: dict[str, Any]) -> None:
                     "safetensors file for every arch (nothing is downloaded)"
                 )
     for name, ds in datasets.items():
-        if ds["format"] in ("csv", "dicom") and "manifest" not in ds:
-            problems.append(f"config key 'datasets.{name}.manifest': required for format '{ds['format']}'")
+        if ds["format"] == "csv" and "manifest" not in ds:
+            problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
         if ds["format"] == "npz" and "file" not in ds:
             problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
         if ds["val_fraction"] + ds["test_fraction"] >= 1:
@@ -120,10 +122,28 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def training_params(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """The training settings of `pretrain` or `finetune`, without the keys that only choose which jobs exist."""
+def training_params(config: Mapping[str, Any], stage: str, dataset: str | None = None) -> dict[str, Any]:
+    """The training settings of `pretrain` or `finetune`, without the keys that only choose which jobs exist.
+
+    With `dataset`, that data set's own `augment` keys replace the stage's (e.g. no flips for a modality where
+    left and right matter), so a job sees the augmentation it actually uses.
+    """
     selectors = {"source", "targets", "inits", "archs", "imagenet_weights"}
-    return {k: v for k, v in config[stage].items() if k not in selectors}
+    params = {k: copy.deepcopy(v) for k, v in config[stage].items() if k not in selectors}
+    if dataset is not None:
+        params["augment"] = dict(params.get("augment", {})) | config["datasets"][dataset].get("augment", {})
+    return params
+
+
+def pretrain_sources(config: Mapping[str, Any]) -> list[str]:
+    """The pretraining source data sets (one name or a pooled list)."""
+    source = config["pretrain"].get("source")
+    return [] if source is None else [source] if isinstance(source, str) else list(source)
+
+
+def pretrain_name(config: Mapping[str, Any]) -> str:
+    """The pretraining source as it appears in paths: the data set names joined by '+'."""
+    return "+".join(pretrain_sources(config))
 
 
 def channels(dataset: Mapping[str, Any]) -> int:

@@ -20,7 +20,8 @@ def _forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> torch.Ten
     """Pooled penultimate layer; with stages=2 also the global-average-pooled output of the stage before it."""
     if stages == 1:
         return model.forward_head(model.forward_features(x), pre_logits=True)
-    final, intermediates = model.forward_intermediates(x, indices=stages)  # one pass, no extra compute
+    levels = len(model.feature_info)  # cut to the kept levels on a truncated model
+    final, intermediates = model.forward_intermediates(x, indices=list(range(levels - stages, levels)))  # one pass
     earlier = [t.float().mean(dim=(2, 3)) for t in intermediates[:-1]]
     return torch.cat([model.forward_head(final, pre_logits=True).float(), *earlier], dim=1)
 

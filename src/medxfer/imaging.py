@@ -151,7 +151,7 @@ def _read_raster(path: Path, size: int | None = None) -> np.ndarray:
 
 def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_rescale, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_rescale, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -167,8 +167,13 @@ def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -
         raise ImageError(path, f"unsupported transfer syntax {name} ({syntax}): no decoder installed") from None
     except Exception as err:
         raise ImageError(path, f"cannot decode pixel data (transfer syntax {syntax}: {err})") from None
-    if pixels.ndim == 3 and pixels.shape[-1] == 3 and ds.get("SamplesPerPixel") == 3 and pixels.dtype == np.uint8:
-        pixels = np.asarray(Image.fromarray(pixels).convert("L"))  # colour secondary captures: grey like PNG
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise ImageError(path, f"multi-frame DICOM ({frames} frames): store one frame per file")
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:
+        return _rgb_to_grey(pixels)[None]  # colour captures (RGB, YBR decoded to RGB, palette): grey like PNG
     if pixels.ndim != 2:
         raise ImageError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
     if modality == "ct":
@@ -180,6 +185,26 @@ def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         image = 255 - image
     return image[None]
+
+
+def _rgb_to_grey(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) of any bit depth to uint8 grey; 8-bit goes through PIL so it equals a PNG of the same pixels."""
+    if pixels.dtype == np.uint8:
+        return np.asarray(Image.fromarray(pixels).convert("L"))
+    luma = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return _to_uint8(luma, 0.0, float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind in "ui" else luma.max())
+
+
+def dicom_ids(path: str | Path) -> tuple[str, str]:
+    """(PatientID, StudyInstanceUID) from a DICOM header, '' where absent; read without pixel data. Callers must
+    pseudonymize them before they are written anywhere."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"])
+    except Exception as err:  # pydicom raises many types for broken files
+        raise ImageError(path, f"not a readable DICOM file ({err})") from None
+    return str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
 
 
 def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:

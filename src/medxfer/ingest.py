@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxfer.imaging import ImageError, content_hash, is_dicom, npz_array, npz_ref, parse_npz_ref, read_image
-from medxfer.io import atomic_path
+from medxfer.imaging import ImageError, content_hash, dicom_ids, is_dicom, npz_array, npz_ref, parse_npz_ref, read_image
+from medxfer.io import atomic_path, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 NO_LABEL = "none"
@@ -118,8 +118,20 @@ def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
 
 
 def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
-    """root/<class>/**/<image>, or root/<split>/<class>/**/<image> when every top folder is a split name."""
+    """root/<class>/**/<image>, or root/<split>/<class>/**/<image> when every top folder is a split name.
+    With `labels: none`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
     found = Found()
+    if dataset.get("labels") == "none":
+        for path in _visible_files(root):
+            rel = str(path.relative_to(root))
+            if _looks_like_image(path):
+                row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
+                found.rows.append(row)
+            else:
+                found.reject(rel, f"not an image file (extension '{path.suffix}', no DICOM preamble)")
+        if not found.rows:
+            raise IngestError(f"{root}: no images found (unlabeled image folder)")
+        return found
     tops = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     by_split = bool(tops) and all(d.name.lower() in FOLDER_SPLITS for d in tops)
     bases = [(d, FOLDER_SPLITS[d.name.lower()]) for d in tops] if by_split else [(root, None)]
@@ -291,11 +303,36 @@ def _read_npz(root: Path, dataset: Mapping[str, Any]) -> Found:
     return found
 
 
+def _read_dicom(root: Path, dataset: Mapping[str, Any]) -> Found:
+    """DICOM through a manifest when one is configured, else found by walking the tree (see _read_dicom_tree)."""
+    return _read_manifest(root, dataset) if dataset.get("manifest") else _read_dicom_tree(root, dataset)
+
+
+def _read_dicom_tree(root: Path, dataset: Mapping[str, Any]) -> Found:
+    """Every DICOM file under root. Labels come from class folders (`labels: folder`, the imagefolder layout) or
+    are absent (`labels: none`, for self-supervised pretraining); patient and study come from the DICOM header
+    (PatientID, StudyInstanceUID), so slices of one patient share a split."""
+    found = _read_imagefolder(root, dataset)
+    rows, found.rows = found.rows, []
+    for row in rows:
+        path = root / row["path"]
+        if not is_dicom(path):
+            found.reject(row["path"], "not a DICOM file (no DICM preamble); use format csv/imagefolder for PNG/JPEG")
+            continue
+        try:
+            patient, study = dicom_ids(path)
+        except ImageError as err:
+            found.reject(row["path"], err.reason)
+            continue
+        found.rows.append(row | {"patient_id": patient or row["path"], "study_id": study or patient or row["path"]})
+    return found
+
+
 READERS: dict[str, Callable[[Path, Mapping[str, Any]], Found]] = {
     "mura": _read_mura,
     "imagefolder": _read_imagefolder,
     "csv": _read_manifest,
-    "dicom": _read_manifest,
+    "dicom": _read_dicom,
     "npz": _read_npz,
 }
 
@@ -355,7 +392,7 @@ def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found:
             read_image(path, dataset["modality"], windows)
             digest = content_hash(path)
         except ImageError as err:
-            found.reject(row["path"] if parse_npz_ref(row["path"]) else path, err.reason)
+            found.reject(row["path"], err.reason)
             continue
         accepted.append(row | {"sha256": digest})
     return accepted
@@ -403,6 +440,22 @@ def assign_splits(frame: pd.DataFrame, val_fraction: float, test_fraction: float
         mask = frame["patient_id"].isin(ids) & open_rows
         split[mask] = frame.loc[mask, "patient_id"].map(assigned)
     return split
+
+
+def subsample_train(frame: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """A seeded, label-stratified share of the training patients (at least one per label); val and test untouched.
+    The small-labelled-set setting where the choice of pretraining matters most."""
+    if fraction >= 1:
+        return frame
+    train = frame[frame["split"] == "train"]
+    patients = train.groupby("patient_id")["label"].agg(lambda s: int(s.mode().iloc[0]))
+    rng = np.random.default_rng(seed)
+    kept = []
+    for _, group in patients.groupby(patients):
+        ids = group.index.to_numpy()[rng.permutation(len(group))]
+        kept.extend(ids[: max(1, int(round(len(ids) * fraction)))])
+    keep = (frame["split"] != "train") | frame["patient_id"].isin(kept)
+    return frame[keep].reset_index(drop=True)
 
 
 def check_leakage(frame: pd.DataFrame) -> list[str]:
@@ -453,7 +506,7 @@ def _check_rejections(name: str, dataset: Mapping[str, Any], n_rejected: int, to
         first = "; ".join(f"{r['path']}: {r['reason']}" for r in quarantine[:3])
         raise IngestError(
             f"data set '{name}': {n_rejected} of {total} files rejected, more than max_reject_fraction="
-            f"{dataset['max_reject_fraction']} (see quarantine.csv); first: {first}"
+            f"{dataset['max_reject_fraction']} (see quarantine.csv; paths relative to {root}); first: {first}"
         )
 
 
@@ -491,6 +544,12 @@ def ingest_dataset(
             f"data set '{name}': {len(leaked)} identical image(s) in more than one split, e.g. {paths} "
             "(set leakage: drop to keep only the first copy)"
         )
+    n_train = int((table["split"] == "train").sum())
+    table = subsample_train(table, dataset["train_fraction"], seed)
+    if log is not None and dataset["train_fraction"] < 1:
+        kept = int((table["split"] == "train").sum())
+        fraction = dataset["train_fraction"]
+        log.info("%s: train_fraction %.3g keeps %d of %d training images", name, fraction, kept, n_train)
     table["mask"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]]
     salt = salt_of(dataset)
     table["patient_id"] = table["patient_id"].map(lambda raw: pseudonymize(str(raw), salt))
@@ -503,6 +562,30 @@ def ingest_dataset(
         counts = table.groupby(["split", "label_name"]).size().to_dict()
         log.info("%s: classes %s; split x class counts %s", name, classes_of(table), counts)
     return table
+
+
+def check_source_overlap(target_manifest: Path, source_manifests: Mapping[str, Path], out: Path) -> dict:
+    """Target test images that are exact copies (same content hash) of an image in a pretraining source: a model
+    pretrained on them has seen the test set, so the in-domain comparison would flatter it. Writes the finding to
+    `out`, then fails if there is any overlap."""
+    target = read_manifest(target_manifest)
+    test = target[target["split"] == "test"]
+    found: dict[str, list[str]] = {}
+    for name, manifest in source_manifests.items():
+        source_hashes = set(read_manifest(manifest)["sha256"])
+        found[name] = sorted(test.loc[test["sha256"].isin(source_hashes), "path"])
+    report = {
+        "target": str(target_manifest),
+        "n_test": len(test),
+        "method": "sha256 of the file bytes, or of the raw array of an .npz entry (exact copies only)",
+        "overlap": {name: {"count": len(paths), "examples": paths[:5]} for name, paths in found.items()},
+    }
+    write_json(out, report)
+    overlapping = {name: paths for name, paths in found.items() if paths}
+    if overlapping:
+        detail = "; ".join(f"{n}: {len(p)} (e.g. {p[0]})" for n, p in overlapping.items())
+        raise IngestError(f"{target_manifest}: test images also in a pretraining source ({detail}); see {out}")
+    return report
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -23,11 +23,35 @@ META_FILE = "model.json"
 NORM_MEAN, NORM_STD = 0.5, 0.25
 
 
-def create(arch: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A timm model by name with random weights; nothing is downloaded."""
+def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | None = None) -> nn.Module:
+    """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`."""
     if arch not in timm.list_models():
         raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    return model if truncate_stages is None else truncate(model, truncate_stages, num_classes)
+
+
+def truncate(model: nn.Module, stages: int, num_classes: int) -> nn.Module:
+    """Truncated transfer learning: keep the first `stages` feature levels of timm's feature_info (stem = 1), then
+    global average pooling and a new linear head.
+
+    Early stages carry generic edges and textures that transfer across domains; the late, source-specific stages
+    (most of the parameters) go. timm's own pruning keeps the kept modules' names, so pretrained weights, Grad-CAM
+    (feature_info is cut to the kept levels) and feature extraction work on the truncated model as on the full one.
+    """
+    levels = len(model.feature_info)
+    if not 1 <= stages < levels:
+        name = model.pretrained_cfg.get("architecture")
+        raise ValueError(f"truncate_stages must be 1..{levels - 1} for {name} ({levels} feature levels), got {stages}")
+    model.prune_intermediate_layers(indices=[stages - 1], prune_norm=True, prune_head=True)
+    model.reset_classifier(num_classes, "avg")
+    model.feature_info = model.feature_info[:stages]
+    model.truncate_stages = stages
+    return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def head_prefix(model: nn.Module) -> str:
@@ -42,9 +66,11 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sour
     """
     state = dict(state_dict)
     head = head_prefix(model) + "."
-    state = {k: v for k, v in state.items() if not k.startswith(head)}
-    stem_key = model.pretrained_cfg["first_conv"] + ".weight"
     own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    if getattr(model, "truncate_stages", None) is not None:
+        state = {k: v for k, v in state.items() if k in own}  # the stages truncation removed
+    stem_key = model.pretrained_cfg["first_conv"] + ".weight"
     if stem_key in state and state[stem_key].shape[1] != own[stem_key].shape[1]:
         state[stem_key] = adapt_stem(state[stem_key], own[stem_key].shape[1])
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -73,10 +99,15 @@ def adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 def create_initialised(
-    arch: str, num_classes: int, in_chans: int, init: str, init_path: str | Path | None = None
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    init: str,
+    init_path: str | Path | None = None,
+    truncate_stages: int | None = None,
 ) -> nn.Module:
     """Build a model for fine-tuning: `scratch`, `imagenet` (local safetensors file) or `indomain` (checkpoint dir)."""
-    model = create(arch, num_classes, in_chans)
+    model = create(arch, num_classes, in_chans, truncate_stages)
     if init == "scratch":
         return model
     if init not in INITS:
@@ -106,7 +137,8 @@ def save(out_dir: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None
     full_meta = {
         "normalization": {"mean": NORM_MEAN, "std": NORM_STD, "scale": 1 / 255},
         "versions": {pkg: version(pkg) for pkg in ("torch", "timm", "medxfer")},
-        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "num_parameters": num_parameters(model),
+        "truncate_stages": getattr(model, "truncate_stages", None),
         **meta,
     }
     for key in ("arch", "classes", "in_chans", "input_size"):
@@ -125,7 +157,7 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
 def load(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its directory; reads tensors only (safetensors), never executes code from the file."""
     meta = read_meta(ckpt_dir)
-    model = create(meta["arch"], len(meta["classes"]), meta["in_chans"])
+    model = create(meta["arch"], len(meta["classes"]), meta["in_chans"], meta.get("truncate_stages"))
     state = safetensors.torch.load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(device))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

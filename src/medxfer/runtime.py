@@ -25,6 +25,10 @@ def configure(threads: int, seed: int, deterministic: bool = True) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     seed_everything(seed)
+    # Subnormal floats are 10-100x slower on x86 CPUs; augmented images (zero-padded borders, flat regions) make
+    # the backward pass produce them, which cost 20-30 % of a CPU training step here. Flushing them to zero is
+    # deterministic and changes nothing a model can resolve.
+    torch.set_flush_denormal(True)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -1,11 +1,13 @@
 # Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 # This checkout's library, also where medxfer is not installed (workflow/scripts do the same for jobs).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 import medxfer.config
+import medxfer.fingerprint
 
 _validated = medxfer.config.validate(config)
 config.clear()
@@ -23,7 +25,7 @@ DEMO_SETS = ["xray_source", "mura", "ct"]
 wildcard_constraints:
     dataset="[A-Za-z][A-Za-z0-9_]*",
     target="[A-Za-z][A-Za-z0-9_]*",
-    source="[A-Za-z][A-Za-z0-9_]*",
+    source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(DEMO_SETS),
     arch="[a-z0-9_]+",
     init="scratch|imagenet|indomain",
@@ -32,16 +34,47 @@ wildcard_constraints:
     size="[0-9]+",
 
 
-def raw_of(name):
-    """The raw input: the array file for npz data sets (so an in-place edit re-runs ingest), else the root folder."""
-    ds = DATASETS[name]
+def dataset_root(wildcards):
+    """The raw input: the array file for npz data sets, else the root folder."""
+    ds = DATASETS[wildcards.dataset]
     if ds["format"] == "npz":
         return str(Path(ds["root"]) / ds["file"])
     return ds["root"]
 
 
-def dataset_root(wildcards):
-    return raw_of(wildcards.dataset)
+def ancient_raw(wildcards):
+    """The raw input with its file time ignored (DVC resets times); raw_fingerprint tells whether it changed."""
+    return ancient(dataset_root(wildcards))
+
+
+def generated_demo_set(root):
+    """The demo set name if synthesize_demo makes this root, else None."""
+    path = Path(root)
+    return (
+        path.name
+        if path.parent == Path("data/demo") and path.name in DEMO_SETS
+        else None
+    )
+
+
+def raw_inputs(wildcards):
+    """Ingest's inputs: the raw data (time ignored) and, for generated demo data, synthesize_demo's stamp, so a
+    re-run of the generator re-runs ingest in the same invocation."""
+    inputs = {"raw": ancient_raw(wildcards)}
+    demo_set = generated_demo_set(dataset_root(wildcards))
+    if demo_set:
+        inputs["stamp"] = f"data/demo/{demo_set}.json"
+    return inputs
+
+
+def raw_fingerprint(wildcards):
+    """Content digest of the raw files (medxfer.fingerprint); a change re-runs ingest through the params trigger.
+
+    Evaluated when the DAG is built and again right before the job runs (after synthesize_demo has made the data),
+    so the recorded value is that of the data ingest actually read.
+    """
+    name = wildcards.dataset
+    return medxfer.fingerprint.dataset_fingerprint(name, DATASETS[name])
 
 
 def manifest_of(name):
@@ -57,7 +90,12 @@ def dataset_inputs(name):
 
 
 def source_inputs(wildcards):
-    return dataset_inputs(wildcards.source)
+    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches."""
+    names = wildcards.source.split("+")
+    return {
+        "manifest": [manifest_of(n) for n in names],
+        "images": [cache_of(n) for n in names],
+    }
 
 
 def target_inputs(wildcards):
@@ -79,17 +117,41 @@ def init_inputs(wildcards):
     if wildcards.init == "imagenet":
         return {"weights": FT["imagenet_weights"][wildcards.arch]}
     if wildcards.init == "indomain":
-        ckpt = f"{R}/pretrain/{config['pretrain']['source']}/{wildcards.arch}"
+        ckpt = f"{R}/pretrain/{medxfer.config.pretrain_name(config)}/{wildcards.arch}"
         return {"weights": f"{ckpt}/model.safetensors", "meta": f"{ckpt}/model.json"}
     return {}
 
 
+def pretrain_sources():
+    """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
+    if "indomain" not in FT["inits"]:
+        return []
+    source = config["pretrain"]["source"]
+    return [source] if isinstance(source, str) else list(source)
+
+
 def finetune_params(wildcards):
-    return medxfer.config.training_params(config, "finetune")
+    return medxfer.config.training_params(config, "finetune", wildcards.target)
 
 
 def pretrain_params(wildcards):
-    return medxfer.config.training_params(config, "pretrain")
+    names = wildcards.source.split("+")
+    return medxfer.config.training_params(
+        config, "pretrain", names[0] if len(names) == 1 else None
+    )
+
+
+def resume_dir(stage):
+    """Where a training job keeps its per-epoch resume state: outside its declared outputs, so Snakemake's
+    clean-up of a failed job's outputs leaves it for the re-run; the job removes it when it succeeds.
+    """
+
+    def path(wildcards):
+        keys = ("source", "target", "init", "arch")
+        parts = [getattr(wildcards, k) for k in keys if hasattr(wildcards, k)]
+        return str(Path(R, "resume", stage, *parts))
+
+    return path
 
 
 def features_file(target, init, features):
@@ -187,7 +249,7 @@ def robustness_inputs(wildcards):
         ),
     }
     if DATASETS[w.target].get("modality") == "ct":
-        inputs["raw"] = raw_of(w.target)
+        inputs["raw"] = ancient_raw(SimpleNamespace(dataset=w.target))
     return inputs
 
 
@@ -219,4 +281,8 @@ def final_outputs():
             init=FT["inits"],
         ),
         *expand(f"{R}/report/training/{{target}}.png", target=FT["targets"]),
+        *expand(
+            f"{R}/datasets/{{target}}/source_overlap.json",
+            target=FT["targets"] if pretrain_sources() else [],
+        ),
     ]

@@ -1,6 +1,8 @@
 rule synthesize_demo:
     output:
-        directory("data/demo/{demo_set}"),
+        root=directory("data/demo/{demo_set}"),
+        # small and checksummed by Snakemake: re-runs ingest when this job re-runs, not when DVC resets times
+        stamp="data/demo/{demo_set}.json",
     log:
         f"{R}/logs/synthesize_demo/{{demo_set}}.log",
     conda:
@@ -13,7 +15,7 @@ rule synthesize_demo:
 
 rule ingest_dataset:
     input:
-        raw=dataset_root,
+        unpack(raw_inputs),
     output:
         manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
         quarantine=f"{R}/datasets/{{dataset}}/quarantine.csv",
@@ -24,13 +26,15 @@ rule ingest_dataset:
     params:
         dataset=lambda wildcards: DATASETS[wildcards.dataset],
         seed=config["seed"],
+        # content, not file times, decides whether the raw data changed (README: re-running only what changed)
+        fingerprint=raw_fingerprint,
     script:
         "../scripts/ingest_dataset.py"
 
 
 rule cache_images:
     input:
-        raw=dataset_root,
+        raw=ancient_raw,
         manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
     output:
         images=f"{R}/datasets/{{dataset}}/images_{{size}}.npy",

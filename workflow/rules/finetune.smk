@@ -21,6 +21,7 @@ rule finetune_model:
         runtime=180,
     params:
         train=finetune_params,
+        resume=resume_dir("finetune"),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -18,6 +18,7 @@ rule pretrain_model:
         runtime=240,
     params:
         train=pretrain_params,
+        resume=resume_dir("pretrain"),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -25,4 +25,5 @@ with logged(sm.log[0]):
         seed=sm.params.seed,
         device=sm.params.device,
         log_path=Path(sm.log[0]),
+        resume_dir=Path(sm.params.resume),
     )

@@ -11,8 +11,8 @@ from medxfer.train import pretrain_model
 
 with logged(sm.log[0]):
     pretrain_model(
-        Path(sm.input.manifest),
-        Path(sm.input.images),
+        sm.input.manifest,  # one path, or a list of pooled source sets
+        sm.input.images,
         sm.wildcards.arch,
         sm.params.train,
         Path(sm.output.weights).parent,
@@ -20,4 +20,5 @@ with logged(sm.log[0]):
         seed=sm.params.seed,
         device=sm.params.device,
         log_path=Path(sm.log[0]),
+        resume_dir=Path(sm.params.resume),
     )

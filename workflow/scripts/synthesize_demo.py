@@ -7,9 +7,11 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer import synth
+from medxfer.fingerprint import write_fingerprint
 from medxfer.log import logged
 
 generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
 with logged(sm.log[0]):
     demo = sm.params.demo
-    generators[sm.wildcards.demo_set](Path(sm.output[0]), demo["n"], demo["size"], demo["seed"])
+    generators[sm.wildcards.demo_set](Path(sm.output.root), demo["n"], demo["size"], demo["seed"])
+    write_fingerprint(sm.output.root, sm.output.stamp, demo_set=sm.wildcards.demo_set, **demo)

@@ -1,0 +1,100 @@
+"""A content fingerprint of a raw data set, so the workflow re-ingests when the data change and only then.
+
+File times are no evidence of change: `dvc checkout` / `dvc pull`, `cp`, `rsync` and unpacking all reset them,
+and a folder's own time does not change when a file inside it is edited. The fingerprint is a digest over the
+sorted (relative path, size, sha256) of every file the data set reads. Each file's sha256 is kept in a sidecar
+keyed by (size, mtime_ns), so an unchanged tree costs one stat per file and a touched file is re-hashed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medxfer.io import atomic_path, sha256_file, write_json
+
+ABSENT = "absent"
+SIDECAR_DIR = Path(".snakemake") / "medxfer" / "fingerprints"
+
+
+def raw_paths(dataset: Mapping[str, Any]) -> list[Path]:
+    """What a data set entry reads: the .npz file, or the root folder plus a manifest / masks folder outside it."""
+    root = Path(dataset["root"])
+    if dataset["format"] == "npz":
+        return [root / dataset["file"]]
+    paths = [root]
+    for key in ("manifest", "masks"):
+        extra = dataset.get(key)
+        if extra and not Path(extra).resolve().is_relative_to(root.resolve()):
+            paths.append(Path(extra))
+    return paths
+
+
+def _files(path: Path) -> Iterable[tuple[str, os.stat_result]]:
+    """(path, stat) of `path` or of every non-hidden file below it, walked with scandir (one stat per file)."""
+    if path.is_file():
+        yield str(path), path.stat()
+        return
+    stack = [str(path)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # .snakemake_timestamp, .DS_Store, .dvc*: not data
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif entry.is_file():
+                    yield entry.path, entry.stat()
+
+
+def _load_sidecar(path: Path) -> dict[str, list]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def fingerprint(paths: Iterable[str | os.PathLike], sidecar: str | os.PathLike | None = None) -> dict[str, Any]:
+    """{"sha256": digest, "files": n, "bytes": total} of the files under `paths`; "absent" if a path is missing.
+
+    `sidecar` (a JSON file) caches each file's hash by (size, mtime_ns); it is rewritten only when it changed.
+    """
+    paths = [Path(p) for p in paths]
+    if not all(p.exists() for p in paths):
+        return {"sha256": ABSENT, "files": 0, "bytes": 0}
+    cache = _load_sidecar(Path(sidecar)) if sidecar else {}
+    fresh: dict[str, list] = {}
+    for path in paths:
+        for name, st in _files(path):
+            known = cache.get(name)
+            if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+                fresh[name] = known
+            else:
+                fresh[name] = [st.st_size, st.st_mtime_ns, sha256_file(name)]
+    digest = hashlib.sha256()
+    for path in paths:
+        base = str(path)
+        for name in sorted(n for n in fresh if n == base or n.startswith(base + os.sep)):
+            size, _, sha = fresh[name]
+            rel = os.path.relpath(name, base) if name != base else path.name
+            digest.update(f"{rel}\t{size}\t{sha}\n".encode())
+    if sidecar and fresh != cache:
+        with atomic_path(sidecar) as tmp:
+            tmp.write_text(json.dumps(fresh))
+    return {"sha256": digest.hexdigest(), "files": len(fresh), "bytes": sum(v[0] for v in fresh.values())}
+
+
+def dataset_fingerprint(name: str, dataset: Mapping[str, Any], cache_dir: str | os.PathLike = SIDECAR_DIR) -> str:
+    """The fingerprint digest of one configured data set, its per-file hashes cached under `cache_dir`."""
+    return fingerprint(raw_paths(dataset), Path(cache_dir) / f"{name}.json")["sha256"]
+
+
+def write_fingerprint(root: str | os.PathLike, path: str | os.PathLike, **info: Any) -> dict[str, Any]:
+    """Record a generated tree's fingerprint (plus `info`, e.g. the generator's settings) as JSON at `path`."""
+    record = info | fingerprint([root])
+    write_json(path, record)
+    return record

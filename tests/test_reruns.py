@@ -1,0 +1,170 @@
+"""Re-running only what changed: after each change to the finished tiny run, the exact set of jobs a dry run plans.
+
+Every test changes the shared run dir (tests/conftest.py: run_dir), asks Snakemake for a dry run and puts the
+change back, so the run stays complete for the other tests. Jobs are (rule, wildcards) pairs from the dry run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.workflow
+
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+TINY = yaml.safe_load((Path(__file__).parent / "workflow" / "tiny.yaml").read_text())
+TARGETS, INITS, ARCHS = (TINY["finetune"][k] for k in ("targets", "inits", "archs"))
+CLASSIFIERS = list(TINY["classifiers"])
+SOURCE = TINY["pretrain"]["source"]
+SUMMARY = {("summarize_results", ""), ("all", "")}  # the report and the target rule: after any change
+
+
+def planned(snakemake, run_dir: Path) -> set[tuple[str, str]]:
+    """The jobs a dry run would run, as (rule, "key=value,...") in the order of the rule's wildcards."""
+    result = snakemake(run_dir, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs, rule = set(), None
+    for line in result.stdout.splitlines() + [""]:
+        header = JOB_HEADER.match(line)
+        if header:
+            rule, wildcards = header[1], ""
+        elif rule and line.strip().startswith("wildcards:"):
+            wildcards = line.split(":", 1)[1].strip().replace(", ", ",")
+        elif rule and not line.startswith(" "):  # the end of the job's block
+            jobs.add((rule, wildcards))
+            rule = None
+    if not jobs:
+        assert "Nothing to be done" in result.stdout + result.stderr
+    return jobs
+
+
+def jobs(rule: str, **wildcards: list[str] | str) -> set[tuple[str, str]]:
+    """Every combination of the given wildcard values, e.g. jobs("fuse_features", target=["a"], init=INITS)."""
+    lists = [[v] if isinstance(v, str) else v for v in wildcards.values()]
+    combos = itertools.product(*lists)
+    return {(rule, ",".join(f"{k}={v}" for k, v in zip(wildcards, combo, strict=True))) for combo in combos}
+
+
+def downstream_of_target(target: str) -> set[tuple[str, str]]:
+    """What depends on one target data set's manifest and cache: the check against the pretraining sources, its
+    fine-tuning and everything after it, and the summary."""
+    return (
+        jobs("check_source_overlap", target=target)
+        | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
+        | jobs("extract_features", target=target, init=INITS, arch=ARCHS)
+        | jobs("explain_model", target=target, init=INITS, arch=ARCHS)
+        | jobs("fuse_features", target=target, init=INITS)
+        | jobs("train_classifier", target=target, init=INITS, clf=CLASSIFIERS)
+        | SUMMARY
+    )
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path} no longer contains {old!r}: update this test"
+    path.write_text(text.replace(old, new, 1))
+
+
+@contextmanager
+def restored(*paths: Path) -> Iterator[None]:
+    """Put the files' bytes back afterwards (and delete files that did not exist)."""
+    saved = {p: p.read_bytes() if p.exists() else None for p in paths}
+    try:
+        yield
+    finally:
+        for path, data in saved.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(data)
+
+
+def mura_image(run_dir: Path) -> Path:
+    return sorted((run_dir / "data/demo/mura/train").glob("XR_*/patient*/study*/*.png"))[0]
+
+
+def test_nothing_changed_nothing_reruns(run_dir, snakemake):
+    assert planned(snakemake, run_dir) == set()
+
+
+def test_new_file_times_alone_rerun_nothing(run_dir, snakemake):
+    """What `dvc checkout`, `cp -r` or `rsync` without -t do: the same bytes with new times, in any order."""
+    files = [p for p in itertools.chain((run_dir / "data").rglob("*"), (run_dir / "results").rglob("*")) if p.is_file()]
+    random.Random(0).shuffle(files)
+    base = (run_dir / "results/report/summary.csv").stat().st_mtime_ns
+    for i, path in enumerate(files):
+        os.utime(path, ns=(base + i * 1_000_000, base + i * 1_000_000))
+    assert planned(snakemake, run_dir) == set()
+
+
+def test_changed_target_image_reruns_that_target_only(run_dir, snakemake):
+    image = mura_image(run_dir)
+    with restored(image):
+        with Image.open(image) as img:
+            pixels = img.load()
+            pixels[0, 0] = 255 - pixels[0, 0]
+            img.save(image)
+        got = planned(snakemake, run_dir)
+    expected = jobs("ingest_dataset", dataset="demo_mura") | jobs("cache_images", dataset="demo_mura", size="64")
+    assert got == expected | downstream_of_target("demo_mura")
+    assert not any(rule == "pretrain_model" or "demo_ct" in w or SOURCE in w for rule, w in got)
+    assert planned(snakemake, run_dir) == set()  # the same bytes back (with a new time): nothing to do
+
+
+def test_added_target_image_reruns_that_target_only(run_dir, snakemake):
+    image = mura_image(run_dir)
+    added = image.with_name("image99.png")
+    with restored(added):
+        added.write_bytes(image.read_bytes())
+        got = planned(snakemake, run_dir)
+    expected = jobs("ingest_dataset", dataset="demo_mura") | jobs("cache_images", dataset="demo_mura", size="64")
+    assert got == expected | downstream_of_target("demo_mura")
+
+
+def test_changed_source_image_reruns_pretraining_and_everything_it_feeds(run_dir, snakemake):
+    image = sorted((run_dir / "data/demo/xray_source").rglob("*.png"))[0]
+    with restored(image):
+        image.write_bytes(image.read_bytes() + b"\0")  # trailing bytes: same pixels, other file content
+        got = planned(snakemake, run_dir)
+    indomain = {(r, w) for t in TARGETS for r, w in downstream_of_target(t) if "init=scratch" not in w}
+    expected = (
+        jobs("ingest_dataset", dataset=SOURCE)
+        | jobs("cache_images", dataset=SOURCE, size="64")
+        | jobs("pretrain_model", source=SOURCE, arch=ARCHS)
+    )
+    assert got == expected | indomain
+
+
+def test_classifier_hyperparameters_rerun_that_classifier_only(run_dir, snakemake):
+    config = run_dir / "config/config.yaml"
+    with restored(config):
+        edit(config, "svm: {C: 1.0}", "svm: {C: 2.0}")
+        got = planned(snakemake, run_dir)
+    assert got == jobs("train_classifier", target=TARGETS, init=INITS, clf="svm") | SUMMARY
+
+
+def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_dir, snakemake):
+    config = run_dir / "config/config.yaml"
+    with restored(config):
+        edit(config, "archs: [resnet10t, resnet18]", "archs: [resnet10t, resnet18, resnet14t]")
+        got = planned(snakemake, run_dir)
+    new = ["resnet14t"]
+    expected = (
+        jobs("pretrain_model", source=SOURCE, arch=new)
+        | jobs("finetune_model", target=TARGETS, init=INITS, arch=new)
+        | jobs("extract_features", target=TARGETS, init=INITS, arch=new)
+        | jobs("explain_model", target=TARGETS, init=INITS, arch=new)
+        | jobs("fuse_features", target=TARGETS, init=INITS)
+        | jobs("train_classifier", target=TARGETS, init=INITS, clf=CLASSIFIERS)
+        | SUMMARY
+    )
+    assert got == expected
