@@ -1,4 +1,4 @@
-"""Shared fixtures: small real data sets generated on disk, once per session."""
+"""Shared fixtures: small real data sets generated on disk and the tiny workflow run, once per session."""
 
 from __future__ import annotations
 

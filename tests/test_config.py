@@ -11,7 +11,7 @@ def test_default_config_validates_and_fills_defaults():
     conf = load(REPO / "config" / "config.yaml")
     assert conf["finetune"]["augment"]["hflip"] == 0.5
     assert conf["datasets"]["demo_mura"]["size"] == 64
-    assert conf["explain"]["methods"] == ["gradcam", "lime"]
+    assert conf["explain"]["methods"] == ["gradcam", "gradcampp", "lime"]
 
 
 def minimal(**finetune):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medxfer.fusion import SPLITS, fuse_features
+from medxfer.fusion import SPLITS, fuse_features, refit_fusion
 from medxfer.io import read_json, save_npz
 
 CLASSES = np.array(["normal", "finding"])
@@ -187,3 +187,20 @@ def test_supervised_selection_keeps_the_informative_dims(tmp_path: Path) -> None
         fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=2, pca_components=2)
     with pytest.raises(ValueError, match=r"select_k=9 must be an int in 1\.\.8"):
         fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=9)
+
+
+@pytest.mark.parametrize("settings", [{}, {"pca_components": 4}, {"select_k": 5}, {"standardize": False}])
+def test_refit_fusion_maps_new_rows_like_the_fused_file(tmp_path: Path, settings: dict) -> None:
+    """Robustness checks push perturbed images through the same fusion: refitting must give the same statistics."""
+    a = _write(tmp_path / "a.npz", dim=5, seed=1)
+    b = _shuffled(_write(tmp_path / "b.npz", dim=3, seed=2, scale=100.0), tmp_path / "b_shuf.npz", seed=3)
+    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", **settings)
+    fused = _load(tmp_path / "f.npz")
+    fusion = refit_fusion([a, b], **settings)
+    data_a, data_b = _load(a), _load(b)
+    order = {str(i): k for k, i in enumerate(data_b["ids_test"])}
+    rows_b = [order[str(i)] for i in data_a["ids_test"]]
+    test = fusion.transform([data_a["X_test"], data_b["X_test"][rows_b]])
+    np.testing.assert_allclose(test, fused["X_test"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fitted on 2 models"):
+        fusion.transform([data_a["X_test"]])

@@ -1,4 +1,4 @@
-"""Training, features and heatmaps on small cached demo sets: real torch computations on CPU."""
+"""Training and features on small cached demo sets: real torch computations on CPU."""
 
 import json
 
@@ -10,7 +10,6 @@ from PIL import Image
 
 from medxfer import models
 from medxfer.cache import CachedDataset, Split
-from medxfer.explain import choose_images, explain_model
 from medxfer.features import extract_features, pooled_features
 from medxfer.log import get_logger
 from medxfer.runtime import seed_everything
@@ -112,29 +111,6 @@ def test_features_per_split_without_nan(cached, pretrained, tmp_path):
         assert data[f"X_{split}"].shape == ((table["split"] == split).sum(), 512)
         assert np.isfinite(data[f"X_{split}"]).all()
         assert list(data[f"ids_{split}"]) == table.loc[table["split"] == split, "image_id"].tolist()
-
-
-def test_explain_writes_overlays_at_image_size(cached, pretrained, tmp_path):
-    manifest, images = cached["xray_source"]
-    table = explain_model(pretrained, manifest, images, tmp_path, n_images=3, lime_samples=30, seed=0)
-    assert len(table) == 3
-    for method in ("gradcam", "lime"):
-        for rel in table[f"{method}_png"]:
-            with Image.open(tmp_path / rel) as img:
-                assert img.size == (64, 64) and img.mode == "RGB"
-    heat = np.load(tmp_path / "heatmaps.npz")
-    assert heat["gradcam"].shape == (3, 64, 64) and heat["lime"].max() <= 1.0
-    assert heat["gradcam"].std() > 0  # a real map, not a constant
-    with Image.open(tmp_path / "gallery.png") as img:
-        assert img.size[0] > 200
-
-
-def test_choose_images_spreads_over_classes(cached):
-    from medxfer.cache import load_cached
-
-    test = load_cached(*cached["mura"]).splits["test"]
-    index = choose_images(test, 4, 0)
-    assert len(index) == 4 and len(set(test.labels[index])) == 2
 
 
 def _fit_model(strategy: str, tmp_path, truncate_stages=None, **params):

@@ -1,4 +1,15 @@
-"""Grad-CAM and LIME heatmaps for a fine-tuned network on test images, saved as overlays at image size."""
+"""Grad-CAM, Grad-CAM++ and LIME heatmaps for a fine-tuned network, and how faithful they are.
+
+Overlays are saved at image size with the label, prediction and probability; the gallery shows true/false
+positives/negatives. Faithfulness is measured, not assumed, against a random-map baseline:
+- where a finding's mask is known (the generated demo data), the pointing game (is the heatmap's maximum inside
+  the mask?) and the IoU of the heatmap thresholded at half its maximum with the mask;
+- everywhere, deletion and insertion AUC (Petsiuk et al. 2018, RISE): the target-class probability as the most
+  salient pixels are removed (set to black) or inserted into a blurred copy, averaged over the fraction of
+  pixels. Lower deletion and higher insertion mean a heatmap that points at what the model uses.
+Heatmaps for faithfulness explain the true class of each image, so a positive image's map is compared with the
+finding it shows.
+"""
 
 from __future__ import annotations
 
@@ -13,63 +24,124 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus  # noqa: E402
 from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from medxfer import models, runtime  # noqa: E402
 from medxfer.cache import Split, load_cached  # noqa: E402
 from medxfer.io import atomic_path, save_npz  # noqa: E402
-from medxfer.log import get_logger
+from medxfer.log import get_logger  # noqa: E402
 from medxfer.train import predict_proba  # noqa: E402
 
-METHODS = ("gradcam", "lime")
+METHODS = ("gradcam", "gradcampp", "lime")
+BASELINE = "random"  # a smooth random map: what a heatmap must beat to mean anything
+CAMS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus}
+IOU_THRESHOLD = 0.5
+FAITHFULNESS_COLUMNS = [
+    "image_id",
+    "label",
+    "method",
+    "has_mask",
+    "pointing_hit",
+    "iou",
+    "deletion_auc",
+    "insertion_auc",
+]
+_CPU = torch.device("cpu")
 
 
-def choose_images(split: Split, n_images: int, seed: int) -> np.ndarray:
-    """Indices of up to n test images, spread evenly over the classes, seeded."""
+def outcomes(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """TP/FP/FN/TN for binary tasks (class 1 positive); correct/wrong for more classes."""
+    if n_classes != 2:
+        return np.where(labels == predicted, "correct", "wrong")
+    names = np.array([["TN", "FP"], ["FN", "TP"]])
+    return names[labels, predicted]
+
+
+def choose_images(groups: np.ndarray, n_images: int, seed: int) -> np.ndarray:
+    """Indices of up to n images, taken in turn from each group (e.g. TP, FP, FN, TN), seeded."""
     rng = np.random.default_rng(seed)
-    classes = np.unique(split.labels)
-    per_class = [rng.permutation(np.flatnonzero(split.labels == c)).tolist() for c in classes]
+    pools = [rng.permutation(np.flatnonzero(groups == g)).tolist() for g in sorted(set(groups.tolist()))]
     chosen: list[int] = []
-    while len(chosen) < min(n_images, len(split.labels)):
-        for pool in per_class:
+    while len(chosen) < min(n_images, len(groups)):
+        for pool in pools:
             if pool and len(chosen) < n_images:
                 chosen.append(pool.pop(0))
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def gradcam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """(N, H, W) Grad-CAM maps in [0, 1] for the given classes, at the last feature stage."""
-    inputs = models.normalize(torch.from_numpy(images))
+def cam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int], method: str = "gradcam") -> np.ndarray:
+    """(N, H, W) Grad-CAM or Grad-CAM++ maps in [0, 1] for the given classes.
+
+    The target layer is chosen per architecture from timm's feature_info (models.gradcam_layer).
+    """
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
+    inputs = models.normalize(torch.from_numpy(np.ascontiguousarray(images)))
     layer = models.gradcam_layer(model, images.shape[-1])
-    with GradCAM(model=model, target_layers=[layer]) as cam:
+    with CAMS[method](model=model, target_layers=[layer]) as cam:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-    return maps.astype(np.float32)
+    return np.nan_to_num(maps).astype(np.float32)
+
+
+def gradcam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """(N, H, W) Grad-CAM maps in [0, 1] for the given classes."""
+    return cam_maps(model, images, targets, "gradcam")
+
+
+def random_maps(n: int, size: int, seed: int) -> np.ndarray:
+    """(n, size, size) smooth random maps in [0, 1]: blurred noise with blobs about as large as a CAM's cells."""
+    rng = np.random.default_rng(seed)
+    maps = np.stack([gaussian_filter(rng.random((size, size)), sigma=size / 16) for _ in range(n)])
+    if n:
+        low = maps.min(axis=(1, 2), keepdims=True)
+        maps = (maps - low) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-12)
+    return maps.astype(np.float32).reshape(n, size, size)
+
+
+def segments(image: np.ndarray, n_segments: int, seed: int) -> np.ndarray:
+    """Superpixels for LIME on a (C, H, W) uint8 grey radiograph or multi-window CT slice.
+
+    SLIC on the image's own channels (not a false RGB) with a low compactness for intensities in [0, 1], so the
+    segments follow the edges of bones, lungs and lesions rather than a colour space grey images do not have.
+    """
+    from skimage.segmentation import slic
+
+    hwc = np.moveaxis(image, 0, -1).astype(np.float64) / 255.0
+    smooth = gaussian_filter(hwc, sigma=(1, 1, 0))
+    channel_axis = -1 if hwc.shape[-1] > 1 else None
+    pixels = smooth if channel_axis is not None else smooth[..., 0]
+    labels = slic(pixels, n_segments=n_segments, compactness=0.1, start_label=0, channel_axis=channel_axis)
+    del seed  # SLIC is deterministic; kept in the signature for segmenters that are not
+    return labels
 
 
 def lime_maps(
-    model: torch.nn.Module, images: np.ndarray, targets: Sequence[int], num_samples: int, seed: int
+    model: torch.nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    num_samples: int,
+    seed: int,
+    n_segments: int = 50,
 ) -> np.ndarray:
     """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1]."""
     from lime import lime_image
-    from lime.wrappers.scikit_image import SegmentationAlgorithm
 
     n, channels = images.shape[:2]
     if channels > 3:
         raise ValueError(f"LIME needs at most 3 channels, got {channels}")
-    segmenter = SegmentationAlgorithm(
-        "slic", n_segments=40, compactness=0.1, sigma=1, start_label=0, channel_axis=-1, random_seed=seed
-    )
 
     def classify(batch: np.ndarray) -> np.ndarray:
         chw = np.moveaxis(batch[..., :channels], -1, 1)
-        return predict_proba(model, np.clip(chw * 255, 0, 255).astype(np.uint8), torch.device("cpu"), 128)
+        return predict_proba(model, np.clip(np.round(chw * 255), 0, 255).astype(np.uint8), _CPU, 128)
 
     maps = np.zeros((n, *images.shape[2:]), dtype=np.float32)
     for i in range(n):
         hwc = np.moveaxis(images[i], 0, -1).astype(np.float64) / 255.0
         rgb = np.concatenate([hwc] + [hwc[..., :1]] * (3 - channels), axis=-1)
+        labels = segments(images[i], n_segments, seed)
         explainer = lime_image.LimeImageExplainer(random_state=seed)
         explanation = explainer.explain_instance(
             rgb,
@@ -78,7 +150,8 @@ def lime_maps(
             top_labels=None,
             hide_color=0,
             num_samples=num_samples,
-            segmentation_fn=segmenter,
+            batch_size=64,  # lime's default of 10 makes many small forward passes
+            segmentation_fn=lambda _image, labels=labels: labels,
         )
         segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)
         for segment, weight in explanation.local_exp[int(targets[i])]:
@@ -88,10 +161,135 @@ def lime_maps(
     return maps
 
 
+def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game: the heatmap's maximum (first in raster order on ties) lies inside the mask."""
+    return bool(mask.ravel()[int(np.argmax(heat))])
+
+
+def mask_iou(heat: np.ndarray, mask: np.ndarray, threshold: float = IOU_THRESHOLD) -> float:
+    """IoU of the heatmap thresholded at `threshold` times its maximum with the mask."""
+    peak = float(heat.max())
+    region = heat >= threshold * peak if peak > 0 else np.zeros_like(mask, dtype=bool)
+    union = np.logical_or(region, mask).sum()
+    return float(np.logical_and(region, mask).sum() / union) if union else float("nan")
+
+
+def deletion_insertion(
+    model: torch.nn.Module, image: np.ndarray, heat: np.ndarray, target: int, steps: int = 16
+) -> tuple[float, float]:
+    """(deletion AUC, insertion AUC) of the target-class probability over the fraction of pixels changed.
+
+    Pixels go in order of decreasing heat; deletion sets them to black, insertion copies them into a blurred
+    copy of the image (sigma = 1/8 of the side). Both curves have steps + 1 points from 0 to all pixels.
+    """
+    channels, height, width = image.shape
+    order = np.argsort(-heat.ravel(), kind="stable")
+    blurred = np.stack([gaussian_filter(ch.astype(np.float64), sigma=width / 8) for ch in image])
+    blurred = np.clip(np.round(blurred), 0, 255).astype(np.uint8)
+    counts = np.round(np.linspace(0, height * width, steps + 1)).astype(np.int64)
+    deleted = np.repeat(image[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
+    inserted = np.repeat(blurred[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
+    flat = image.reshape(channels, -1)
+    for k, count in enumerate(counts):
+        top = order[:count]
+        deleted[k][:, top] = 0
+        inserted[k][:, top] = flat[:, top]
+    batch = np.concatenate([deleted, inserted]).reshape(2 * (steps + 1), channels, height, width)
+    proba = predict_proba(model, batch, _CPU)[:, target]
+    fractions = counts / counts[-1]
+    return float(np.trapezoid(proba[: steps + 1], fractions)), float(np.trapezoid(proba[steps + 1 :], fractions))
+
+
+def read_mask(path: str, size: int) -> np.ndarray | None:
+    """A finding mask resized to the cached image size (nearest), or None when the row has none."""
+    if not path:
+        return None
+    try:
+        with Image.open(path) as img:
+            mask = img.convert("L").resize((size, size), Image.Resampling.NEAREST)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the finding mask ({err})") from None
+    return np.asarray(mask) > 0
+
+
+def faithfulness(
+    model: torch.nn.Module,
+    split: Split,
+    methods: Sequence[str],
+    n_images: int,
+    lime_samples: int,
+    n_segments: int,
+    steps: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Per image and method (plus the random baseline): pointing hit and IoU where a mask exists, deletion and
+    insertion AUC always. Images with a non-empty mask are preferred, so the demo measures localisation."""
+    size = split.images.shape[-1]
+    masks = [read_mask(m, size) for m in split.masks]
+    has_mask = np.array([m is not None and bool(m.any()) for m in masks])
+    pool = np.flatnonzero(has_mask) if has_mask.any() else np.arange(len(masks))
+    index = np.sort(np.random.default_rng(seed).permutation(pool)[:n_images])
+    images, targets = split.images[index], split.labels[index]
+    maps = {method: _maps(model, method, images, targets, lime_samples, n_segments, seed) for method in methods}
+    maps[BASELINE] = random_maps(len(index), size, seed)
+    rows = []
+    for method, heat in maps.items():
+        for k, i in enumerate(index):
+            deletion, insertion = deletion_insertion(model, images[k], heat[k], int(targets[k]), steps)
+            mask = masks[i] if has_mask[i] else None
+            rows.append(
+                {
+                    "image_id": split.ids[i],
+                    "label": int(targets[k]),
+                    "method": method,
+                    "has_mask": mask is not None,
+                    "pointing_hit": float(pointing_hit(heat[k], mask)) if mask is not None else float("nan"),
+                    "iou": mask_iou(heat[k], mask) if mask is not None else float("nan"),
+                    "deletion_auc": deletion,
+                    "insertion_auc": insertion,
+                }
+            )
+    return pd.DataFrame(rows, columns=FAITHFULNESS_COLUMNS)
+
+
+def _maps(
+    model: torch.nn.Module,
+    method: str,
+    images: np.ndarray,
+    targets: Sequence[int],
+    lime_samples: int,
+    n_segments: int,
+    seed: int,
+) -> np.ndarray:
+    if method == "lime":
+        return lime_maps(model, images, targets, lime_samples, seed, n_segments)
+    return cam_maps(model, images, targets, method)
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """RGB uint8 overlay of a heatmap on the first channel of a (C, H, W) uint8 image, same size as the image."""
     gray = image[0].astype(np.float32) / 255.0
     return show_cam_on_image(np.repeat(gray[..., None], 3, axis=-1), heatmap, use_rgb=True, image_weight=0.6)
+
+
+PANEL = 128  # overlay PNGs show image and heatmap side by side at least this large, under a caption
+
+
+def annotated(image: np.ndarray, heatmap: np.ndarray, caption: str) -> np.ndarray:
+    """RGB uint8: the image and its heatmap overlay side by side, upscaled to PANEL px, under a caption line."""
+    from PIL import ImageDraw
+
+    side = max(PANEL, image.shape[-1])
+    grey = np.repeat(image[0][..., None], 3, axis=-1)
+    panels = [
+        Image.fromarray(a).resize((side, side), Image.Resampling.BILINEAR) for a in (grey, overlay(image, heatmap))
+    ]
+    band = 16
+    canvas = Image.new("RGB", (2 * side, side + band), "white")
+    for k, panel in enumerate(panels):
+        canvas.paste(panel, (k * side, band))
+    ImageDraw.Draw(canvas).text((3, 2), caption, fill="black")
+    return np.asarray(canvas)
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
@@ -110,47 +308,63 @@ def explain_model(
     seed: int = 0,
     threads: int = 1,
     log_path: Path | None = None,
+    n_faithfulness: int = 8,
+    lime_segments: int = 50,
+    steps: int = 10,
 ) -> pd.DataFrame:
-    """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv and a gallery.png per model."""
+    """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv.
+
+    The gallery images are spread over true/false positives/negatives and explain the predicted class; the
+    faithfulness images (with a finding mask where the data set has masks) explain their true class.
+    """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
     model, meta = models.load(model_dir, "cpu")  # Grad-CAM hooks and LIME's many small batches run fine on CPU
+    classes = meta["classes"]
     test = load_cached(manifest, images).splits["test"]
-    index = choose_images(test, n_images, seed)
+    proba_all = predict_proba(model, test.images, _CPU)
+    predicted_all = proba_all.argmax(axis=1)
+    outcome_all = outcomes(test.labels, predicted_all, len(classes))
+    index = choose_images(outcome_all, n_images, seed)
     chosen = test.images[index]
-    proba = predict_proba(model, chosen, torch.device("cpu"))
-    predicted = proba.argmax(axis=1)
+    predicted = predicted_all[index]
     table = pd.DataFrame(
         {
             "image_id": test.ids[index],
             "label": test.labels[index],
             "prediction": predicted,
-            "probability": proba[np.arange(len(index)), predicted],
+            "probability": proba_all[index, predicted],
+            "outcome": outcome_all[index],
             "mask": test.masks[index],
         }
     )
     heatmaps = {}
     for method in methods:
-        maps = (
-            gradcam_maps(model, chosen, predicted)
-            if method == "gradcam"
-            else lime_maps(model, chosen, predicted, lime_samples, seed)
-        )
+        maps = _maps(model, method, chosen, predicted, lime_samples, lime_segments, seed)
         heatmaps[method] = maps
         paths = []
-        for image_id, image, heat in zip(table["image_id"], chosen, maps, strict=True):
-            path = out_dir / method / f"{image_id}.png"
-            _save_png(path, overlay(image, heat))
+        for record, image, heat in zip(table.itertuples(), chosen, maps, strict=True):
+            path = out_dir / method / f"{record.image_id}.png"
+            caption = (
+                f"{method} | label {classes[record.label]} | pred {classes[record.prediction]}"
+                f" p={record.probability:.2f} ({record.outcome})"
+            )
+            _save_png(path, annotated(image, heat, caption))
             paths.append(str(path.relative_to(out_dir)))
         table[f"{method}_png"] = paths
         logger.info("%s: %d %s overlays for %s", meta["arch"], len(paths), method, model_dir)
     save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=chosen, **heatmaps)
-    _gallery(out_dir / "gallery.png", chosen, table, heatmaps, meta["classes"], f"{meta['arch']} ({meta['init']})")
+    _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, f"{meta['arch']} ({meta['init']})")
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
+    faith = faithfulness(model, test, methods, n_faithfulness, lime_samples, lime_segments, steps, seed)
+    with atomic_path(out_dir / "faithfulness.csv") as tmp:
+        faith.to_csv(tmp, index=False)
+    means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()
+    logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))
     return table
 
 
@@ -162,7 +376,9 @@ def _gallery(
     for row, record in enumerate(table.itertuples()):
         axes[row, 0].imshow(images[row, 0], cmap="gray")
         axes[row, 0].set_title(
-            f"label {classes[record.label]}\npred {classes[record.prediction]} p={record.probability:.2f}", fontsize=7
+            f"{record.outcome}: label {classes[record.label]}\npred {classes[record.prediction]}"
+            f" p={record.probability:.2f}",
+            fontsize=7,
         )
         for col, (method, maps) in enumerate(heatmaps.items(), start=1):
             axes[row, col].imshow(overlay(images[row], maps[row]))

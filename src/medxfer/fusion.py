@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,127 @@ def _align(reference: np.ndarray, ids: np.ndarray, path: Path, ref_path: Path, s
     return sorter[np.searchsorted(ids, reference, sorter=sorter)]
 
 
+@dataclass
+class Fusion:
+    """The fitted fusion: per-model scalers, then the kept columns or a PCA; all fitted on train rows only.
+
+    `transform` maps new per-model feature blocks (same models, same order) to the fused space, so perturbed or
+    new images go through exactly the statistics the classifiers were trained with.
+    """
+
+    scalers: list[StandardScaler | None]
+    kept: np.ndarray | None = None
+    pca: PCA | None = None
+    selection_report: dict[str, Any] = field(default_factory=lambda: {"used": False})
+    pca_report: dict[str, Any] = field(default_factory=lambda: {"used": False})
+
+    def transform(self, blocks: Sequence[np.ndarray]) -> np.ndarray:
+        if len(blocks) != len(self.scalers):
+            raise ValueError(f"fusion was fitted on {len(self.scalers)} models, got {len(blocks)} feature blocks")
+        scaled = [
+            scaler.transform(x) if scaler is not None and x.shape[0] else x.astype(np.float64)
+            for scaler, x in zip(self.scalers, blocks, strict=True)
+        ]
+        fused = np.concatenate(scaled, axis=1)
+        if self.kept is not None:
+            fused = fused[:, self.kept]
+        if self.pca is not None:
+            fused = self.pca.transform(fused) if fused.shape[0] else fused[:, : self.pca.n_components_]
+        return fused
+
+
+def fit_fusion(
+    train_blocks: Sequence[np.ndarray],
+    y_train: np.ndarray,
+    standardize: bool = True,
+    pca_components: int | float | None = None,
+    seed: int = 0,
+    select_k: int | None = None,
+    names: Sequence[str] | None = None,
+) -> Fusion:
+    """Fit the fusion on the train rows of each model's features (aligned, same order for every model)."""
+    names = list(names or [f"model {i}" for i in range(len(train_blocks))])
+    scalers: list[StandardScaler | None] = []
+    for x, name in zip(train_blocks, names, strict=True):
+        if standardize and x.shape[0] == 0:
+            raise ValueError(f"{name}: cannot standardise on an empty train split")
+        scalers.append(StandardScaler().fit(x.astype(np.float64)) if standardize else None)
+    fusion = Fusion(scalers)
+    fused = fusion.transform(train_blocks)
+    concat_dim = int(fused.shape[1])
+    if select_k is not None:
+        if pca_components is not None:
+            raise ValueError("choose either pca_components or select_k for the fused features, not both")
+        if isinstance(select_k, bool) or not isinstance(select_k, int) or not 1 <= select_k <= concat_dim:
+            raise ValueError(f"select_k={select_k!r} must be an int in 1..{concat_dim} (the fused dims)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant features: F is NaN, they rank last
+            scores, _ = f_classif(fused, y_train)
+        fusion.kept = np.sort(np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:select_k])
+        owner = np.repeat(np.arange(len(train_blocks)), [int(x.shape[1]) for x in train_blocks])
+        fusion.selection_report = {
+            "used": True,
+            "k": select_k,
+            "score": "anova_f",
+            "kept_per_model": [int(np.sum(owner[fusion.kept] == i)) for i in range(len(train_blocks))],
+        }
+    if pca_components is not None:
+        n_train = fused.shape[0]
+        limit = min(n_train, concat_dim)
+        if isinstance(pca_components, bool) or not isinstance(pca_components, (int, float)):
+            raise ValueError(f"pca_components must be None, an int or a float in (0, 1); got {pca_components!r}")
+        if isinstance(pca_components, int) and not 1 <= pca_components <= limit:
+            raise ValueError(
+                f"pca_components={pca_components} must be in 1..{limit}"
+                f" (min of {n_train} train rows and {concat_dim} fused dims)"
+            )
+        if isinstance(pca_components, float) and not 0.0 < pca_components < 1.0:
+            raise ValueError(f"pca_components={pca_components} as a float is a variance fraction and must be in (0, 1)")
+        fusion.pca = PCA(n_components=pca_components, svd_solver="full", random_state=seed).fit(fused)
+        fusion.pca_report = {
+            "used": True,
+            "requested": pca_components,
+            "n_components": int(fusion.pca.n_components_),
+            "explained_variance_ratio": float(np.sum(fusion.pca.explained_variance_ratio_)),
+        }
+    return fusion
+
+
+def _aligned(paths: Sequence[Path]) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The validated files and, per file, each split's features in the first file's row order."""
+    files = [load_feature_file(p) for p in paths]
+    ref, ref_path = files[0], paths[0]
+    aligned = []
+    for data, path in zip(files, paths, strict=True):
+        if not np.array_equal(data["classes"], ref["classes"]):
+            raise ValueError(f"{path}: classes {list(data['classes'])} differ from {ref_path}: {list(ref['classes'])}")
+        rows = {split: _align(ref[f"ids_{split}"], data[f"ids_{split}"], path, ref_path, split) for split in SPLITS}
+        for split in SPLITS:
+            y = data[f"y_{split}"][rows[split]]
+            if not np.array_equal(y, ref[f"y_{split}"]):
+                wrong = ref[f"ids_{split}"][y != ref[f"y_{split}"]]
+                raise ValueError(
+                    f"{path}: split '{split}' labels differ from {ref_path} for {wrong.size} ids,"
+                    f" e.g. {list(wrong[:3])}"
+                )
+        aligned.append({split: data[f"X_{split}"][rows[split]].astype(np.float64) for split in SPLITS})
+    return files, aligned
+
+
+def refit_fusion(
+    feature_paths: Sequence[str | os.PathLike],
+    standardize: bool = True,
+    pca_components: int | float | None = None,
+    seed: int = 0,
+    select_k: int | None = None,
+) -> Fusion:
+    """The fusion fuse_features fitted on these files with these settings (deterministic: the same statistics)."""
+    paths = [Path(p) for p in feature_paths]
+    files, aligned = _aligned(paths)
+    train = [blocks["train"] for blocks in aligned]
+    return fit_fusion(train, files[0]["y_train"], standardize, pca_components, seed, select_k, [str(p) for p in paths])
+
+
 def fuse_features(
     feature_paths: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -112,72 +234,20 @@ def fuse_features(
     paths = [Path(p) for p in feature_paths]
     if not paths:
         raise ValueError("fuse_features needs at least one feature file")
-    files = [load_feature_file(p) for p in paths]
-    ref, ref_path = files[0], paths[0]
-    blocks: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-    for data, path in zip(files, paths, strict=True):
-        if not np.array_equal(data["classes"], ref["classes"]):
-            raise ValueError(f"{path}: classes {list(data['classes'])} differ from {ref_path}: {list(ref['classes'])}")
-        rows = {split: _align(ref[f"ids_{split}"], data[f"ids_{split}"], path, ref_path, split) for split in SPLITS}
-        for split in SPLITS:
-            y = data[f"y_{split}"][rows[split]]
-            if not np.array_equal(y, ref[f"y_{split}"]):
-                wrong = ref[f"ids_{split}"][y != ref[f"y_{split}"]]
-                raise ValueError(
-                    f"{path}: split '{split}' labels differ from {ref_path} for {wrong.size} ids,"
-                    f" e.g. {list(wrong[:3])}"
-                )
-        feats = {split: data[f"X_{split}"][rows[split]].astype(np.float64) for split in SPLITS}
-        if standardize:
-            if feats["train"].shape[0] == 0:
-                raise ValueError(f"{path}: cannot standardise on an empty train split")
-            scaler = StandardScaler().fit(feats["train"])
-            feats = {split: scaler.transform(x) if x.shape[0] else x for split, x in feats.items()}
-        for split in SPLITS:
-            blocks[split].append(feats[split])
-    fused = {split: np.concatenate(blocks[split], axis=1) for split in SPLITS}
-    concat_dim = int(fused["train"].shape[1])
-
-    selection_report: dict[str, Any] = {"used": False}
-    if select_k is not None:
-        if pca_components is not None:
-            raise ValueError("choose either pca_components or select_k for the fused features, not both")
-        if isinstance(select_k, bool) or not isinstance(select_k, int) or not 1 <= select_k <= concat_dim:
-            raise ValueError(f"select_k={select_k!r} must be an int in 1..{concat_dim} (the fused dims)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # constant features: F is NaN, they rank last
-            scores, _ = f_classif(fused["train"], ref["y_train"])
-        kept = np.sort(np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:select_k])
-        fused = {split: x[:, kept] for split, x in fused.items()}
-        owner = np.repeat(np.arange(len(files)), [int(d["X_train"].shape[1]) for d in files])
-        selection_report = {
-            "used": True,
-            "k": select_k,
-            "score": "anova_f",
-            "kept_per_model": [int(np.sum(owner[kept] == i)) for i in range(len(files))],
-        }
-
-    pca_report: dict[str, Any] = {"used": False}
-    if pca_components is not None:
-        n_train = fused["train"].shape[0]
-        limit = min(n_train, concat_dim)
-        if isinstance(pca_components, bool) or not isinstance(pca_components, (int, float)):
-            raise ValueError(f"pca_components must be None, an int or a float in (0, 1); got {pca_components!r}")
-        if isinstance(pca_components, int) and not 1 <= pca_components <= limit:
-            raise ValueError(
-                f"pca_components={pca_components} must be in 1..{limit}"
-                f" (min of {n_train} train rows and {concat_dim} fused dims)"
-            )
-        if isinstance(pca_components, float) and not 0.0 < pca_components < 1.0:
-            raise ValueError(f"pca_components={pca_components} as a float is a variance fraction and must be in (0, 1)")
-        pca = PCA(n_components=pca_components, svd_solver="full", random_state=seed).fit(fused["train"])
-        fused = {split: pca.transform(x) if x.shape[0] else x[:, : pca.n_components_] for split, x in fused.items()}
-        pca_report = {
-            "used": True,
-            "requested": pca_components,
-            "n_components": int(pca.n_components_),
-            "explained_variance_ratio": float(np.sum(pca.explained_variance_ratio_)),
-        }
+    files, aligned = _aligned(paths)
+    ref = files[0]
+    fusion = fit_fusion(
+        [blocks["train"] for blocks in aligned],
+        ref["y_train"],
+        standardize,
+        pca_components,
+        seed,
+        select_k,
+        [str(p) for p in paths],
+    )
+    concat_dim = int(sum(blocks["train"].shape[1] for blocks in aligned))
+    fused = {split: fusion.transform([blocks[split] for blocks in aligned]) for split in SPLITS}
+    selection_report, pca_report = fusion.selection_report, fusion.pca_report
 
     arrays: dict[str, np.ndarray] = {"classes": ref["classes"]}
     for split in SPLITS:

@@ -118,8 +118,11 @@ def summarize_results(
     out_md: str | os.PathLike,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
+    out_headline: str | os.PathLike | None = None,
+    out_html: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md."""
+    """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md;
+    optionally the headline picks (headline.csv) and the whole table as HTML for the Snakemake report."""
     table = pd.DataFrame([_row(Path(p), n_bootstrap, seed) for p in metrics_paths])
     table = table.sort_values(KEYS, key=lambda col: col.map(_order)).reset_index(drop=True)
     table["best"] = table.groupby("target")["cohen_kappa"].transform("max") == table["cohen_kappa"]
@@ -139,6 +142,11 @@ def summarize_results(
         nested[target]["paired_comparison"] = comparison
     write_json(out_json, nested)
     write_text(out_md, to_markdown(table, comparisons))
+    if out_headline is not None:
+        with atomic_path(out_headline) as tmp:
+            headline(table).to_csv(tmp, index=False)
+    if out_html is not None:
+        write_text(out_html, to_html(table, comparisons))
     return table
 
 
@@ -266,4 +274,153 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(title, fontsize=7)
+    _save(fig, path)
+
+
+# --- what the HTML report (snakemake --report) shows -------------------------------------------------------------
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """Per target and init: the best single fine-tuned CNN (by val AUC) and the best fused classifier (by CV AUC),
+    with their test metrics and intervals; the same picks as the paired comparison, never by a test number."""
+    rows = []
+    for (target, init), group in table.groupby(["target", "init"], sort=False):
+        cnn = _best(group[group["classifier"] == "cnn"])
+        fused = _best(group[(group["features"] == "fused") & (group["classifier"] != "cnn")])
+        for row, name, score in (
+            (cnn, "{features} CNN", "val AUC"),
+            (fused, "{classifier} on fused features", "CV AUC"),
+        ):
+            if row is None:
+                continue
+            record = row.to_dict()
+            picked = "n/a" if _missing(record["selection_auc"]) else f"{record['selection_auc']:.3f}"
+            rows.append(
+                {"target": target, "init": init, "model": name.format(**record), "picked by": f"{score} {picked}"}
+                | {m: _cell(record, m) for m in ("accuracy", "cohen_kappa", "roc_auc")}
+                | {"n": int(record["n_test"])}
+            )
+    return pd.DataFrame(rows)
+
+
+def to_html(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]]) -> str:
+    """A self-contained HTML page of the full summary: one table per target, best row bold, paired comparison."""
+    import html
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>medxfer summary</title><style>"
+        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
+        "tr.best{font-weight:bold;background:#eef}"
+        "</style></head><body><h1>medxfer results</h1>",
+        "<p>Test-split metrics with bootstrap 95 % intervals in brackets; the best row per target (highest Cohen's"
+        " kappa) in bold.</p>",
+    ]
+    for target, rows in table.groupby("target", sort=False):
+        header = ["init", "features", "classifier", *METRICS, "n"]
+        parts.append(f"<h2>{html.escape(str(target))}</h2><table class='summary'><tr>")
+        parts.append("".join(f"<th>{h}</th>" for h in header) + "</tr>")
+        for record in rows.to_dict("records"):
+            cells = [record["init"], record["features"], record["classifier"]]
+            cells += [_cell(record, m) for m in METRICS] + [str(int(record["n_test"]))]
+            css = " class='best'" if record["best"] else ""
+            parts.append(f"<tr{css}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+        if str(target) in comparisons:
+            text = " ".join(line for line in _comparison_text(comparisons[str(target)]) if not line.startswith("|"))
+            parts.append(f"<p>{html.escape(text).replace('**', '')}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _explain_keys(path: Path) -> dict[str, str]:
+    """explain/{target}/{init}/{arch}/faithfulness.csv -> its target, init and arch."""
+    target, init, arch = path.parts[-4:-1]
+    return {"target": target, "init": init, "arch": arch}
+
+
+FAITHFULNESS = ("pointing_hit", "iou", "deletion_auc", "insertion_auc")
+
+
+def summarize_faithfulness(
+    explain_dirs: Sequence[str | os.PathLike],
+    out_csv: str | os.PathLike,
+    out_means: str | os.PathLike,
+    out_plot: str | os.PathLike,
+) -> pd.DataFrame:
+    """Per model and method: pointing-game hit rate, mean IoU with the mask, deletion and insertion AUC; and the
+    means per target and method (Grad-CAM vs Grad-CAM++ vs LIME vs the random map) with a bar chart."""
+    frames = []
+    for folder in explain_dirs:
+        path = Path(folder) / "faithfulness.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no faithfulness results in this explain folder")
+        frames.append(pd.read_csv(path).assign(**_explain_keys(path)))
+    images = pd.concat(frames, ignore_index=True)
+    per_model = (
+        images.groupby(["target", "init", "arch", "method"], sort=False)
+        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **{m: (m, "mean") for m in FAITHFULNESS})
+        .reset_index()
+        .rename(columns={"pointing_hit": "pointing_game"})
+    )
+    means = (
+        images.groupby(["target", "method"], sort=False)
+        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **{m: (m, "mean") for m in FAITHFULNESS})
+        .reset_index()
+        .rename(columns={"pointing_hit": "pointing_game"})
+    )
+    with atomic_path(out_csv) as tmp:
+        per_model.round(4).to_csv(tmp, index=False)
+    with atomic_path(out_means) as tmp:
+        means.round(3).to_csv(tmp, index=False)
+    plot_faithfulness(means, out_plot)
+    return means
+
+
+def plot_faithfulness(means: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Bars per method (one colour per target) for each faithfulness measure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = ["pointing_game", "iou", "deletion_auc", "insertion_auc"]
+    better = {"pointing_game": "higher", "iou": "higher", "deletion_auc": "lower", "insertion_auc": "higher"}
+    methods = list(dict.fromkeys(means["method"]))
+    targets = list(dict.fromkeys(means["target"]))
+    fig, axes = plt.subplots(1, len(measures), figsize=(2.6 * len(measures), 2.8), dpi=100)
+    width = 0.8 / max(1, len(targets))
+    for ax, measure in zip(axes, measures, strict=True):
+        for k, target in enumerate(targets):
+            part = means[means["target"] == target].set_index("method").reindex(methods)
+            ax.bar(np.arange(len(methods)) + k * width, part[measure].fillna(0), width, label=str(target))
+        ax.set_xticks(np.arange(len(methods)) + width * (len(targets) - 1) / 2, methods, fontsize=7, rotation=20)
+        ax.set_title(f"{measure} ({better[measure]} is better)", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=6)
+    axes[0].legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_training_curves(log_paths: Sequence[str | os.PathLike], path: str | os.PathLike, title: str) -> None:
+    """Train/val loss and val AUC per epoch, one line per fine-tuned model (finetune/{target}/{init}/{arch}/log.csv)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), dpi=100)
+    for log_path in log_paths:
+        log_path = Path(log_path)
+        history = pd.read_csv(log_path)
+        init, arch = log_path.parts[-3:-1]
+        line = axes[0].plot(history["epoch"], history["train_loss"], label=f"{init}/{arch} train")[0]
+        axes[0].plot(history["epoch"], history["val_loss"], linestyle="--", color=line.get_color(), label="val")
+        axes[1].plot(history["epoch"], history["val_roc_auc"], marker="o", markersize=3, label=f"{init}/{arch}")
+    axes[0].set(xlabel="epoch", ylabel="loss (dashed: val)")
+    axes[1].set(xlabel="epoch", ylabel="val ROC AUC", ylim=(0, 1.02))
+    axes[1].legend(fontsize=6)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)

@@ -6,8 +6,8 @@ rule train_classifier:
         predictions=classify_outputs("predictions.csv"),
         metrics=classify_outputs("metrics.json"),
         roc=classify_outputs("roc.csv"),
-        roc_plot=classify_outputs("roc.png"),
-        confusion_plot=classify_outputs("confusion.png"),
+        roc_plot=reported("roc.png", "ROC curves"),
+        confusion_plot=reported("confusion.png", "Confusion matrices"),
     log:
         f"{R}/logs/train_classifier/{{target}}/{{init}}/{{clf}}.log",
     benchmark:

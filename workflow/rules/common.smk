@@ -1,6 +1,7 @@
 # Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 # This checkout's library, also where medxfer is not installed (workflow/scripts do the same for jobs).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -222,12 +223,61 @@ def explanations():
     )
 
 
+def robustness_inputs(wildcards):
+    """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers
+    (the best by CV AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again).
+    """
+    w = wildcards
+    inputs = {
+        "weights": expand(
+            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.safetensors", arch=ARCHS
+        ),
+        "metas": expand(
+            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.json", arch=ARCHS
+        ),
+        "features": [features_file(w.target, w.init, arch) for arch in ARCHS],
+        "classifiers": expand(
+            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/metrics.json",
+            clf=CLASSIFIERS,
+        ),
+        "models": expand(
+            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/model.skops",
+            clf=CLASSIFIERS,
+        ),
+    }
+    if DATASETS[w.target].get("modality") == "ct":
+        inputs["raw"] = ancient_raw(SimpleNamespace(dataset=w.target))
+    return inputs
+
+
+def reported(name, category):
+    """classify_outputs(name), each marked for the HTML report under `category`, labelled by its feature set."""
+    caption = f"../report/{name.split('.')[0]}.rst"
+    paths = classify_outputs(name)
+    return [mark_report(p, caption, category, f) for f, p in zip(FEATURE_SETS, paths)]
+
+
+def mark_report(path, caption, category, features):
+    labels = {"init": "{init}", "features": features, "classifier": "{clf}"}
+    return report(
+        path, caption=caption, category=category, subcategory="{target}", labels=labels
+    )
+
+
 def final_outputs():
     return [
         f"{R}/report/summary.csv",
         f"{R}/report/metrics.json",
         f"{R}/report/summary.md",
+        f"{R}/report/summary.html",
+        f"{R}/report/faithfulness.csv",
         *explanations(),
+        *expand(
+            f"{R}/robustness/{{target}}/{{init}}.png",
+            target=FT["targets"],
+            init=FT["inits"],
+        ),
+        *expand(f"{R}/report/training/{{target}}.png", target=FT["targets"]),
         *expand(
             f"{R}/datasets/{{target}}/source_overlap.json",
             target=FT["targets"] if indomain_sources() else [],

@@ -4,7 +4,14 @@ rule explain_model:
         weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
         meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
     output:
-        directory(f"{R}/explain/{{target}}/{{init}}/{{arch}}"),
+        report(
+            directory(f"{R}/explain/{{target}}/{{init}}/{{arch}}"),
+            patterns=["{gallery,gallery}.png"],
+            caption="../report/gallery.rst",
+            category="Heatmaps",
+            subcategory="{target}",
+            labels={"init": "{init}", "model": "{arch}"},
+        ),
     log:
         f"{R}/logs/explain_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:

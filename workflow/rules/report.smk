@@ -9,6 +9,13 @@ rule summarize_results:
         summary=f"{R}/report/summary.csv",
         metrics=f"{R}/report/metrics.json",
         table=f"{R}/report/summary.md",
+        headline=f"{R}/report/headline.csv",
+        html=report(
+            f"{R}/report/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "all models and classifiers"},
+        ),
     log:
         f"{R}/logs/summarize_results.log",
     conda:
@@ -17,3 +24,45 @@ rule summarize_results:
         seed=config["seed"],
     script:
         "../scripts/summarize_results.py"
+
+
+rule summarize_faithfulness:
+    input:
+        explanations=explanations(),
+    output:
+        table=f"{R}/report/faithfulness.csv",
+        means=f"{R}/report/faithfulness_summary.csv",
+        plot=report(
+            f"{R}/report/faithfulness.png",
+            caption="../report/faithfulness.rst",
+            category="Summary",
+            labels={"table": "heatmap faithfulness"},
+        ),
+    log:
+        f"{R}/logs/summarize_faithfulness.log",
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../scripts/summarize_faithfulness.py"
+
+
+rule plot_training_curves:
+    input:
+        logs=lambda wildcards: expand(
+            f"{R}/finetune/{wildcards.target}/{{init}}/{{arch}}/log.csv",
+            init=FT["inits"],
+            arch=ARCHS,
+        ),
+    output:
+        report(
+            f"{R}/report/training/{{target}}.png",
+            caption="../report/training.rst",
+            category="Training curves",
+            labels={"target": "{target}"},
+        ),
+    log:
+        f"{R}/logs/plot_training_curves/{{target}}.log",
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../scripts/plot_training_curves.py"

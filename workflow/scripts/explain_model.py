@@ -1,4 +1,4 @@
-"""Snakemake adapter: Grad-CAM and LIME overlays for one fine-tuned model."""
+"""Snakemake adapter: Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness for one fine-tuned model."""
 
 import sys
 from pathlib import Path
@@ -21,4 +21,7 @@ with logged(sm.log[0]):
         seed=sm.params.seed,
         threads=sm.threads,
         log_path=Path(sm.log[0]),
+        n_faithfulness=sm.params.explain["n_faithfulness"],
+        lime_segments=sm.params.explain["lime_segments"],
+        steps=sm.params.explain["deletion_steps"],
     )

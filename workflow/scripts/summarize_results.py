@@ -16,4 +16,6 @@ with logged(sm.log[0]):
         Path(sm.output.metrics),
         Path(sm.output.table),
         seed=sm.params.seed,
+        out_headline=Path(sm.output.headline),
+        out_html=Path(sm.output.html),
     )

@@ -1,0 +1,228 @@
+"""How accuracy and AUC fall when test images get worse: noise, blur, brightness, contrast, rotation, JPEG, HU window.
+
+Each fine-tuned CNN (its own softmax head) and the best fused classifier (picked by cross-validated AUC, never by
+test) see the same perturbed test images; the fused classifier gets them through the fine-tuned CNNs' features
+and the fusion refitted from the same train features (medxfer.fusion.refit_fusion), as at training time.
+
+The HU-window shift (CT only) is exact, not approximated: the cache holds windowed uint8 images, so the test
+slices are decoded again from their raw HU values (DICOM or HU arrays) with every window centre moved up by the
+given number of HU, as a scanner or protocol with a different calibration or window preset would show them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as tvf
+
+from medxfer import models, runtime
+from medxfer.cache import load_cached
+from medxfer.classify import _predict_proba, load_classifier
+from medxfer.features import pooled_features
+from medxfer.fusion import refit_fusion
+from medxfer.imaging import load_image
+from medxfer.ingest import read_manifest
+from medxfer.io import atomic_path, read_json
+from medxfer.log import get_logger
+from medxfer.metrics import classification_metrics
+from medxfer.report import _best, _selection_auc
+from medxfer.train import predict_proba
+
+# perturbation -> (what the level means, the level at severity 1, 2, 3)
+LEVELS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "noise": ("gaussian sigma (intensity 0-1)", (0.04, 0.08, 0.16)),
+    "blur": ("gaussian sigma (fraction of the side)", (0.01, 0.02, 0.04)),
+    "brightness": ("added to intensity 0-1", (0.1, 0.2, 0.35)),
+    "contrast": ("factor around the image mean", (0.75, 0.5, 0.3)),
+    "rotation": ("degrees", (5.0, 15.0, 30.0)),
+    "jpeg": ("JPEG quality", (50.0, 25.0, 10.0)),
+    "hu_window": ("window centre shift (HU)", (25.0, 50.0, 100.0)),
+}
+PERTURBATIONS = tuple(LEVELS)
+CT_ONLY = ("hu_window",)
+METRICS = ("accuracy", "roc_auc", "cohen_kappa")
+
+
+def perturb(images: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarray:
+    """A perturbed copy of uint8 (N, C, H, W) images (every channel alike); hu_window needs raw data: see hu_shift."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    n, c, h, w = x.shape
+    if kind == "jpeg":
+        return np.stack([_jpeg(image, int(level)) for image in images]) if n else images.copy()
+    f = x.float() / 255.0
+    if kind == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        f = f + level * torch.randn(f.shape, generator=generator)
+    elif kind == "blur":
+        sigma = max(level * w, 1e-3)
+        kernel = 2 * int(np.ceil(3 * sigma)) + 1
+        f = tvf.gaussian_blur(f, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+    elif kind == "brightness":
+        f = f + level
+    elif kind == "contrast":
+        mean = f.mean(dim=(2, 3), keepdim=True)
+        f = mean + level * (f - mean)
+    elif kind == "rotation":
+        f = tvf.rotate(f, angle=level, interpolation=tvf.InterpolationMode.BILINEAR, fill=0.0)
+    else:
+        raise ValueError(f"unknown perturbation '{kind}'; allowed: {list(PERTURBATIONS)}")
+    return (f.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """Each channel through an 8-bit greyscale JPEG encode/decode at `quality` (PIL's libjpeg)."""
+    out = []
+    for channel in image:
+        buffer = io.BytesIO()
+        Image.fromarray(channel).save(buffer, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L")))
+    return np.stack(out)
+
+
+def hu_shift(dataset: Mapping[str, Any], manifest: Path, image_ids: Sequence[str], shift: float) -> np.ndarray:
+    """The given images decoded again from raw HU with every window centre moved by `shift` HU."""
+    if dataset.get("modality") != "ct":
+        raise ValueError("a HU-window shift needs a CT data set (modality: ct)")
+    table = read_manifest(manifest).set_index("image_id").loc[list(image_ids)]
+    windows = [[center + shift, width] for center, width in dataset.get("windows", [[40, 400]])]
+    root = Path(dataset["root"])
+    images = [load_image(root / path, "ct", windows, dataset["size"]) for path in table["path"]]
+    return np.stack(images) if images else np.zeros((0, len(windows), dataset["size"], dataset["size"]), np.uint8)
+
+
+def best_fused(metrics_paths: Sequence[str | os.PathLike]) -> Path:
+    """The fused classifier with the highest cross-validated AUC (report.py's rule; the test split is not used)."""
+    rows = [{"path": str(p), "selection_auc": _selection_auc(read_json(p))} for p in metrics_paths]
+    best = _best(pd.DataFrame(rows, columns=["path", "selection_auc"]))
+    if best is None:
+        raise ValueError("no fused classifier results to choose from")
+    return Path(best["path"])
+
+
+def assess_robustness(
+    model_dirs: Sequence[Path],
+    feature_paths: Sequence[Path],
+    classifier_metrics: Sequence[Path],
+    manifest: Path,
+    images: Path,
+    dataset: Mapping[str, Any],
+    out_csv: Path,
+    out_plot: Path,
+    perturbations: Sequence[str] = PERTURBATIONS,
+    severities: Sequence[int] = (1, 2, 3),
+    fusion: Mapping[str, Any] | None = None,
+    stages: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
+    threads: int = 1,
+    device: str = "auto",
+    log_path: Path | None = None,
+) -> pd.DataFrame:
+    """Accuracy, ROC AUC and kappa of each CNN and the best fused classifier per perturbation and severity.
+
+    Severity 0 is the clean test split. `feature_paths` are the CNNs' feature files (same order as `model_dirs`),
+    the train rows the fusion is refitted on; `classifier_metrics` are the fused classifiers' metrics.json files
+    (their model.skops beside them). hu_window runs only on CT data sets.
+    """
+    logger = get_logger("medxfer.robustness", log_path)
+    runtime.configure(threads, seed)
+    dev = runtime.select_device(device)
+    unknown = set(perturbations) - set(PERTURBATIONS)
+    if unknown or any(s not in (1, 2, 3) for s in severities):
+        raise ValueError(
+            f"perturbations {sorted(unknown)} / severities {list(severities)} not allowed: use "
+            f"{list(PERTURBATIONS)} and 1, 2, 3"
+        )
+    if dataset.get("modality") != "ct":
+        perturbations = [p for p in perturbations if p not in CT_ONLY]
+    data = load_cached(manifest, images)
+    test = data.splits["test"]
+    cnns = [models.load(d, dev) for d in model_dirs]
+    for (_, meta), path in zip(cnns, model_dirs, strict=True):
+        if list(meta["classes"]) != data.classes:
+            raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {data.classes}")
+    fusion = dict(fusion or {})
+    fused = refit_fusion(
+        feature_paths,
+        standardize=fusion.get("standardize", True),
+        pca_components=fusion.get("pca_components"),
+        seed=seed,
+        select_k=fusion.get("select_k"),
+    )
+    n_classes = len(data.classes)
+    best = best_fused(classifier_metrics)
+    classifier = load_classifier(best.with_name("model.skops"))
+    fused_name = f"fused/{best.parent.name}"
+    names = [meta["arch"] for _, meta in cnns] + [fused_name]
+
+    def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = {meta["arch"]: predict_proba(model, batch, dev, batch_size) for model, meta in cnns}
+        blocks = [pooled_features(model, batch, dev, batch_size, stages) for model, _ in cnns]
+        out[fused_name] = _predict_proba(classifier, fused.transform(blocks), n_classes)
+        return out
+
+    rows = []
+    variants = [("none", 0, 0.0)] + [(p, s, LEVELS[p][1][s - 1]) for p in perturbations for s in severities]
+    for kind, severity, level in variants:
+        if kind == "none":
+            batch = test.images
+        elif kind == "hu_window":
+            batch = hu_shift(dataset, manifest, test.ids, level)
+        else:
+            batch = perturb(test.images, kind, level, seed)
+        for name, proba in scores(batch).items():
+            metrics = classification_metrics(test.labels, proba)
+            rows.append(
+                {"model": name, "perturbation": kind, "severity": severity, "level": level}
+                | {m: metrics[m] for m in METRICS}
+                | {"n": metrics["n"]}
+            )
+        logger.info(
+            "%s severity %d (%s): %s",
+            kind,
+            severity,
+            level,
+            {r["model"]: round(r["accuracy"], 3) for r in rows[-len(names) :]},
+        )
+    table = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        table.round(4).to_csv(tmp, index=False)
+    plot_robustness(table, out_plot, f"{best.parts[-5]} / {best.parts[-4]} init")  # classify/{target}/{init}/..
+    return table
+
+
+def plot_robustness(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy and AUC vs severity: one panel per perturbation, one line per model, severity 0 = clean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medxfer.report import _save
+
+    kinds = [k for k in table["perturbation"].unique() if k != "none"]
+    fig, axes = plt.subplots(2, max(1, len(kinds)), figsize=(2.3 * max(1, len(kinds)), 4.6), squeeze=False, dpi=100)
+    clean = table[table["perturbation"] == "none"]
+    for col, kind in enumerate(kinds):
+        part = pd.concat([clean, table[table["perturbation"] == kind]])
+        for row, metric in enumerate(("accuracy", "roc_auc")):
+            ax = axes[row, col]
+            for model, curve in part.groupby("model", sort=False):
+                ax.plot(curve["severity"], curve[metric], marker="o", markersize=3, label=model)
+            ax.set_ylim(0, 1.02)
+            ax.set_xticks(sorted(part["severity"].unique()))
+            ax.set_title(kind if row == 0 else "", fontsize=8)
+            ax.set_xlabel("severity" if row == 1 else "", fontsize=7)
+            ax.set_ylabel(metric if col == 0 else "", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"robustness: {title}", fontsize=9)
+    _save(fig, path)

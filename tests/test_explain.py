@@ -1,0 +1,131 @@
+"""Heatmaps and their faithfulness: real Grad-CAM/LIME on a small trained network, metrics on known geometry."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from medxfer import models
+from medxfer.explain import (
+    PANEL,
+    cam_maps,
+    choose_images,
+    deletion_insertion,
+    explain_model,
+    mask_iou,
+    outcomes,
+    pointing_hit,
+    random_maps,
+    segments,
+)
+from medxfer.train import pretrain_model
+
+PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment={})
+
+
+@pytest.fixture(scope="module")
+def trained(cached, tmp_path_factory):
+    manifest, images = cached["xray_source"]
+    out = tmp_path_factory.mktemp("explain_model")
+    pretrain_model(manifest, images, "resnet10t", PARAMS, out, threads=2, seed=0)
+    return out
+
+
+class RegionModel(nn.Module):
+    """A real two-class network whose positive logit is the brightness of a fixed square: what it uses is known."""
+
+    def __init__(self, size: int, box: slice) -> None:
+        super().__init__()
+        self.region = torch.zeros(size, size)
+        self.region[box, box] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x[:, 0] * self.region).sum(dim=(1, 2)) / self.region.sum()
+        return torch.stack([torch.zeros_like(inside), 4 * inside], dim=1)
+
+
+def test_deletion_and_insertion_reward_the_map_of_what_the_model_uses():
+    size, box = 32, slice(8, 16)
+    model = RegionModel(size, box).eval()
+    image = np.zeros((1, size, size), np.uint8)
+    image[0, box, box] = 255  # the bright square the model looks at; its blurred copy is much dimmer
+    right = np.zeros((size, size), np.float32)
+    right[box, box] = 1.0
+    wrong = np.zeros((size, size), np.float32)
+    wrong[20:28, 20:28] = 1.0
+    del_right, ins_right = deletion_insertion(model, image, right, target=1, steps=16)
+    del_wrong, ins_wrong = deletion_insertion(model, image, wrong, target=1, steps=16)
+    assert del_right < del_wrong - 0.1
+    assert ins_right > ins_wrong + 0.1
+
+
+def test_pointing_game_and_iou_on_known_masks():
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 4:8] = True
+    heat = np.zeros((16, 16), np.float32)
+    heat[4:8, 4:8] = 1.0
+    assert pointing_hit(heat, mask) and mask_iou(heat, mask) == 1.0
+    shifted = np.roll(heat, 2, axis=1)  # half the square overlaps
+    assert mask_iou(shifted, mask) == pytest.approx(8 / 24)
+    assert not pointing_hit(np.roll(heat, 8, axis=0), mask)
+    assert mask_iou(np.zeros_like(heat), mask) == 0.0
+
+
+def test_random_maps_are_smooth_seeded_and_scaled():
+    maps = random_maps(3, 32, seed=1)
+    assert maps.shape == (3, 32, 32) and maps.min() == 0.0 and maps.max() == 1.0
+    assert np.array_equal(maps, random_maps(3, 32, seed=1)) and not np.array_equal(maps, random_maps(3, 32, seed=2))
+    assert np.abs(np.diff(maps, axis=-1)).mean() < 0.1  # blobs, not pixel noise
+
+
+def test_segments_follow_grey_and_multichannel_images(cached):
+    from medxfer.cache import load_cached
+
+    xray = load_cached(*cached["xray_source"]).splits["test"].images[0]
+    ct = load_cached(*cached["ct"]).splits["test"].images[0]
+    for image in (xray, ct):
+        labels = segments(image, 40, seed=0)
+        assert labels.shape == image.shape[1:] and 10 <= labels.max() + 1 <= 80
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_050"])
+def test_cam_target_layer_is_found_for_timm_cnns(arch):
+    torch.manual_seed(0)
+    model = models.create(arch, num_classes=2, in_chans=1).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
+    for method in ("gradcam", "gradcampp"):
+        maps = cam_maps(model, images, [1, 0], method)
+        assert maps.shape == (2, 64, 64) and 0 <= maps.min() <= maps.max() <= 1
+
+
+def test_outcomes_and_choice_cover_every_group():
+    labels, predicted = np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 1, 0, 1, 0])
+    groups = outcomes(labels, predicted, 2)
+    assert list(groups) == ["TP", "FN", "FP", "TN", "TP", "TN"]
+    assert set(groups[choose_images(groups, 4, seed=0)]) == {"TP", "FN", "FP", "TN"}
+    assert list(outcomes(np.array([2, 1]), np.array([2, 0]), 3)) == ["correct", "wrong"]
+
+
+def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trained, tmp_path):
+    manifest, images = cached["xray_source"]
+    table = explain_model(
+        trained, manifest, images, tmp_path, n_images=3, lime_samples=30, seed=0, n_faithfulness=6, steps=8
+    )
+    assert len(table) == 3 and set(table["outcome"]) <= {"correct", "wrong"}  # four classes
+    for method in ("gradcam", "gradcampp", "lime"):
+        for rel in table[f"{method}_png"]:
+            with Image.open(tmp_path / rel) as img:
+                assert img.size == (2 * PANEL, PANEL + 16) and img.mode == "RGB"
+    heat = np.load(tmp_path / "heatmaps.npz")
+    assert heat["gradcam"].shape == (3, 64, 64) and heat["lime"].max() <= 1.0
+    assert heat["gradcam"].std() > 0  # a real map, not a constant
+    with Image.open(tmp_path / "gallery.png") as img:
+        assert img.size[0] > 200
+    faith = pd.read_csv(tmp_path / "faithfulness.csv")
+    assert set(faith["method"]) == {"gradcam", "gradcampp", "lime", "random"}
+    assert faith.groupby("method").size().eq(6).all()
+    assert faith["has_mask"].all()  # images with a finding mask were chosen
+    assert faith["pointing_hit"].isin([0.0, 1.0]).all() and faith["iou"].between(0, 1).all()
+    assert faith[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()

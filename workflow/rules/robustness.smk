@@ -1,0 +1,33 @@
+rule assess_robustness:
+    input:
+        unpack(target_inputs),
+        unpack(robustness_inputs),
+    output:
+        table=f"{R}/robustness/{{target}}/{{init}}.csv",
+        plot=report(
+            f"{R}/robustness/{{target}}/{{init}}.png",
+            caption="../report/robustness.rst",
+            category="Robustness",
+            subcategory="{target}",
+            labels={"init": "{init}"},
+        ),
+    log:
+        f"{R}/logs/assess_robustness/{{target}}/{{init}}.log",
+    benchmark:
+        f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        dataset=lambda wildcards: DATASETS[wildcards.target],
+        robustness=config["robustness"],
+        fusion=config["fusion"],
+        features=config["features"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/assess_robustness.py"

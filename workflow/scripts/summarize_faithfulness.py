@@ -1,0 +1,18 @@
+"""Snakemake adapter: faithfulness of every model's heatmaps, per model and per method, with a bar chart."""
+
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
+
+from medxfer.log import logged
+from medxfer.report import summarize_faithfulness
+
+with logged(sm.log[0]):
+    summarize_faithfulness(
+        [Path(p) for p in sm.input.explanations],
+        Path(sm.output.table),
+        Path(sm.output.means),
+        Path(sm.output.plot),
+    )
