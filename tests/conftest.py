@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def tiny_workdir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh temp dir holding tests/workflow/tiny.yaml as its config/config.yaml."""
+    workdir = tmp_path_factory.mktemp(name)
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
+    return workdir
+
+
+def snakemake_command(workdir: Path, *args: str, python: str = sys.executable) -> list[str]:
+    """The real Snakefile on `workdir`, from the given interpreter (one with the SLURM plugin for cluster runs)."""
+    return [python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+
+
+def run_snakemake(workdir: Path, *args: str, python: str = sys.executable, timeout: int = 900):
+    cmd = snakemake_command(workdir, *args, python=python)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny workflow run locally once per session (`--cores 2`); the workflow and SLURM tests read it."""
+    workdir = tiny_workdir(tmp_path_factory, "workflow")
+    result = run_snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return workdir
 
 
 @pytest.fixture(scope="session")

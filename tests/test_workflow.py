@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +25,8 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    (workdir / "config").mkdir()
-    shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
-    result = snakemake(workdir, "--cores", "2")
-    if result.returncode != 0:
-        pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return workdir
+def run_dir(tiny_local_run: Path) -> Path:
+    return tiny_local_run  # shared with tests/test_slurm.py (tests/conftest.py)
 
 
 def test_second_run_has_nothing_to_do(run_dir):
