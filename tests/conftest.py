@@ -35,7 +35,7 @@ def run_snakemake(workdir: Path, *args: str, python: str = sys.executable, timeo
 def tiny_local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny workflow run locally once per session (`--cores 2`); the workflow and SLURM tests read it."""
     workdir = tiny_workdir(tmp_path_factory, "workflow")
-    result = run_snakemake(workdir, "--cores", "2")
+    result = run_snakemake(workdir, "--cores", "2", timeout=1800)
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return workdir
