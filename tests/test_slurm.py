@@ -188,13 +188,16 @@ def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, tiny_local_r
     workdir, _ = slurm_run
     monkeypatch.setenv("MEDXFER_SLURM_CPU_ONLY", "1")
     target = "results/features/demo_mura/scratch/resnet10t.npz"
-    args = [*submit_args(), "--forcerun", "extract_features", target]
+    args = [*submit_args(), target, "--forcerun", "extract_features"]  # --forcerun takes several values: last
     result = run_snakemake(workdir, *args, python=slurm_python(), timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ((_, job_id, rule),) = SUBMITTED.findall(result.stdout + result.stderr)
     record = sacct([job_id])[job_id]
     assert rule == "extract_features" and record["State"] == "COMPLETED" and "gpu" not in record["AllocTRES"]
-    with np.load(workdir / target) as ours, np.load(tiny_local_run / target) as local:
+    with (  # ids are object arrays; these files are this test's own
+        np.load(workdir / target, allow_pickle=True) as ours,
+        np.load(tiny_local_run / target, allow_pickle=True) as local,
+    ):
         assert sorted(ours.files) == sorted(local.files)
         for key in local.files:
             np.testing.assert_array_equal(ours[key], local[key])
@@ -258,9 +261,8 @@ def test_cancelled_training_job_is_resubmitted_and_completes(slurm_run, tiny_loc
     run (`retries:` in profiles/slurm); downstream jobs only see the completed retry's outputs."""
     workdir, _ = slurm_run
     model = "demo_ct/scratch/resnet10t"
-    code, log, cancelled = run_and_cancel_training(
-        workdir, model, "--forcerun", "finetune_model", f"results/features/{model}.npz"
-    )
+    target = f"results/features/{model}.npz"
+    code, log, cancelled = run_and_cancel_training(workdir, model, target, "--forcerun", "finetune_model")
     assert code == 0, log[-4000:]
     jobs = finetune_jobs(log)
     assert jobs[0] == cancelled and len(jobs) == 2, jobs
@@ -274,7 +276,7 @@ def test_rerun_after_a_failed_run_resumes_and_completes(slurm_run, tiny_local_ru
     workdir, _ = slurm_run
     model = "demo_ct/scratch/resnet18"
     shutil.rmtree(workdir / f"results/finetune/{model}")  # one model to redo, and its features after it
-    args = ["--retries", "0", f"results/features/{model}.npz"]
+    args = [f"results/features/{model}.npz", "--retries", "0"]
     code, log, cancelled = run_and_cancel_training(workdir, model, *args)
     assert code != 0 and finetune_jobs(log) == [cancelled]
     assert not (workdir / f"results/finetune/{model}/model.safetensors").exists()  # nothing half-written stays
