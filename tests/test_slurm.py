@@ -276,6 +276,7 @@ def test_rerun_after_a_failed_run_resumes_and_completes(slurm_run, tiny_local_ru
     workdir, _ = slurm_run
     model = "demo_ct/scratch/resnet18"
     shutil.rmtree(workdir / f"results/finetune/{model}")  # one model to redo, and its features after it
+    (workdir / f"results/features/{model}.npz").unlink()  # (a present target would not need the model)
     args = [f"results/features/{model}.npz", "--retries", "0"]
     code, log, cancelled = run_and_cancel_training(workdir, model, *args)
     assert code != 0 and finetune_jobs(log) == [cancelled]
