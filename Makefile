@@ -3,8 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The SLURM executor plugin (pyproject extra `slurm`) in a venv of its own, layered on $(VENV) by a .pth file:
+# the tests' local snakemake calls stay free of the plugin's start-up probes (README, "GPUs and clusters").
+SLURM_VENV ?= .venv-slurm
+SLURM_STAMP := $(SLURM_VENV)/installed.stamp
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-slurm lint system-deps clean
 
 $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +18,13 @@ $(BIN)/snakemake: pyproject.toml
 
 setup: $(BIN)/snakemake
 
+$(SLURM_STAMP): pyproject.toml $(BIN)/snakemake
+	$(PYTHON) -m venv $(SLURM_VENV)
+	$(BIN)/python -c 'import sysconfig; print("import site; site.addsitedir(%r)" % sysconfig.get_path("purelib"))' \
+	  > "$$($(SLURM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/medxfer-base.pth"
+	$(SLURM_VENV)/bin/pip install -e ".[slurm]"
+	touch $@
+
 demo: setup
 	$(BIN)/snakemake --cores 2
 
@@ -22,8 +33,17 @@ lint: setup
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 
-test: lint
-	$(BIN)/pytest
+# Debian packages the tests use for real: Chromium renders the HTML report (tests/test_report_html.py). The
+# slurm-marked tests install and start SLURM themselves (tests/slurm/start-local-slurm.sh). Both need root.
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The slurm-marked tests bring up a real local SLURM (root, apt-get); `pytest -m "not slurm"` leaves them out.
+test: lint system-deps $(SLURM_STAMP)
+	MEDXFER_SLURM_PYTHON=$(abspath $(SLURM_VENV))/bin/python $(BIN)/pytest
+
+test-slurm: $(SLURM_STAMP)
+	MEDXFER_SLURM_PYTHON=$(abspath $(SLURM_VENV))/bin/python $(BIN)/pytest -m slurm
 
 clean:
 	rm -rf results/* data/demo .snakemake

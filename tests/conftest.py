@@ -12,13 +12,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def tiny_workdir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh temp dir holding tests/workflow/tiny.yaml as its config/config.yaml."""
+    workdir = tmp_path_factory.mktemp(name)
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
+    return workdir
+
+
+def snakemake_command(workdir: Path, *args: str, python: str = sys.executable) -> list[str]:
+    """The real Snakefile on `workdir`, from the given interpreter (one with the SLURM plugin for cluster runs)."""
+    return [python, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+
+
+def run_snakemake(
+    workdir: Path, *args: str, python: str = sys.executable, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """The real Snakefile on `workdir` (its config/config.yaml), in a subprocess; output captured."""
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        snakemake_command(workdir, *args, python=python), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +43,15 @@ def snakemake():
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole workflow run once on tests/workflow/tiny.yaml; shared by every workflow test (dry runs after).
+    """The whole workflow run locally once on tests/workflow/tiny.yaml (`--cores 2`); shared by every workflow test
+    (dry runs after) and the SLURM tests (which compare their results with it).
 
     $MEDXFER_TEST_RUN_DIR names an already finished tiny run to reuse instead (development only: tests edit it and
     put their edits back).
     """
     if os.environ.get("MEDXFER_TEST_RUN_DIR"):
         return Path(os.environ["MEDXFER_TEST_RUN_DIR"])
-    workdir = tmp_path_factory.mktemp("workflow")
-    (workdir / "config").mkdir()
-    shutil.copy(REPO / "tests" / "workflow" / "tiny.yaml", workdir / "config" / "config.yaml")
+    workdir = tiny_workdir(tmp_path_factory, "workflow")
     result = run_snakemake(workdir, "--cores", "2", timeout=1800)  # ~5 min alone on 2 cores, 15 on shared ones
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
