@@ -26,6 +26,7 @@ TARGETS, INITS, ARCHS = (TINY["finetune"][k] for k in ("targets", "inits", "arch
 CLASSIFIERS = list(TINY["classifiers"])
 SOURCE = TINY["pretrain"]["source"]
 SUMMARY = {("summarize_results", ""), ("all", "")}  # the report and the target rule: after any change
+FAITHFULNESS = {("summarize_faithfulness", "")}  # after any change to a fine-tuned model
 
 
 def planned(snakemake, run_dir: Path) -> set[tuple[str, str]]:
@@ -64,6 +65,9 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
         | jobs("explain_model", target=target, init=INITS, arch=ARCHS)
         | jobs("fuse_features", target=target, init=INITS)
         | jobs("train_classifier", target=target, init=INITS, clf=CLASSIFIERS)
+        | jobs("assess_robustness", target=target, init=INITS)
+        | jobs("plot_training_curves", target=target)
+        | FAITHFULNESS
         | SUMMARY
     )
 
@@ -149,7 +153,9 @@ def test_classifier_hyperparameters_rerun_that_classifier_only(run_dir, snakemak
     with restored(config):
         edit(config, "svm: {C: 1.0}", "svm: {C: 2.0}")
         got = planned(snakemake, run_dir)
-    assert got == jobs("train_classifier", target=TARGETS, init=INITS, clf="svm") | SUMMARY
+    # the robustness sweep assesses the best fused classifier, so it reads every fused classifier's results
+    robustness = jobs("assess_robustness", target=TARGETS, init=INITS)
+    assert got == jobs("train_classifier", target=TARGETS, init=INITS, clf="svm") | robustness | SUMMARY
 
 
 def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_dir, snakemake):
@@ -165,6 +171,9 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
         | jobs("explain_model", target=TARGETS, init=INITS, arch=new)
         | jobs("fuse_features", target=TARGETS, init=INITS)
         | jobs("train_classifier", target=TARGETS, init=INITS, clf=CLASSIFIERS)
+        | jobs("assess_robustness", target=TARGETS, init=INITS)
+        | jobs("plot_training_curves", target=TARGETS)
+        | FAITHFULNESS
         | SUMMARY
     )
     assert got == expected

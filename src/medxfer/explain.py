@@ -311,8 +311,11 @@ def explain_model(
     n_faithfulness: int = 8,
     lime_segments: int = 50,
     steps: int = 10,
+    faithfulness_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv.
+    """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv (in
+    out_dir, or at `faithfulness_path`: the workflow keeps it outside the folder so the summary reads a checksummed
+    file, not a folder whose time any copy or `dvc checkout` changes).
 
     The gallery images are spread over true/false positives/negatives and explain the predicted class; the
     faithfulness images (with a finding mask where the data set has masks) explain their true class.
@@ -361,7 +364,7 @@ def explain_model(
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
     faith = faithfulness(model, test, methods, n_faithfulness, lime_samples, lime_segments, steps, seed)
-    with atomic_path(out_dir / "faithfulness.csv") as tmp:
+    with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()
     logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))

@@ -333,17 +333,16 @@ def to_html(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def _explain_keys(path: Path) -> dict[str, str]:
-    """explain/{target}/{init}/{arch}/faithfulness.csv -> its target, init and arch."""
-    target, init, arch = path.parts[-4:-1]
-    return {"target": target, "init": init, "arch": arch}
+def _faithfulness_keys(path: Path) -> dict[str, str]:
+    """faithfulness/{target}/{init}/{arch}.csv -> its target, init and arch."""
+    return {"target": path.parts[-3], "init": path.parts[-2], "arch": path.stem}
 
 
 FAITHFULNESS = ("pointing_hit", "iou", "deletion_auc", "insertion_auc")
 
 
 def summarize_faithfulness(
-    explain_dirs: Sequence[str | os.PathLike],
+    faithfulness_files: Sequence[str | os.PathLike],
     out_csv: str | os.PathLike,
     out_means: str | os.PathLike,
     out_plot: str | os.PathLike,
@@ -351,11 +350,8 @@ def summarize_faithfulness(
     """Per model and method: pointing-game hit rate, mean IoU with the mask, deletion and insertion AUC; and the
     means per target and method (Grad-CAM vs Grad-CAM++ vs LIME vs the random map) with a bar chart."""
     frames = []
-    for folder in explain_dirs:
-        path = Path(folder) / "faithfulness.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no faithfulness results in this explain folder")
-        frames.append(pd.read_csv(path).assign(**_explain_keys(path)))
+    for path in map(Path, faithfulness_files):
+        frames.append(pd.read_csv(path).assign(**_faithfulness_keys(path)))
     images = pd.concat(frames, ignore_index=True)
     per_model = (
         images.groupby(["target", "init", "arch", "method"], sort=False)

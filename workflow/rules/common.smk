@@ -214,9 +214,14 @@ def classify_metrics(name="metrics.json"):
     )
 
 
-def explanations():
+def explanations(kind="folder"):
+    """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
+    pattern = {
+        "folder": f"{R}/explain/{{target}}/{{init}}/{{arch}}",
+        "faithfulness": f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
+    }[kind]
     return expand(
-        f"{R}/explain/{{target}}/{{init}}/{{arch}}",
+        pattern,
         target=FT["targets"],
         init=FT["inits"],
         arch=ARCHS,

@@ -4,7 +4,7 @@ rule explain_model:
         weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
         meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
     output:
-        report(
+        folder=report(
             directory(f"{R}/explain/{{target}}/{{init}}/{{arch}}"),
             patterns=["{gallery,gallery}.png"],
             caption="../report/gallery.rst",
@@ -12,6 +12,8 @@ rule explain_model:
             subcategory="{target}",
             labels={"init": "{init}", "model": "{arch}"},
         ),
+        # outside the folder: the summary's input is then a file Snakemake checksums, not a folder's time
+        faithfulness=f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
     log:
         f"{R}/logs/explain_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:

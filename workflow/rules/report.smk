@@ -28,7 +28,7 @@ rule summarize_results:
 
 rule summarize_faithfulness:
     input:
-        explanations=explanations(),
+        faithfulness=explanations("faithfulness"),
     output:
         table=f"{R}/report/faithfulness.csv",
         means=f"{R}/report/faithfulness_summary.csv",

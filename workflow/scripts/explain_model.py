@@ -14,7 +14,7 @@ with logged(sm.log[0]):
         Path(sm.input.weights).parent,
         Path(sm.input.manifest),
         Path(sm.input.images),
-        Path(sm.output[0]),
+        Path(sm.output.folder),
         methods=sm.params.explain["methods"],
         n_images=sm.params.explain["n_images"],
         lime_samples=sm.params.explain["lime_samples"],
@@ -24,4 +24,5 @@ with logged(sm.log[0]):
         n_faithfulness=sm.params.explain["n_faithfulness"],
         lime_segments=sm.params.explain["lime_segments"],
         steps=sm.params.explain["deletion_steps"],
+        faithfulness_path=Path(sm.output.faithfulness),
     )

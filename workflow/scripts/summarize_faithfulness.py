@@ -11,7 +11,7 @@ from medxfer.report import summarize_faithfulness
 
 with logged(sm.log[0]):
     summarize_faithfulness(
-        [Path(p) for p in sm.input.explanations],
+        [Path(p) for p in sm.input.faithfulness],
         Path(sm.output.table),
         Path(sm.output.means),
         Path(sm.output.plot),
