@@ -191,9 +191,13 @@ def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, run_dir, mon
     args = [*submit_args(), target, "--forcerun", "extract_features"]  # --forcerun takes several values: last
     result = run_snakemake(workdir, *args, python=slurm_python(), timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    ((_, job_id, rule),) = SUBMITTED.findall(result.stdout + result.stderr)
-    record = sacct([job_id])[job_id]
-    assert rule == "extract_features" and record["State"] == "COMPLETED" and "gpu" not in record["AllocTRES"]
+    # Upstream jobs may be submitted first: after a cluster run that generated the demo data, the next invocation
+    # re-ingests it once (its fingerprint param was recorded before the data existed; a known gap, see README).
+    submitted = {rule: job_id for _, job_id, rule in SUBMITTED.findall(result.stdout + result.stderr)}
+    job_id = submitted["extract_features"]
+    records = sacct(list(submitted.values()))
+    assert all(r["State"] == "COMPLETED" for r in records.values()), records
+    assert "gpu" not in records[job_id]["AllocTRES"]
     with (  # ids are object arrays; these files are this test's own
         np.load(workdir / target, allow_pickle=True) as ours,
         np.load(run_dir / target, allow_pickle=True) as local,
