@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -36,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from medxfer.fusion import load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
-from medxfer.metrics import N_BOOTSTRAP, evaluate, roc_points
+from medxfer.metrics import N_BOOTSTRAP, choose_threshold, decide, evaluate, roc_points
 
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
@@ -249,6 +250,33 @@ def _predict_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray
     return full
 
 
+def validation_threshold(
+    model: Pipeline,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    metric: str,
+    seed: int,
+    threads: int,
+    folds: int = CV_FOLDS,
+) -> tuple[float | None, dict[str, Any]]:
+    """The binary decision threshold that maximises `metric` on out-of-fold predictions on train+val.
+
+    Each case is scored by a copy of the model that never saw it, so the threshold is chosen on held-out
+    (validation) data; the test split plays no part. None (argmax) for multi-class or too few cases per class.
+    """
+    if np.unique(y).size != 2:
+        return None, {"rule": metric, "threshold": None, "skipped": "not a binary task: argmax"}
+    splitter, reason = _folds(y, groups, folds, seed)
+    if splitter is None:
+        return None, {"rule": metric, "threshold": None, "skipped": f"{reason}: argmax"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        oof = cross_val_predict(model, x, y, groups=groups, cv=splitter, method="predict_proba", n_jobs=threads)
+    threshold = choose_threshold(y, oof, metric)
+    return threshold, {"rule": metric, "threshold": threshold, "chosen_on": "out-of-fold predictions on train+val"}
+
+
 def _member_params(features_path: Path, member_metrics: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
     """Each member's CV-chosen params from its metrics.json, which must come from the same feature file."""
     members: dict[str, dict[str, Any]] = {}
@@ -260,9 +288,11 @@ def _member_params(features_path: Path, member_metrics: Sequence[str | os.PathLi
     return members
 
 
-def write_predictions(path: str | os.PathLike, data: Mapping[str, np.ndarray], proba: np.ndarray) -> None:
+def write_predictions(
+    path: str | os.PathLike, data: Mapping[str, np.ndarray], proba: np.ndarray, threshold: float | None = None
+) -> None:
     """image_id, study_id, label, probability (positive class; predicted class if multi-class), prediction, prob_*."""
-    prediction = proba.argmax(axis=1)
+    prediction = decide(proba, threshold)
     columns: dict[str, Any] = {"image_id": data["ids_test"]}
     if "study_test" in data:
         columns["study_id"] = data["study_test"]
@@ -290,12 +320,15 @@ def train_classifier(
     member_metrics: Sequence[str | os.PathLike] = (),
     n_bootstrap: int = N_BOOTSTRAP,
     cv_folds: int = CV_FOLDS,
+    decision: str = "argmax",
 ) -> dict[str, Any]:
     """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
 
     Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs. The ensemble takes
     its members' chosen params from their metrics.json files (`member_metrics`) and refits them together.
+    `decision`: argmax, or the metric whose best binary threshold is chosen out of fold on train+val.
     """
+    started = time.perf_counter()
     params = dict(params or {})
     threads = max(1, int(threads))
     features_path = Path(features_path)
@@ -312,19 +345,26 @@ def train_classifier(
             else:
                 best_params, cv = select_hyperparameters(name, params, x_fit, y_fit, groups, seed, threads, cv_folds)
             model = create_classifier(name, best_params, seed, threads)
+            threshold, decided = None, {"rule": "argmax", "threshold": None}
+            if decision != "argmax":
+                threshold, decided = validation_threshold(
+                    model, x_fit, y_fit, groups, decision, seed, threads, cv_folds
+                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(x_fit, y_fit)
             proba = _predict_proba(model, data["X_test"], len(classes))  # the one look at the test split
+            fit_seconds = time.perf_counter() - started
         except ValueError as exc:
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
 
     with atomic_path(model_path) as tmp:
         skops.io.dump(model, tmp)
-    write_predictions(predictions_path, data, proba)
+    write_predictions(predictions_path, data, proba, threshold)
 
-    metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed)
+    metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, threshold)
     metrics |= {
+        "decision": decided,
         "classifier": name,
         "params": params,
         "best_params": best_params,
@@ -332,6 +372,7 @@ def train_classifier(
         "features": str(features_path),
         "classes": classes,
         "n_fit": int(x_fit.shape[0]),
+        "fit_seconds": round(fit_seconds, 2),
         "n_features": int(x_fit.shape[1]),
         "seed": int(seed),
     }

@@ -66,6 +66,7 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None)
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _cross_check(config)
     _inherit_privacy(config)
+    config["finetune"]["seeds"] = config["finetune"]["seeds"] or [config["seed"]]
     return config
 
 
@@ -128,7 +129,7 @@ def training_params(config: Mapping[str, Any], stage: str, dataset: str | None =
     With `dataset`, that data set's own `augment` keys replace the stage's (e.g. no flips for a modality where
     left and right matter), so a job sees the augmentation it actually uses.
     """
-    selectors = {"source", "targets", "inits", "archs", "imagenet_weights"}
+    selectors = {"source", "targets", "inits", "archs", "imagenet_weights", "seeds"}
     params = {k: copy.deepcopy(v) for k, v in config[stage].items() if k not in selectors}
     if dataset is not None:
         params["augment"] = dict(params.get("augment", {})) | config["datasets"][dataset].get("augment", {})
@@ -144,6 +145,24 @@ def pretrain_sources(config: Mapping[str, Any]) -> list[str]:
 def pretrain_name(config: Mapping[str, Any]) -> str:
     """The pretraining source as it appears in paths: the data set names joined by '+'."""
     return "+".join(pretrain_sources(config))
+
+
+SEED_SUFFIX = "-seed"
+
+
+def init_runs(config: Mapping[str, Any], first_seed_only: bool = False) -> list[str]:
+    """The init folders of fine-tuning: each init for the first seed, then `<init>-seed<k>` for the other seeds."""
+    finetune = config["finetune"]
+    seeds = finetune["seeds"][:1] if first_seed_only else finetune["seeds"]
+    return [
+        init if i == 0 else f"{init}{SEED_SUFFIX}{seed}" for i, seed in enumerate(seeds) for init in finetune["inits"]
+    ]
+
+
+def parse_init_run(config: Mapping[str, Any], run: str) -> tuple[str, int]:
+    """An init folder name -> (init, training seed)."""
+    init, _, seed = run.partition(SEED_SUFFIX)
+    return init, int(seed) if seed else config["finetune"]["seeds"][0]
 
 
 def channels(dataset: Mapping[str, Any]) -> int:

@@ -7,12 +7,16 @@ the values equal sklearn's (tests/test_report.py checks that).
 
 Binary tasks: F1, sensitivity and specificity of the positive class (index 1), AUC on its probability.
 Multi-class tasks: macro F1, macro sensitivity (= balanced accuracy), macro specificity, one-vs-rest macro AUC.
-The decision is always argmax of the probabilities (0.5 for binary): no threshold is tuned on test data.
+The decision is argmax of the probabilities (0.5 for binary) unless a binary model carries a threshold, which is
+chosen on validation data (`choose_threshold`), never on test. ROC AUC does not depend on it.
+
+Replicates (the same model trained with several seeds, scored on the same test cases) are summarised by their
+mean and spread; `replicate_bootstrap` gives an interval of the mean by scoring every replicate on each resample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,10 +81,19 @@ def _auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.nda
     return _divide((pos * (below + 0.5 * neg)).sum(axis=1), total, np.nan)
 
 
-def _batch_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def decide(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted class: argmax, or for binary tasks with a threshold, positive where P(class 1) >= threshold."""
+    if threshold is None or proba.shape[1] != 2:
+        return proba.argmax(axis=1)
+    return (proba[:, 1] >= threshold).astype(np.int64)
+
+
+def _batch_metrics(
+    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray, threshold: float | None = None
+) -> dict[str, np.ndarray]:
     """Every metric in METRICS for each row of `weights` (B, n): the one place the formulas live."""
     n_classes = proba.shape[1]
-    y_pred = proba.argmax(axis=1)
+    y_pred = decide(proba, threshold)
     cm = _confusion(y_true, y_pred, weights, n_classes)
     n = cm.sum(axis=(1, 2))
     diag = np.diagonal(cm, axis1=1, axis2=2)
@@ -109,13 +122,44 @@ def _batch_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -
     return result
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
     """Point estimates of METRICS, the test size and the confusion matrix (rows true, columns predicted)."""
     y_true, proba = _check(y_true, proba)
     ones = np.ones((1, y_true.size))
-    point = {name: float(values[0]) for name, values in _batch_metrics(y_true, proba, ones).items()}
-    cm = _confusion(y_true, proba.argmax(axis=1), ones, proba.shape[1])[0].astype(np.int64)
-    return {"n": int(y_true.size), **{m: point[m] for m in METRICS}, "confusion_matrix": cm.tolist()}
+    point = {name: float(values[0]) for name, values in _batch_metrics(y_true, proba, ones, threshold).items()}
+    cm = _confusion(y_true, decide(proba, threshold), ones, proba.shape[1])[0].astype(np.int64)
+    result = {"n": int(y_true.size), **{m: point[m] for m in METRICS}, "confusion_matrix": cm.tolist()}
+    return result | ({} if threshold is None else {"threshold": float(threshold)})
+
+
+# Threshold candidates: at most this many quantiles of the validation scores (exact for smaller sets).
+_MAX_CANDIDATES = 400
+DECISION_METRICS = ("accuracy", "balanced_accuracy", "f1", "cohen_kappa")
+
+
+def choose_threshold(y_true: np.ndarray, proba: np.ndarray, metric: str) -> float | None:
+    """The P(class 1) cut-off that maximises `metric` on these (validation) cases; None for multi-class or when a
+    class is missing, where argmax stays the decision.
+
+    Candidates are the midpoints between neighbouring scores; of equally good ones the closest to 0.5 wins, so a
+    flat optimum does not drift to an extreme.
+    """
+    if metric not in DECISION_METRICS:
+        raise ValueError(f"unknown decision metric '{metric}'; allowed: {list(DECISION_METRICS)}")
+    y_true, proba = _check(y_true, proba)
+    if proba.shape[1] != 2 or np.unique(y_true).size < 2:
+        return None
+    scores = np.unique(proba[:, 1])
+    if scores.size > _MAX_CANDIDATES:
+        scores = np.unique(np.quantile(proba[:, 1], np.linspace(0, 1, _MAX_CANDIDATES)))
+    candidates = (
+        np.r_[scores[0] - 1e-9, (scores[1:] + scores[:-1]) / 2, scores[-1] + 1e-9] if scores.size > 1 else scores
+    )
+    ones = np.ones((1, y_true.size))
+    values = np.array([_batch_metrics(y_true, proba, ones, float(t))[metric][0] for t in candidates])
+    values = np.where(np.isnan(values), -np.inf, values)
+    best = np.flatnonzero(values == values.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
 def _resample_weights(groups: np.ndarray | None, n: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -150,15 +194,16 @@ def bootstrap_metrics(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
     level: float = CI_LEVEL,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Point estimates plus percentile bootstrap intervals `ci: {metric: [low, high]}` for every metric.
 
     With `groups` (study ids) whole studies are resampled, because images of one study are not independent.
     """
     y_true, proba = _check(y_true, proba)
-    result = classification_metrics(y_true, proba)
+    result = classification_metrics(y_true, proba, threshold)
     weights = _resample_weights(groups, y_true.size, n_resamples, seed)
-    replicates = _batch_metrics(y_true, proba, weights)
+    replicates = _batch_metrics(y_true, proba, weights, threshold)
     result["ci"] = {m: _interval(replicates[m], level) for m in METRICS}
     result["bootstrap"] = {
         "resamples": int(n_resamples),
@@ -192,16 +237,17 @@ def evaluate(
     studies: np.ndarray | None = None,
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Image-level metrics with intervals and, where studies group several images, study-level ones under `study`."""
-    result = bootstrap_metrics(y_true, proba, studies, n_resamples, seed)
+    result = bootstrap_metrics(y_true, proba, studies, n_resamples, seed, threshold=threshold)
     if studies is not None and np.unique(np.asarray(studies).astype(str)).size < len(y_true):
         aggregated = study_level(y_true, proba, studies)
         if aggregated is None:
             result["study"] = {"skipped": "a study holds images with different labels"}
         else:
             labels, study_proba, _ = aggregated
-            result["study"] = bootstrap_metrics(labels, study_proba, None, n_resamples, seed)
+            result["study"] = bootstrap_metrics(labels, study_proba, None, n_resamples, seed, threshold=threshold)
             result["study"]["bootstrap"]["unit"] = "study"
     return result
 
@@ -215,33 +261,88 @@ def read_predictions(path: Any) -> tuple[pd.DataFrame, np.ndarray]:
     return table, table[columns].to_numpy(np.float64)
 
 
-def evaluate_predictions(path: Any, n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+def evaluate_predictions(
+    path: Any, n_resamples: int = N_BOOTSTRAP, seed: int = 0, threshold: float | None = None
+) -> dict[str, Any]:
     """`evaluate` on a predictions.csv, so the CNN's own predictions get the same intervals as the classifiers."""
     table, proba = read_predictions(path)
     studies = table["study_id"].to_numpy(str) if "study_id" in table else None
-    return evaluate(table["label"].to_numpy(np.int64), proba, studies, n_resamples, seed)
+    return evaluate(table["label"].to_numpy(np.int64), proba, studies, n_resamples, seed, threshold)
 
 
-def paired_bootstrap(
+def _replicate_means(
+    y_true: np.ndarray, probas: Sequence[np.ndarray], thresholds: Sequence[float | None], weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each metric averaged over the replicates, for each row of `weights`: (B,) per metric."""
+    per_replicate = [_batch_metrics(y_true, p, weights, t) for p, t in zip(probas, thresholds, strict=True)]
+    return {m: np.mean([r[m] for r in per_replicate], axis=0) for m in METRICS}
+
+
+def _as_replicates(
+    y_true: np.ndarray, probas: np.ndarray | Sequence[np.ndarray], thresholds: Any
+) -> tuple[list[np.ndarray], list[float | None]]:
+    probas = [probas] if isinstance(probas, np.ndarray) else list(probas)
+    if not isinstance(thresholds, list | tuple):
+        thresholds = [thresholds] * len(probas)
+    if not probas or len(thresholds) != len(probas):
+        raise ValueError(f"{len(probas)} replicate probability matrices need as many thresholds, got {thresholds}")
+    return [_check(y_true, p)[1] for p in probas], list(thresholds)
+
+
+def replicate_bootstrap(
     y_true: np.ndarray,
-    proba_a: np.ndarray,
-    proba_b: np.ndarray,
+    probas: Sequence[np.ndarray],
+    thresholds: Sequence[float | None] | None = None,
     groups: np.ndarray | None = None,
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
     level: float = CI_LEVEL,
 ) -> dict[str, Any]:
+    """Replicates (seeds) of one model on the same test cases: per metric the mean, the standard deviation and
+    range over replicates, and a bootstrap interval of the mean (each resample scores every replicate).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probas, thresholds = _as_replicates(y_true, probas, thresholds)
+    ones = np.ones((1, y_true.size))
+    scored = [_batch_metrics(y_true, p, ones, t) for p, t in zip(probas, thresholds, strict=True)]
+    values = {m: np.array([s[m][0] for s in scored]) for m in METRICS}
+    means = _replicate_means(y_true, probas, thresholds, _resample_weights(groups, y_true.size, n_resamples, seed))
+    result: dict[str, Any] = {"n": int(y_true.size), "replicates": len(probas)}
+    for m in METRICS:
+        v = values[m]
+        result[m] = float(np.mean(v))
+        result[f"{m}_sd"] = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+        result[f"{m}_min"], result[f"{m}_max"] = float(np.min(v)), float(np.max(v))
+        result[f"{m}_lo"], result[f"{m}_hi"] = _interval(means[m], level)
+    return result
+
+
+def paired_bootstrap(
+    y_true: np.ndarray,
+    proba_a: np.ndarray | Sequence[np.ndarray],
+    proba_b: np.ndarray | Sequence[np.ndarray],
+    groups: np.ndarray | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+    threshold_a: float | None | Sequence[float | None] = None,
+    threshold_b: float | None | Sequence[float | None] = None,
+) -> dict[str, Any]:
     """A minus B on the same test cases and the same resamples: difference, its interval and a two-sided p-value.
 
     Pairing removes the case-to-case variation both models share, so the interval of the difference is much
-    tighter than comparing two separate intervals.
+    tighter than comparing two separate intervals. A and B may each be a list of replicates (seeds): then the
+    difference is that of their means over replicates.
     """
-    y_true, proba_a = _check(y_true, proba_a)
-    _, proba_b = _check(y_true, proba_b)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probas_a, thresholds_a = _as_replicates(y_true, proba_a, threshold_a)
+    probas_b, thresholds_b = _as_replicates(y_true, proba_b, threshold_b)
     weights = _resample_weights(groups, y_true.size, n_resamples, seed)
     ones = np.ones((1, y_true.size))
-    point_a, point_b = _batch_metrics(y_true, proba_a, ones), _batch_metrics(y_true, proba_b, ones)
-    reps_a, reps_b = _batch_metrics(y_true, proba_a, weights), _batch_metrics(y_true, proba_b, weights)
+    point_a = _replicate_means(y_true, probas_a, thresholds_a, ones)
+    point_b = _replicate_means(y_true, probas_b, thresholds_b, ones)
+    reps_a = _replicate_means(y_true, probas_a, thresholds_a, weights)
+    reps_b = _replicate_means(y_true, probas_b, thresholds_b, weights)
     result: dict[str, Any] = {}
     for m in METRICS:
         diff = reps_a[m] - reps_b[m]
@@ -257,7 +358,11 @@ def paired_bootstrap(
             "p_value": p_value,
         }
     unit = "study" if groups is not None else "image"
-    return {"metrics": result, "bootstrap": {"resamples": n_resamples, "seed": seed, "level": level, "unit": unit}}
+    return {
+        "metrics": result,
+        "replicates": [len(probas_a), len(probas_b)],
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "level": level, "unit": unit},
+    }
 
 
 def roc_points(y_true: np.ndarray, proba: np.ndarray, class_names: Mapping[int, str] | list[str]) -> pd.DataFrame:

@@ -18,10 +18,18 @@ import numpy as np
 import pandas as pd
 
 from medxfer.io import atomic_path, read_json, write_json, write_text
-from medxfer.metrics import METRICS, N_BOOTSTRAP, evaluate_predictions, paired_bootstrap, read_predictions
+from medxfer.metrics import (
+    METRICS,
+    N_BOOTSTRAP,
+    evaluate_predictions,
+    paired_bootstrap,
+    read_predictions,
+    replicate_bootstrap,
+)
 
 KEYS = ["target", "init", "features", "classifier"]
 PREDICTIONS = "predictions.csv"
+SEED_SUFFIX = "-seed"  # medxfer.config.init_runs: `<init>-seed<k>` folders are seed replicates of `<init>`
 
 
 def _keys(path: Path) -> dict[str, str]:
@@ -45,7 +53,7 @@ def _with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     metrics = read_json(path)
     predictions = path.with_name(PREDICTIONS)
     if "ci" not in metrics and predictions.is_file():
-        computed = evaluate_predictions(predictions, n_bootstrap, seed)
+        computed = evaluate_predictions(predictions, n_bootstrap, seed, metrics.get("threshold"))
         metrics = computed | {k: v for k, v in metrics.items() if k in METRICS or k == "n" or k not in computed}
     return metrics
 
@@ -68,6 +76,10 @@ def _row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
         row |= _flat("study_", study)
     row["predictions"] = str(path.with_name(PREDICTIONS)) if path.with_name(PREDICTIONS).is_file() else None
     row["selection_auc"] = _selection_auc(metrics)
+    row["threshold"] = metrics.get("threshold")
+    row["replicate_of"] = row["init"].partition(SEED_SUFFIX)[0]
+    for key in ("num_parameters", "train_seconds", "fit_seconds"):
+        row[key] = metrics.get(key)
     return row
 
 
@@ -91,24 +103,213 @@ def _best(rows: pd.DataFrame) -> pd.Series | None:
     return ranked.sort_values("_s", ascending=False, kind="stable").iloc[0]
 
 
+REPLICATE = ["replicate_of", "features", "classifier"]
+
+
+def _best_group(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """All seeds of the init/features/classifier with the highest mean selection AUC (never a test number)."""
+    if rows.empty:
+        return None
+    scores = rows.groupby(REPLICATE, sort=False)["selection_auc"].mean().fillna(-np.inf)
+    best = scores.idxmax()  # the first of equals in table order
+    return rows[(rows[REPLICATE] == pd.Series(best, index=REPLICATE)).all(axis=1)]
+
+
+def _threshold(value: Any) -> float | None:
+    return None if _missing(value) else float(value)
+
+
+def _replicate_predictions(group: pd.DataFrame, ids: pd.Series | None = None) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The first replicate's predictions table and every replicate's probabilities in the order of `ids` (default:
+    the first replicate's image order); every replicate must hold the same test images with the same labels."""
+    tables = [read_predictions(p) for p in group["predictions"]]
+    first = tables[0][0]
+    ids = first["image_id"] if ids is None else ids
+    probas = []
+    for path, (table, proba) in zip(group["predictions"], tables, strict=True):
+        if len(table) != len(ids) or set(table["image_id"]) != set(ids):
+            raise ValueError(f"{path} holds other test images than {group['predictions'].iloc[0]}")
+        order = pd.Series(np.arange(len(table)), index=table["image_id"])[ids].to_numpy()
+        if not np.array_equal(table["label"].to_numpy()[order], first.set_index("image_id").loc[ids, "label"]):
+            raise ValueError(f"{path} disagrees with {group['predictions'].iloc[0]} on test labels")
+        probas.append(proba[order])
+    return first.set_index("image_id").loc[ids].reset_index(), probas
+
+
+def _group_name(group: pd.DataFrame) -> str:
+    record = group.iloc[0]
+    seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+    return f"{record['replicate_of']}/{record['features']}/{record['classifier']}{seeds}"
+
+
+def paired_groups(a: pd.DataFrame, b: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap of A minus B (each all seeds of one model, averaged over seeds) on the same test cases."""
+    table, probas_a = _replicate_predictions(a)
+    try:
+        _, probas_b = _replicate_predictions(b, table["image_id"])
+    except (KeyError, ValueError) as err:
+        return {"skipped": f"{_group_name(a)} and {_group_name(b)} cannot be paired: {err}"}
+    groups = table["study_id"].to_numpy(str) if "study_id" in table else None
+    result = paired_bootstrap(
+        table["label"].to_numpy(np.int64),
+        probas_a,
+        probas_b,
+        groups,
+        n_bootstrap,
+        seed,
+        threshold_a=[_threshold(t) for t in a["threshold"]],
+        threshold_b=[_threshold(t) for t in b["threshold"]],
+    )
+    return {"a": _group_name(a), "b": _group_name(b), "n": len(table), **result}
+
+
 def compare_best(rows: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap: the best fused classifier (A) minus the best single fine-tuned CNN (B), same test cases."""
+    """Paired bootstrap: the best fused classifier (A) minus the best single fine-tuned CNN (B), same test cases;
+    with several seeds, each side is the mean over its seeds."""
     has_predictions = rows["predictions"].notna()
-    fused = _best(rows[(rows["features"] == "fused") & (rows["classifier"] != "cnn") & has_predictions])
-    cnn = _best(rows[(rows["classifier"] == "cnn") & has_predictions])
+    fused = _best_group(rows[(rows["features"] == "fused") & (rows["classifier"] != "cnn") & has_predictions])
+    cnn = _best_group(rows[(rows["classifier"] == "cnn") & has_predictions])
     if fused is None or cnn is None:
         return {"skipped": "needs a fused classifier and a fine-tuned CNN with predictions.csv"}
-    table_a, proba_a = read_predictions(fused["predictions"])
-    table_b, proba_b = read_predictions(cnn["predictions"])
-    if set(table_a["image_id"]) != set(table_b["image_id"]) or len(table_a) != len(table_b):
-        return {"skipped": f"{fused['predictions']} and {cnn['predictions']} hold different test images"}
-    order = pd.Series(np.arange(len(table_b)), index=table_b["image_id"])[table_a["image_id"]].to_numpy()
-    if not np.array_equal(table_a["label"].to_numpy(), table_b["label"].to_numpy()[order]):
-        raise ValueError(f"{fused['predictions']} and {cnn['predictions']} disagree on test labels")
-    groups = table_a["study_id"].to_numpy(str) if "study_id" in table_a else None
-    result = paired_bootstrap(table_a["label"].to_numpy(np.int64), proba_a, proba_b[order], groups, n_bootstrap, seed)
-    name = lambda r: f"{r['init']}/{r['features']}/{r['classifier']}"  # noqa: E731
-    return {"a": name(fused), "b": name(cnn), "n": len(table_a), **result}
+    return paired_groups(fused, cnn, n_bootstrap, seed)
+
+
+BENCHMARK_METRICS = ("accuracy", "balanced_accuracy", "f1", "cohen_kappa", "roc_auc")
+
+
+def _cnn_costs(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """(target, init run) -> arch -> (parameters, training seconds) of its fine-tuned CNNs."""
+    costs: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for record in table[table["classifier"] == "cnn"].to_dict("records"):
+        costs.setdefault((record["target"], record["init"]), {})[record["features"]] = (
+            record.get("num_parameters"),
+            record.get("train_seconds"),
+        )
+    return costs
+
+
+def _cost(record: dict[str, Any], costs: dict[tuple[str, str], dict[str, tuple[float, float]]]) -> tuple[Any, Any]:
+    """Parameters and training time behind a row: its CNN, or for a classifier the CNN(s) its features come from
+    (all of them for the fusion) plus the classifier's own fitting time."""
+    cnns = costs.get((record["target"], record["init"]), {})
+    used = list(cnns.values()) if record["features"] == "fused" else [cnns.get(record["features"], (None, None))]
+    if any(_missing(p) or _missing(t) for p, t in used) or not used:
+        return None, None
+    own = 0.0 if record["classifier"] == "cnn" else float(record.get("fit_seconds") or 0)
+    seconds = sum(t for _, t in used) + own
+    return int(sum(p for p, _ in used)), seconds
+
+
+def benchmark_table(table: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+    """One row per target x init x features x classifier over its seed replicates: the mean, standard deviation
+    and range over seeds of each metric, a bootstrap 95 % interval of the mean, parameters and training time."""
+    costs = _cnn_costs(table)
+    rows = []
+    for keys, group in table[table["predictions"].notna()].groupby(["target", *REPLICATE], sort=False):
+        first, probas = _replicate_predictions(group)
+        groups = first["study_id"].to_numpy(str) if "study_id" in first else None
+        thresholds = [_threshold(t) for t in group["threshold"]]
+        stats = replicate_bootstrap(first["label"].to_numpy(np.int64), probas, thresholds, groups, n_bootstrap, seed)
+        spent = [_cost(r, costs) for r in group.to_dict("records")]
+        seconds = [t for _, t in spent if t is not None]
+        rows.append(
+            dict(zip(["target", "init", "features", "classifier"], keys, strict=True))
+            | {"seeds": len(group), "n_test": stats["n"], "selection_auc": float(group["selection_auc"].mean())}
+            | {k: v for k, v in stats.items() if k.startswith(BENCHMARK_METRICS)}
+            | {"parameters": spent[0][0], "train_seconds": float(np.mean(seconds)) if seconds else None}
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_cell(record: dict[str, Any], metric: str) -> str:
+    sd = f" ± {record[f'{metric}_sd']:.3f}" if record["seeds"] > 1 else ""
+    low, high = record.get(f"{metric}_lo"), record.get(f"{metric}_hi")
+    interval = "" if _missing(low) else f" [{low:.3f}, {high:.3f}]"
+    return "n/a" if _missing(record.get(metric)) else f"{record[metric]:.3f}{sd}{interval}"
+
+
+def _count(value: Any) -> str:
+    if _missing(value):
+        return "n/a"
+    return f"{value / 1e6:.2f} M" if value >= 1e5 else f"{int(value):,}"
+
+
+def init_comparisons(rows: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> list[dict[str, Any]]:
+    """Per architecture, the fine-tuned CNNs of each pair of inits (in-domain vs scratch, in-domain vs ImageNet,
+    ImageNet vs scratch) on equal budget: paired bootstrap of their seed means."""
+    cnn = rows[(rows["classifier"] == "cnn") & rows["predictions"].notna()]
+    pairs = [("indomain", "scratch"), ("indomain", "imagenet"), ("imagenet", "scratch")]
+    results = []
+    for arch, by_arch in cnn.groupby("features", sort=False):
+        inits = {init: group for init, group in by_arch.groupby("replicate_of", sort=False)}
+        for a, b in pairs:
+            if a in inits and b in inits:
+                results.append({"arch": arch, **paired_groups(inits[a], inits[b], n_bootstrap, seed)})
+    return results
+
+
+def _difference_cell(comparison: dict[str, Any], metric: str) -> str:
+    d = comparison["metrics"][metric]
+    if d["ci"][0] is None:
+        return f"{d['difference']:+.3f}"
+    return f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p_value']:.3f}"
+
+
+def benchmark_markdown(
+    bench: pd.DataFrame,
+    comparisons: dict[str, dict[str, Any]],
+    init_pairs: dict[str, list[dict[str, Any]]],
+    report: dict[str, Any] | None = None,
+) -> str:
+    """The benchmark report: per target every row over seeds with intervals, costs, the paired comparisons and the
+    published anchors beside them."""
+    report = report or {}
+    anchors, notes = report.get("anchors", {}), report.get("notes", {})
+    names = ["ACC", "balanced ACC", "F1", "kappa", "AUC"]
+    lines = [
+        "# medxfer benchmark",
+        "",
+        "Test split. Each cell: mean ± standard deviation over the training seeds, then a bootstrap 95 % interval"
+        " of that mean (1000 resamples of the test cases, every seed scored on each). Binary decisions use the"
+        " threshold each model chose on validation data (never on test) when `decision.threshold` asks for one."
+        " Parameters: the CNN's, or the sum of the CNNs whose features a classifier uses; training time: their"
+        " fine-tuning plus the classifier's fit (pretraining not included).",
+        "",
+    ]
+    for target, rows in bench.groupby("target", sort=False):
+        lines += [f"## {target}", ""]
+        if target in notes:
+            lines += [notes[target], ""]
+        header = ["init", "features", "classifier", "seeds", *names, "parameters", "training time", "n"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for record in rows.to_dict("records"):
+            cells = [record["init"], record["features"], record["classifier"], str(record["seeds"])]
+            cells += [_mean_cell(record, m) for m in BENCHMARK_METRICS]
+            seconds = record["train_seconds"]
+            cells += [_count(record["parameters"]), "n/a" if _missing(seconds) else f"{seconds:.0f} s"]
+            lines.append("| " + " | ".join(cells + [str(record["n_test"])]) + " |")
+        if anchors.get(target):
+            lines += ["", "Published results on this data set (not run here):", ""]
+            lines += ["| model | " + " | ".join(names) + " | source |", "|" + "---|" * (len(names) + 2)]
+            for anchor in anchors[target]:
+                values = ["n/a" if m not in anchor else f"{anchor[m]:.3f}" for m in BENCHMARK_METRICS]
+                lines.append(f"| {anchor['model']} | " + " | ".join(values) + f" | {anchor['source']} |")
+        if str(target) in comparisons:
+            lines += ["", *_comparison_text(comparisons[str(target)])]
+        pairs = [c for c in init_pairs.get(str(target), []) if "skipped" not in c]
+        if pairs:
+            lines += [
+                "",
+                "Inits compared on equal budget (same architecture and fine-tuning settings; paired bootstrap of the"
+                " seed means, A minus B):",
+                "",
+            ]
+            lines += ["| arch | A | B | Δ kappa [95 % CI] | Δ AUC [95 % CI] |", "|---|---|---|---|---|"]
+            for c in pairs:
+                kappa, auc = _difference_cell(c, "cohen_kappa"), _difference_cell(c, "roc_auc")
+                lines.append(f"| {c['arch']} | {c['a']} | {c['b']} | {kappa} | {auc} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def summarize_results(
@@ -120,9 +321,13 @@ def summarize_results(
     seed: int = 0,
     out_headline: str | os.PathLike | None = None,
     out_html: str | os.PathLike | None = None,
+    out_benchmark_md: str | os.PathLike | None = None,
+    out_benchmark_csv: str | os.PathLike | None = None,
+    report: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md;
-    optionally the headline picks (headline.csv) and the whole table as HTML for the Snakemake report."""
+    optionally the headline picks (headline.csv), the whole table as HTML for the Snakemake report, and the
+    benchmark over seed replicates (benchmark.md/.csv, with the published anchors of `report`)."""
     table = pd.DataFrame([_row(Path(p), n_bootstrap, seed) for p in metrics_paths])
     table = table.sort_values(KEYS, key=lambda col: col.map(_order)).reset_index(drop=True)
     table["best"] = table.groupby("target")["cohen_kappa"].transform("max") == table["cohen_kappa"]
@@ -147,6 +352,14 @@ def summarize_results(
             headline(table).to_csv(tmp, index=False)
     if out_html is not None:
         write_text(out_html, to_html(table, comparisons))
+    if out_benchmark_md is not None or out_benchmark_csv is not None:
+        bench = benchmark_table(table, n_bootstrap, seed)
+        pairs = {str(t): init_comparisons(rows, n_bootstrap, seed) for t, rows in table.groupby("target", sort=False)}
+        if out_benchmark_csv is not None:
+            with atomic_path(out_benchmark_csv) as tmp:
+                bench.round(4).to_csv(tmp, index=False)
+        if out_benchmark_md is not None:
+            write_text(out_benchmark_md, benchmark_markdown(bench, comparisons, pairs, report))
     return table
 
 

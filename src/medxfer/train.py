@@ -28,7 +28,7 @@ from medxfer.cache import CachedDataset, Split, load_cached, pool
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger
-from medxfer.metrics import classification_metrics
+from medxfer.metrics import choose_threshold, classification_metrics, decide
 
 STRATEGIES = ("full", "linear_probe", "truncated")
 RESUME_FILE = "state.pt"
@@ -597,8 +597,13 @@ def finetune_model(
     device: str = "auto",
     log_path: Path | None = None,
     resume_dir: Path | None = None,
+    decision: str = "argmax",
 ) -> dict:
-    """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json."""
+    """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
+
+    `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
+    """
+    started = time.perf_counter()
     logger = get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
@@ -618,11 +623,15 @@ def finetune_model(
     set_strategy(model, strategy)
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
+    train_seconds = time.perf_counter() - started
     test, val = data.splits["test"], data.splits["val"]
-    proba = predict_proba(model, test.images, dev)
-    metrics = classification_metrics(test.labels, proba)
-    metrics["val"] = classification_metrics(val.labels, predict_proba(model, val.images, dev))
+    proba, val_proba = predict_proba(model, test.images, dev), predict_proba(model, val.images, dev)
+    threshold = None if decision == "argmax" else choose_threshold(val.labels, val_proba, decision)
+    metrics = classification_metrics(test.labels, proba, threshold)
+    metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
     metrics |= {
+        "decision": {"rule": decision, "threshold": threshold, "chosen_on": "val" if threshold is not None else None},
+        "train_seconds": round(train_seconds, 1),
         "arch": arch,
         "init": init,
         "strategy": strategy,
@@ -631,7 +640,7 @@ def finetune_model(
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
         "num_parameters": models.num_parameters(model),
     }
-    write_predictions(out_dir / "predictions.csv", test, proba, data.classes)
+    write_predictions(out_dir / "predictions.csv", test, proba, data.classes, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
     models.save(out_dir, model, meta | {"init_path": str(init_path) if init_path else None})
     write_json(out_dir / "metrics.json", metrics)
@@ -640,10 +649,12 @@ def finetune_model(
     return metrics
 
 
-def write_predictions(path: Path, split: Split, proba: np.ndarray, classes: list[str]) -> None:
-    table = pd.DataFrame(
-        {"image_id": split.ids, "study_id": split.studies, "label": split.labels, "prediction": proba.argmax(axis=1)}
-    )
+def write_predictions(
+    path: Path, split: Split, proba: np.ndarray, classes: list[str], threshold: float | None = None
+) -> None:
+    prediction = decide(proba, threshold)
+    columns = {"image_id": split.ids, "study_id": split.studies, "label": split.labels, "prediction": prediction}
+    table = pd.DataFrame(columns)
     for i, name in enumerate(classes):
         table[f"prob_{name}"] = proba[:, i]
     with atomic_path(path) as tmp:

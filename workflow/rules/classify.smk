@@ -17,6 +17,7 @@ rule train_classifier:
     threads: 1
     params:
         hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
-        seed=config["seed"],
+        seed=run_seed,
+        decision=config["decision"]["threshold"],
     script:
         "../scripts/train_classifier.py"

@@ -19,6 +19,8 @@ FT = config["finetune"]
 ARCHS = FT["archs"]
 CLASSIFIERS = list(config["classifiers"])
 FEATURE_SETS = ARCHS + ["fused"]
+# Fine-tuning runs: each init for the first seed, `<init>-seed<k>` for the others (finetune.seeds)
+INIT_RUNS = medxfer.config.init_runs(config)
 DEMO_SETS = ["xray_source", "mura", "ct"]
 
 
@@ -28,7 +30,7 @@ wildcard_constraints:
     source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(DEMO_SETS),
     arch="[a-z0-9_]+",
-    init="scratch|imagenet|indomain",
+    init="(scratch|imagenet|indomain)(-seed[0-9]+)?",
     clf="|".join(CLASSIFIERS),
     features="[a-z0-9_]+",
     size="[0-9]+",
@@ -112,11 +114,22 @@ def demo_params(wildcards):
     return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
 
 
+def base_init(wildcards):
+    """The init of a run folder (`indomain-seed1` -> `indomain`)."""
+    return medxfer.config.parse_init_run(config, wildcards.init)[0]
+
+
+def run_seed(wildcards):
+    """The training seed of a run folder: the first of finetune.seeds, or k for `<init>-seed<k>`."""
+    return medxfer.config.parse_init_run(config, wildcards.init)[1]
+
+
 def init_inputs(wildcards):
     """The weights a fine-tuning run starts from: none, a local ImageNet file, or a pretrain checkpoint."""
-    if wildcards.init == "imagenet":
+    init = base_init(wildcards)
+    if init == "imagenet":
         return {"weights": FT["imagenet_weights"][wildcards.arch]}
-    if wildcards.init == "indomain":
+    if init == "indomain":
         ckpt = f"{R}/pretrain/{medxfer.config.pretrain_name(config)}/{wildcards.arch}"
         return {"weights": f"{ckpt}/model.safetensors", "meta": f"{ckpt}/model.json"}
     return {}
@@ -199,7 +212,7 @@ def finetune_metrics(name="metrics.json"):
     return expand(
         f"{R}/finetune/{{target}}/{{init}}/{{arch}}/{name}",
         target=FT["targets"],
-        init=FT["inits"],
+        init=INIT_RUNS,
         arch=ARCHS,
     )
 
@@ -208,7 +221,7 @@ def classify_metrics(name="metrics.json"):
     return expand(
         f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/{name}",
         target=FT["targets"],
-        init=FT["inits"],
+        init=INIT_RUNS,
         features=FEATURE_SETS,
         clf=CLASSIFIERS,
     )
@@ -275,6 +288,7 @@ def final_outputs():
         f"{R}/report/metrics.json",
         f"{R}/report/summary.md",
         f"{R}/report/summary.html",
+        f"{R}/report/benchmark.md",
         f"{R}/report/faithfulness.csv",
         *explanations(),
         *expand(

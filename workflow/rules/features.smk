@@ -38,6 +38,6 @@ rule fuse_features:
         "../../envs/sklearn.yaml"
     params:
         fusion=config["fusion"],
-        seed=config["seed"],
+        seed=run_seed,
     script:
         "../scripts/fuse_features.py"

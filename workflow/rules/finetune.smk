@@ -22,7 +22,9 @@ rule finetune_model:
     params:
         train=finetune_params,
         resume=resume_dir("finetune"),
-        seed=config["seed"],
+        init=base_init,
+        seed=run_seed,
+        decision=config["decision"]["threshold"],
         device=config["device"],
     script:
         "../scripts/finetune_model.py"

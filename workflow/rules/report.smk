@@ -10,6 +10,8 @@ rule summarize_results:
         metrics=f"{R}/report/metrics.json",
         table=f"{R}/report/summary.md",
         headline=f"{R}/report/headline.csv",
+        benchmark_md=f"{R}/report/benchmark.md",
+        benchmark_csv=f"{R}/report/benchmark.csv",
         html=report(
             f"{R}/report/summary.html",
             caption="../report/summary.rst",
@@ -22,6 +24,7 @@ rule summarize_results:
         "../../envs/sklearn.yaml"
     params:
         seed=config["seed"],
+        report=config["report"],
     script:
         "../scripts/summarize_results.py"
 

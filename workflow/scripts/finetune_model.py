@@ -4,12 +4,12 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.log import logged
 from medxfer.train import finetune_model
 
-init, weights = sm.wildcards.init, sm.input.get("weights")
+init, weights = sm.params.init, sm.input.get("weights")  # the folder may name a seed replicate: indomain-seed1
 # imagenet: the weights file itself; indomain: the pretrain checkpoint folder; scratch: nothing
 init_path = None if weights is None else Path(weights).parent if init == "indomain" else Path(weights)
 with logged(sm.log[0]):
@@ -26,4 +26,5 @@ with logged(sm.log[0]):
         device=sm.params.device,
         log_path=Path(sm.log[0]),
         resume_dir=Path(sm.params.resume),
+        decision=sm.params.decision,
     )

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.log import logged
 from medxfer.report import summarize_results
@@ -18,4 +18,7 @@ with logged(sm.log[0]):
         seed=sm.params.seed,
         out_headline=Path(sm.output.headline),
         out_html=Path(sm.output.html),
+        out_benchmark_md=Path(sm.output.benchmark_md),
+        out_benchmark_csv=Path(sm.output.benchmark_csv),
+        report=sm.params.report,
     )

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).parents[1] / "src"))  # this checkout's medxfer, in any job environment
+sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in any job environment
 
 from medxfer.classify import train_classifier
 from medxfer.log import get_logger, logged
@@ -28,6 +28,7 @@ with logged(sm.log[0]):
             roc_plot=Path(sm.output.roc_plot[i]),
             confusion_plot=Path(sm.output.confusion_plot[i]),
             member_metrics=[m for m in members if m.parent.parent.name == feature_set],
+            decision=sm.params.decision,
         )
         summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {
             "best_params": metrics["best_params"]
