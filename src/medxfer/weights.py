@@ -48,18 +48,24 @@ def map_by_position(
 ) -> dict[str, torch.Tensor]:
     """`source`'s tensors under `target`'s keys, pair by pair in order; count and every shape must match.
 
-    A positional rename is only right if both lists describe the same network, so any mismatch stops it.
+    A positional rename is only right if both lists describe the same network, so any mismatch stops it; the first
+    differing position is named, as that is where the two networks part.
     """
-    if len(source) != len(target):
-        raise ValueError(f"{origin}: {len(source)} tensors, but the timm state dict has {len(target)}")
     mapped = {}
-    for pos, ((src_key, tensor), (dst_key, ref)) in enumerate(zip(source.items(), target.items(), strict=True)):
+    for pos, ((src_key, tensor), (dst_key, ref)) in enumerate(zip(source.items(), target.items(), strict=False)):
         if tensor.shape != ref.shape:
             raise ValueError(
                 f"{origin}: position {pos}: {src_key} {tuple(tensor.shape)} does not match timm's "
                 f"{dst_key} {tuple(ref.shape)}"
             )
         mapped[dst_key] = tensor.to(ref.dtype).contiguous()
+    if len(source) != len(target):
+        pos = len(mapped)
+        extra = f"{list(source)[pos]} has" if len(source) > pos else f"timm's {list(target)[pos]} has"
+        raise ValueError(
+            f"{origin}: {len(source)} tensors, but the timm state dict has {len(target)}; "
+            f"position {pos}: {extra} no counterpart"
+        )
     return mapped
 
 
