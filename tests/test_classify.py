@@ -251,3 +251,35 @@ def test_create_classifier_applies_seed_threads_and_params() -> None:
     assert mlp.hidden_layer_sizes == (32, 8)
     fixed, candidates = split_grid({"C": [1, 2], "kernel": "rbf", "gamma": [0.1, 1]})
     assert fixed == {"kernel": "rbf"} and len(candidates) == 4 and candidates[0] == {"C": 1, "gamma": 0.1}
+
+
+def _overlapping_binary(path: Path, seed: int = 0) -> Path:
+    """Two overlapping, imbalanced classes (1 in 4 positive): the best cut-off is not 0.5."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {"classes": np.array(["benign", "malignant"])}
+    for split, n in N.items():
+        y = (rng.random(n) < 0.25).astype(np.int64)
+        arrays[f"X_{split}"] = (y[:, None] * 1.2 + rng.normal(size=(n, 3))).astype(np.float32)
+        arrays[f"y_{split}"] = y
+        arrays[f"ids_{split}"] = np.array([f"{split}-{i:03d}" for i in range(n)])
+    save_npz(path, **arrays)
+    return path
+
+
+def test_decision_threshold_is_chosen_out_of_fold_never_on_test(tmp_path: Path) -> None:
+    features = _overlapping_binary(tmp_path / "features.npz")
+    metrics = _train(features, tmp_path / "a", "logreg", {"C": 1.0}, decision="balanced_accuracy")
+    threshold = metrics["decision"]["threshold"]
+    assert metrics["decision"]["chosen_on"] == "out-of-fold predictions on train+val"
+    assert 0 < threshold < 0.5 and metrics["threshold"] == threshold
+    predictions = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    np.testing.assert_array_equal(predictions["prediction"], (predictions["prob_malignant"] >= threshold).astype(int))
+    argmax = _train(features, tmp_path / "b", "logreg", {"C": 1.0})
+    assert metrics["balanced_accuracy"] > argmax["balanced_accuracy"]
+    assert metrics["roc_auc"] == argmax["roc_auc"]
+    # other test labels: the same threshold, so the test split played no part in choosing it
+    data = dict(np.load(features, allow_pickle=True))
+    data["y_test"] = 1 - data["y_test"]
+    save_npz(tmp_path / "flipped.npz", **data)
+    flipped = _train(tmp_path / "flipped.npz", tmp_path / "c", "logreg", {"C": 1.0}, decision="balanced_accuracy")
+    assert flipped["decision"]["threshold"] == threshold

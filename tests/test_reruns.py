@@ -177,3 +177,20 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
         | SUMMARY
     )
     assert got == expected
+
+
+def test_new_seed_runs_only_its_replicates_and_the_summary(run_dir, snakemake):
+    config = run_dir / "config/config.yaml"
+    with restored(config):
+        old = "archs: [resnet10t, resnet18]\n  epochs: 2"
+        edit(config, old, f"{old}\n  seeds: [0, 5]")  # the first seed, 0, is the one the tiny run used
+        got = planned(snakemake, run_dir)
+    replicates = [f"{init}-seed5" for init in INITS]
+    expected = (
+        jobs("finetune_model", target=TARGETS, init=replicates, arch=ARCHS)
+        | jobs("extract_features", target=TARGETS, init=replicates, arch=ARCHS)
+        | jobs("fuse_features", target=TARGETS, init=replicates)
+        | jobs("train_classifier", target=TARGETS, init=replicates, clf=CLASSIFIERS)
+        | SUMMARY
+    )
+    assert got == expected

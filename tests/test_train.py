@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from medxfer import models
-from medxfer.cache import CachedDataset, Split
+from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.features import extract_features, pooled_features
 from medxfer.log import get_logger
+from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, finetune_model, fit, pretrain_model, set_strategy
+from medxfer.train import class_weights, finetune_model, fit, predict_proba, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
 
@@ -80,6 +81,22 @@ def test_training_is_deterministic_on_cpu(cached, tmp_path):
     second = finetune_model(manifest, images, "resnet10t", "scratch", PARAMS, tmp_path / "b", threads=2, seed=1)
     assert first == second
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+
+
+def test_decision_threshold_comes_from_the_val_split(cached, tmp_path):
+    manifest, images = cached["mura"]
+    metrics = finetune_model(
+        manifest, images, "resnet10t", "scratch", PARAMS, tmp_path, threads=2, seed=0, decision="cohen_kappa"
+    )
+    model, _ = models.load(tmp_path)
+    val = load_cached(manifest, images).splits["val"]
+    expected = choose_threshold(val.labels, predict_proba(model, val.images, torch.device("cpu")), "cohen_kappa")
+    assert metrics["decision"] == {"rule": "cohen_kappa", "threshold": expected, "chosen_on": "val"}
+    table, proba = read_predictions(tmp_path / "predictions.csv")
+    np.testing.assert_array_equal(table["prediction"], decide(proba, expected))
+    assert expected is not None
+    recomputed = classification_metrics(table["label"].to_numpy(), proba, expected)
+    assert metrics["cohen_kappa"] == pytest.approx(recomputed["cohen_kappa"])
 
 
 def test_linear_probe_trains_only_the_head(cached, tmp_path):

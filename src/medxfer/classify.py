@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -328,7 +327,6 @@ def train_classifier(
     its members' chosen params from their metrics.json files (`member_metrics`) and refits them together.
     `decision`: argmax, or the metric whose best binary threshold is chosen out of fold on train+val.
     """
-    started = time.perf_counter()
     params = dict(params or {})
     threads = max(1, int(threads))
     features_path = Path(features_path)
@@ -354,7 +352,6 @@ def train_classifier(
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(x_fit, y_fit)
             proba = _predict_proba(model, data["X_test"], len(classes))  # the one look at the test split
-            fit_seconds = time.perf_counter() - started
         except ValueError as exc:
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
 
@@ -372,7 +369,6 @@ def train_classifier(
         "features": str(features_path),
         "classes": classes,
         "n_fit": int(x_fit.shape[0]),
-        "fit_seconds": round(fit_seconds, 2),
         "n_features": int(x_fit.shape[1]),
         "seed": int(seed),
     }

@@ -78,9 +78,15 @@ def _row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     row["selection_auc"] = _selection_auc(metrics)
     row["threshold"] = metrics.get("threshold")
     row["replicate_of"] = row["init"].partition(SEED_SUFFIX)[0]
-    for key in ("num_parameters", "train_seconds", "fit_seconds"):
-        row[key] = metrics.get(key)
+    row["num_parameters"] = metrics.get("num_parameters")
+    row["train_seconds"] = _training_seconds(path.with_name("log.csv")) if row["classifier"] == "cnn" else None
     return row
+
+
+def _training_seconds(log_csv: Path) -> float | None:
+    """A fine-tuning run's wall time from its per-epoch log (timings stay out of metrics.json, which must be the
+    same bit for bit on every run)."""
+    return float(pd.read_csv(log_csv)["seconds"].sum()) if log_csv.is_file() else None
 
 
 def _selection_auc(metrics: dict[str, Any]) -> float:
@@ -189,15 +195,13 @@ def _cnn_costs(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, tuple[flo
 
 
 def _cost(record: dict[str, Any], costs: dict[tuple[str, str], dict[str, tuple[float, float]]]) -> tuple[Any, Any]:
-    """Parameters and training time behind a row: its CNN, or for a classifier the CNN(s) its features come from
-    (all of them for the fusion) plus the classifier's own fitting time."""
+    """Parameters and fine-tuning time behind a row: its CNN, or for a classifier the CNN(s) its features come from
+    (all of them for the fusion)."""
     cnns = costs.get((record["target"], record["init"]), {})
     used = list(cnns.values()) if record["features"] == "fused" else [cnns.get(record["features"], (None, None))]
     if any(_missing(p) or _missing(t) for p, t in used) or not used:
         return None, None
-    own = 0.0 if record["classifier"] == "cnn" else float(record.get("fit_seconds") or 0)
-    seconds = sum(t for _, t in used) + own
-    return int(sum(p for p, _ in used)), seconds
+    return int(sum(p for p, _ in used)), float(sum(t for _, t in used))
 
 
 def benchmark_table(table: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
@@ -273,7 +277,7 @@ def benchmark_markdown(
         " of that mean (1000 resamples of the test cases, every seed scored on each). Binary decisions use the"
         " threshold each model chose on validation data (never on test) when `decision.threshold` asks for one."
         " Parameters: the CNN's, or the sum of the CNNs whose features a classifier uses; training time: their"
-        " fine-tuning plus the classifier's fit (pretraining not included).",
+        " fine-tuning wall time (log.csv; pretraining and the classifier's own fit not included).",
         "",
     ]
     for target, rows in bench.groupby("target", sort=False):

@@ -603,7 +603,6 @@ def finetune_model(
 
     `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
     """
-    started = time.perf_counter()
     logger = get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
@@ -623,7 +622,6 @@ def finetune_model(
     set_strategy(model, strategy)
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
-    train_seconds = time.perf_counter() - started
     test, val = data.splits["test"], data.splits["val"]
     proba, val_proba = predict_proba(model, test.images, dev), predict_proba(model, val.images, dev)
     threshold = None if decision == "argmax" else choose_threshold(val.labels, val_proba, decision)
@@ -631,7 +629,6 @@ def finetune_model(
     metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
     metrics |= {
         "decision": {"rule": decision, "threshold": threshold, "chosen_on": "val" if threshold is not None else None},
-        "train_seconds": round(train_seconds, 1),
         "arch": arch,
         "init": init,
         "strategy": strategy,
