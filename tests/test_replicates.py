@@ -140,6 +140,10 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
     anchors = {"t": [{"model": "Published net", "accuracy": 0.912, "roc_auc": 0.95, "source": "Paper, Table 1"}]}
     report = {"anchors": anchors, "notes": {"t": "Split by patient."}}
     out = tmp_path / "report"
+    overlap = tmp_path / "datasets/t/source_overlap.json"
+    overlap.parent.mkdir(parents=True)
+    checked = {"n_test": len(y), "overlap": {"src": {"count": 0, "examples": []}}}
+    overlap.write_text(json.dumps(checked | {"target": str(overlap.with_name("manifest.csv"))}))
     summarize_results(
         paths,
         out / "s.csv",
@@ -149,6 +153,7 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
         out_benchmark_md=out / "b.md",
         out_benchmark_csv=out / "b.csv",
         report=report,
+        overlap_paths=[overlap],
     )
     bench = pd.read_csv(out / "b.csv")
     assert len(bench) == 3 and set(bench["seeds"]) == {3}
@@ -166,6 +171,7 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
     md = (out / "b.md").read_text()
     assert "| Published net | 0.912 | n/a | n/a | n/a | 0.950 | Paper, Table 1 |" in md
     assert "Split by patient." in md and " ± " in md
+    assert f"0 of {len(y)} test images are exact copies of an image in the in-domain pretraining sources (src 0)" in md
     assert "| netA | indomain/netA/cnn (3 seeds) | scratch/netA/cnn (3 seeds) |" in md
     comparison = json.loads((out / "m.json").read_text())["t"]["paired_comparison"]
     assert comparison["a"] == "indomain/fused/logreg (3 seeds)" and comparison["replicates"] == [3, 3]

@@ -259,15 +259,25 @@ def _difference_cell(comparison: dict[str, Any], metric: str) -> str:
     return f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p_value']:.3f}"
 
 
+def _overlap_text(check: dict[str, Any]) -> str:
+    found = {name: part["count"] for name, part in check["overlap"].items()}
+    per_source = ", ".join(f"{name} {count}" for name, count in found.items())
+    return (
+        f"Source overlap (content hash): {sum(found.values())} of {check['n_test']} test images are exact copies of an"
+        f" image in the in-domain pretraining sources ({per_source})."
+    )
+
+
 def benchmark_markdown(
     bench: pd.DataFrame,
     comparisons: dict[str, dict[str, Any]],
     init_pairs: dict[str, list[dict[str, Any]]],
     report: dict[str, Any] | None = None,
+    overlaps: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """The benchmark report: per target every row over seeds with intervals, costs, the paired comparisons and the
-    published anchors beside them."""
-    report = report or {}
+    """The benchmark report: per target every row over seeds with intervals, costs, the paired comparisons, the
+    published anchors beside them and the check that no test image was a pretraining image."""
+    report, overlaps = report or {}, overlaps or {}
     anchors, notes = report.get("anchors", {}), report.get("notes", {})
     names = ["ACC", "balanced ACC", "F1", "kappa", "AUC"]
     lines = [
@@ -284,6 +294,8 @@ def benchmark_markdown(
         lines += [f"## {target}", ""]
         if target in notes:
             lines += [notes[target], ""]
+        if target in overlaps:
+            lines += [_overlap_text(overlaps[target]), ""]
         header = ["init", "features", "classifier", "seeds", *names, "parameters", "training time", "n"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for record in rows.to_dict("records"):
@@ -328,6 +340,7 @@ def summarize_results(
     out_benchmark_md: str | os.PathLike | None = None,
     out_benchmark_csv: str | os.PathLike | None = None,
     report: dict[str, Any] | None = None,
+    overlap_paths: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md;
     optionally the headline picks (headline.csv), the whole table as HTML for the Snakemake report, and the
@@ -363,7 +376,8 @@ def summarize_results(
             with atomic_path(out_benchmark_csv) as tmp:
                 bench.round(4).to_csv(tmp, index=False)
         if out_benchmark_md is not None:
-            write_text(out_benchmark_md, benchmark_markdown(bench, comparisons, pairs, report))
+            overlaps = {Path(read_json(p)["target"]).parent.name: read_json(p) for p in overlap_paths}
+            write_text(out_benchmark_md, benchmark_markdown(bench, comparisons, pairs, report, overlaps))
     return table
 
 

@@ -282,6 +282,14 @@ def mark_report(path, caption, category, features):
     )
 
 
+def source_overlap_checks():
+    """Per target, the check that no test image is a copy of a pretraining image (only with in-domain init)."""
+    return expand(
+        f"{R}/datasets/{{target}}/source_overlap.json",
+        target=FT["targets"] if indomain_sources() else [],
+    )
+
+
 def final_outputs():
     return [
         f"{R}/report/summary.csv",
@@ -297,8 +305,5 @@ def final_outputs():
             init=FT["inits"],
         ),
         *expand(f"{R}/report/training/{{target}}.png", target=FT["targets"]),
-        *expand(
-            f"{R}/datasets/{{target}}/source_overlap.json",
-            target=FT["targets"] if indomain_sources() else [],
-        ),
+        *source_overlap_checks(),
     ]

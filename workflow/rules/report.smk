@@ -5,6 +5,7 @@ rule summarize_results:
         # read beside each metrics.json: bootstrap intervals for the CNN rows, the paired comparison
         cnn_predictions=finetune_metrics("predictions.csv"),
         predictions=classify_metrics("predictions.csv"),
+        overlap=source_overlap_checks(),
     output:
         summary=f"{R}/report/summary.csv",
         metrics=f"{R}/report/metrics.json",

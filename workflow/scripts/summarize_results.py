@@ -21,4 +21,5 @@ with logged(sm.log[0]):
         out_benchmark_md=Path(sm.output.benchmark_md),
         out_benchmark_csv=Path(sm.output.benchmark_csv),
         report=sm.params.report,
+        overlap_paths=[Path(p) for p in sm.input.overlap],
     )
