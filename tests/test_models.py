@@ -105,3 +105,14 @@ def test_real_imagenet_init_truncated_keeps_the_early_stages():
     model = models.create_initialised("efficientnet_lite0", 2, 3, "imagenet", path, truncate_stages=3)
     assert torch.equal(model.state_dict()["blocks.2.0.conv_pw.weight"], weights["blocks.2.0.conv_pw.weight"])
     assert models.num_parameters(model) < 100_000 < models.num_parameters(models.create("efficientnet_lite0", 2, 3))
+
+
+def test_new_head_starts_near_zero_for_every_architecture():
+    """timm's EfficientNet head init gives 2-class logits with std > 10 in train mode; ours starts near zero."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 28, 28)
+    for arch in ("efficientnet_lite0", "resnet10t"):
+        model = models.create(arch, 2, 1).train()
+        head = model.get_classifier()
+        assert head.weight.std() < 2 * models.HEAD_STD and torch.count_nonzero(head.bias) == 0
+        assert model(x).std() < 1.0, arch

@@ -28,7 +28,24 @@ def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | No
     if arch not in timm.list_models():
         raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    return model if truncate_stages is None else truncate(model, truncate_stages, num_classes)
+    model = model if truncate_stages is None else truncate(model, truncate_stages, num_classes)
+    init_head(model)
+    return model
+
+
+HEAD_STD = 0.01
+
+
+def init_head(model: nn.Module) -> None:
+    """Start the classification head near zero (normal, std HEAD_STD; bias 0), as fine-tuning recipes do.
+
+    timm's EfficientNet head follows Google's init, uniform in +-1/sqrt(num_classes): for two classes that is +-0.7
+    per weight, logits with a standard deviation above 10 at the start, and a loss that first has to undo them.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=HEAD_STD)
+        nn.init.zeros_(head.bias)
 
 
 def truncate(model: nn.Module, stages: int, num_classes: int) -> nn.Module:
