@@ -73,6 +73,36 @@ def test_summary_compares_inits_features_and_classifiers(run_dir):
     assert 0 <= nested["demo_ct"]["indomain"]["fused"]["svm"]["accuracy"] <= 1
 
 
+def test_decisions_use_thresholds_chosen_on_validation_data(run_dir):
+    """tiny.yaml sets decision.threshold: each binary model records the cut-off it chose and applies it on test."""
+    results = run_dir / "results"
+    for path in [*results.glob("finetune/*/*/*/metrics.json"), *results.glob("classify/*/*/*/*/metrics.json")]:
+        metrics = json.loads(path.read_text())
+        assert metrics["decision"]["rule"] == "balanced_accuracy", path
+        threshold = metrics["decision"]["threshold"]
+        if threshold is None:  # too few validation cases of a class to choose on: argmax, and it says why
+            assert "skipped" in metrics["decision"], path
+            continue
+        predictions = pd.read_csv(path.with_name("predictions.csv"))
+        positive = [c for c in predictions.columns if c.startswith("prob_")][1]
+        assert (predictions["prediction"] == (predictions[positive] >= threshold).astype(int)).all(), path
+
+
+def test_benchmark_table_covers_every_row_with_its_costs(run_dir):
+    bench = pd.read_csv(run_dir / "results/report/benchmark.csv")
+    assert len(bench) == 2 * 2 * 2 + 2 * 2 * 3 * 4 and set(bench["seeds"]) == {1}
+    cnn = bench[bench["classifier"] == "cnn"]
+    assert (cnn["parameters"] > 0).all() and (cnn["train_seconds"] > 0).all()
+    fused = bench[bench["features"] == "fused"]
+    per_arch = cnn.set_index(["target", "init", "features"])["parameters"]
+    for record in fused.to_dict("records"):
+        assert record["parameters"] == per_arch[record["target"], record["init"]].sum()
+    text = (run_dir / "results/report/benchmark.md").read_text()
+    assert "## demo_mura" in text and "## demo_ct" in text
+    assert "test images are exact copies of an image in the in-domain pretraining sources" in text
+    assert "Inits compared on equal budget" in text
+
+
 def test_heatmaps_open_and_show_every_method(run_dir):
     pngs = 0
     for index_path in (run_dir / "results/explain").glob("*/*/*/index.csv"):

@@ -628,7 +628,7 @@ def finetune_model(
     metrics = classification_metrics(test.labels, proba, threshold)
     metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
     metrics |= {
-        "decision": {"rule": decision, "threshold": threshold, "chosen_on": "val" if threshold is not None else None},
+        "decision": _decision_record(decision, threshold),
         "arch": arch,
         "init": init,
         "strategy": strategy,
@@ -644,6 +644,15 @@ def finetune_model(
     clear_resume(resume_dir)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})
     return metrics
+
+
+def _decision_record(rule: str, threshold: float | None) -> dict[str, Any]:
+    """What metrics.json says about the decision: the rule, the cut-off, where it was chosen, or why argmax."""
+    if threshold is not None:
+        return {"rule": rule, "threshold": threshold, "chosen_on": "val"}
+    if rule == "argmax":
+        return {"rule": rule, "threshold": None}
+    return {"rule": rule, "threshold": None, "skipped": "multi-class, or a class missing from the val split: argmax"}
 
 
 def write_predictions(
