@@ -352,7 +352,8 @@ def summarize_results(
         str(target): compare_best(rows, n_bootstrap, seed) for target, rows in table.groupby("target", sort=False)
     }
     with atomic_path(out_csv) as tmp:
-        table.drop(columns="predictions").round(4).to_csv(tmp, index=False)
+        # wall times differ from run to run: they go to benchmark.csv, never into the bit-for-bit summary
+        table.drop(columns=["predictions", "train_seconds"]).round(4).to_csv(tmp, index=False)
     nested: dict[str, Any] = {}
     point_columns = [c for c in table.columns if c.removeprefix("study_") in METRICS]
     for record in table.to_dict("records"):

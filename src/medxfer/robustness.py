@@ -162,6 +162,11 @@ def assess_robustness(
     classifier = load_classifier(best.with_name("model.skops"))
     fused_name = f"fused/{best.parent.name}"
     names = [meta["arch"] for _, meta in cnns] + [fused_name]
+    # each model decides as it did on the clean test split: its own validation-chosen threshold, if any
+    thresholds = {
+        meta["arch"]: _threshold(Path(d) / "metrics.json") for (_, meta), d in zip(cnns, model_dirs, strict=True)
+    }
+    thresholds[fused_name] = _threshold(best)
 
     def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
         out = {meta["arch"]: predict_proba(model, batch, dev, batch_size) for model, meta in cnns}
@@ -179,7 +184,7 @@ def assess_robustness(
         else:
             batch = perturb(test.images, kind, level, seed)
         for name, proba in scores(batch).items():
-            metrics = classification_metrics(test.labels, proba)
+            metrics = classification_metrics(test.labels, proba, thresholds[name])
             rows.append(
                 {"model": name, "perturbation": kind, "severity": severity, "level": level}
                 | {m: metrics[m] for m in METRICS}
@@ -197,6 +202,11 @@ def assess_robustness(
         table.round(4).to_csv(tmp, index=False)
     plot_robustness(table, out_plot, f"{best.parts[-5]} / {best.parts[-4]} init")  # classify/{target}/{init}/..
     return table
+
+
+def _threshold(metrics_path: Path) -> float | None:
+    """The decision threshold recorded in a model's metrics.json (written by the same job as the model)."""
+    return read_json(metrics_path).get("threshold") if Path(metrics_path).is_file() else None
 
 
 def plot_robustness(table: pd.DataFrame, path: Path, title: str) -> None:
