@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medxfer.config import SEED_SUFFIX  # `<init>-seed<k>` folders are seed replicates of `<init>`
 from medxfer.io import atomic_path, read_json, write_json, write_text
 from medxfer.metrics import (
     METRICS,
@@ -29,7 +30,6 @@ from medxfer.metrics import (
 
 KEYS = ["target", "init", "features", "classifier"]
 PREDICTIONS = "predictions.csv"
-SEED_SUFFIX = "-seed"  # medxfer.config.init_runs: `<init>-seed<k>` folders are seed replicates of `<init>`
 
 
 def _keys(path: Path) -> dict[str, str]:
