@@ -283,3 +283,25 @@ def test_decision_threshold_is_chosen_out_of_fold_never_on_test(tmp_path: Path) 
     save_npz(tmp_path / "flipped.npz", **data)
     flipped = _train(tmp_path / "flipped.npz", tmp_path / "c", "logreg", {"C": 1.0}, decision="balanced_accuracy")
     assert flipped["decision"]["threshold"] == threshold
+
+
+@pytest.mark.parametrize("name", ["svm", ENSEMBLE])
+def test_wide_features_are_pca_reduced_inside_the_pipeline(name: str, tmp_path: Path) -> None:
+    wide = _write_blobs(tmp_path / "wide.npz", dim=40)
+    metrics = _train(wide, tmp_path / name, name, pca_components=8)
+    model = load_classifier(tmp_path / name / "model.skops")
+    pca = model.named_steps["reduce_pca"]
+    assert metrics["pca_components"] == 8 and metrics["n_features"] == 40
+    assert pca.n_components_ == 8 and pca.n_features_in_ == 40  # fitted on the wide features, in the pipeline
+    assert metrics["accuracy"] > 0.9  # the blobs stay separable in 8 components
+
+    narrow = _write_blobs(tmp_path / "narrow.npz", dim=6)  # no wider than asked: left as it is
+    metrics = _train(narrow, tmp_path / "narrow", "svm", GRIDS["svm"], pca_components=8)
+    assert metrics["pca_components"] is None
+    assert "reduce_pca" not in load_classifier(tmp_path / "narrow" / "model.skops").named_steps
+
+
+def test_pca_wider_than_a_cv_fold_names_the_file(tmp_path: Path) -> None:
+    wide = _write_blobs(tmp_path / "wide.npz", dim=200)
+    with pytest.raises(ValueError, match=r"wide\.npz: pca_components=100 exceeds the 56 rows of a CV training fold"):
+        _train(wide, tmp_path / "svm", "svm", {"C": 1.0}, pca_components=100)

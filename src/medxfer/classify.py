@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import skops.io
 from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
@@ -143,11 +144,21 @@ def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
     return Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
 
 
-def create_classifier(name: str, params: Mapping[str, Any] | None, seed: int, threads: int) -> Pipeline:
-    """Build an unfitted pipeline for a registered classifier; config errors name the classifier and key."""
+def create_classifier(
+    name: str, params: Mapping[str, Any] | None, seed: int, threads: int, reduce_to: int | None = None
+) -> Pipeline:
+    """Build an unfitted pipeline for a registered classifier; config errors name the classifier and key.
+
+    `reduce_to`: standardise and project onto that many principal components first. Being part of the pipeline,
+    the projection is refitted in every CV fold, so it never sees the rows it is scored on.
+    """
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier '{name}'; allowed: {sorted(CLASSIFIERS)}")
-    return CLASSIFIERS[name](dict(params or {}), int(seed), max(1, int(threads)))
+    pipeline = CLASSIFIERS[name](dict(params or {}), int(seed), max(1, int(threads)))
+    if reduce_to is None:
+        return pipeline
+    reduce = [("reduce_scaler", StandardScaler()), ("reduce_pca", PCA(n_components=int(reduce_to), random_state=seed))]
+    return Pipeline([*reduce, *pipeline.steps])
 
 
 def load_classifier(path: str | os.PathLike) -> Pipeline:
@@ -201,6 +212,7 @@ def select_hyperparameters(
     seed: int,
     threads: int,
     folds: int = CV_FOLDS,
+    reduce_to: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Best params by mean CV ROC AUC (one-vs-rest macro for multi-class) and a report of every candidate.
 
@@ -208,7 +220,7 @@ def select_hyperparameters(
     """
     fixed, candidates = split_grid(params)
     for candidate in candidates:
-        create_classifier(name, fixed | candidate, seed, threads)
+        create_classifier(name, fixed | candidate, seed, threads, reduce_to)
     if len(candidates) == 1:
         return fixed | candidates[0], {"candidates": 1, "skipped": "a single candidate: nothing to choose"}
     splitter, reason = _folds(y, groups, folds, seed)
@@ -217,7 +229,7 @@ def select_hyperparameters(
     scoring = "roc_auc" if np.unique(y).size == 2 else "roc_auc_ovr"
     results = []
     for candidate in candidates:
-        model = create_classifier(name, fixed | candidate, seed, 1)
+        model = create_classifier(name, fixed | candidate, seed, 1, reduce_to)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             scores = cross_val_score(
@@ -320,12 +332,15 @@ def train_classifier(
     n_bootstrap: int = N_BOOTSTRAP,
     cv_folds: int = CV_FOLDS,
     decision: str = "argmax",
+    pca_components: int | None = None,
 ) -> dict[str, Any]:
     """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
 
     Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs. The ensemble takes
     its members' chosen params from their metrics.json files (`member_metrics`) and refits them together.
     `decision`: argmax, or the metric whose best binary threshold is chosen out of fold on train+val.
+    `pca_components`: features wider than this are standardised and PCA-reduced inside the pipeline (the cost of
+    SVM and k-NN grows with the width; the fused set is usually reduced already, by the fusion).
     """
     params = dict(params or {})
     threads = max(1, int(threads))
@@ -335,14 +350,22 @@ def train_classifier(
     x_fit, y_fit, groups = fit_data(data)
     if data["X_train"].shape[0] == 0 or data["X_test"].shape[0] == 0:
         raise ValueError(f"{features_path}: train and test splits must not be empty")
+    reduce_to = pca_components if pca_components is not None and x_fit.shape[1] > pca_components else None
+    fold_rows = x_fit.shape[0] * (cv_folds - 1) // cv_folds
+    if reduce_to is not None and reduce_to > fold_rows:
+        raise ValueError(
+            f"{features_path}: pca_components={reduce_to} exceeds the {fold_rows} rows of a CV training fold"
+        )
     with threadpool_limits(limits=threads):
         try:
             if name == ENSEMBLE:
                 best_params: dict[str, Any] = {"members": _member_params(features_path, member_metrics)}
                 cv: dict[str, Any] = {"skipped": "members' params were chosen by their own CV"}
             else:
-                best_params, cv = select_hyperparameters(name, params, x_fit, y_fit, groups, seed, threads, cv_folds)
-            model = create_classifier(name, best_params, seed, threads)
+                best_params, cv = select_hyperparameters(
+                    name, params, x_fit, y_fit, groups, seed, threads, cv_folds, reduce_to
+                )
+            model = create_classifier(name, best_params, seed, threads, reduce_to)
             threshold, decided = None, {"rule": "argmax", "threshold": None}
             if decision != "argmax":
                 threshold, decided = validation_threshold(
@@ -370,6 +393,7 @@ def train_classifier(
         "classes": classes,
         "n_fit": int(x_fit.shape[0]),
         "n_features": int(x_fit.shape[1]),
+        "pca_components": reduce_to,
         "seed": int(seed),
     }
     roc = roc_points(data["y_test"], proba, classes)

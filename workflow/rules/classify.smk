@@ -19,5 +19,6 @@ rule train_classifier:
         hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
         seed=run_seed,
         decision=config["decision"]["threshold"],
+        pca_components=config["classify"]["pca_components"],
     script:
         "../scripts/train_classifier.py"

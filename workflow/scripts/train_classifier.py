@@ -29,6 +29,7 @@ with logged(sm.log[0]):
             confusion_plot=Path(sm.output.confusion_plot[i]),
             member_metrics=[m for m in members if m.parent.parent.name == feature_set],
             decision=sm.params.decision,
+            pca_components=sm.params.pca_components,
         )
         summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {
             "best_params": metrics["best_params"]
