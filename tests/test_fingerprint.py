@@ -6,7 +6,14 @@ import json
 import os
 from pathlib import Path
 
-from medxfer.fingerprint import ABSENT, dataset_fingerprint, fingerprint, raw_paths, write_fingerprint
+from medxfer.fingerprint import (
+    ABSENT,
+    dataset_fingerprint,
+    fingerprint,
+    generated_fingerprint,
+    raw_paths,
+    write_fingerprint,
+)
 
 
 def make_tree(root: Path) -> None:
@@ -81,3 +88,22 @@ def test_write_fingerprint_records_settings_and_digest(tmp_path):
     record = write_fingerprint(tmp_path / "raw", tmp_path / "raw.json", seed=3)
     assert json.loads((tmp_path / "raw.json").read_text()) == record
     assert record["seed"] == 3 and record["sha256"] == fingerprint([tmp_path / "raw"])["sha256"]
+
+
+def test_generated_data_count_by_settings_until_edited(tmp_path):
+    """Absent (not generated yet) and as generated give one value, so a value recorded before generation holds."""
+    entry = {"format": "csv", "root": str(tmp_path / "raw"), "manifest": str(tmp_path / "raw" / "labels.csv")}
+    stamp, side = tmp_path / "raw.json", tmp_path / "side"
+    before = generated_fingerprint("demo", entry, stamp, {"seed": 3}, side)
+    make_tree(tmp_path / "raw")
+    write_fingerprint(tmp_path / "raw", stamp, seed=3)
+    assert generated_fingerprint("demo", entry, stamp, {"seed": 3}, side) == before
+    assert generated_fingerprint("demo", entry, stamp, {"seed": 4}, side) != before  # other settings, other data
+
+    (tmp_path / "raw" / "a" / "1.png").write_text("edited by hand")
+    edited = generated_fingerprint("demo", entry, stamp, {"seed": 3}, side)
+    assert edited == dataset_fingerprint("demo", entry, side) != before
+    (tmp_path / "raw" / "a" / "1.png").write_text("one")  # as generated again
+    assert generated_fingerprint("demo", entry, stamp, {"seed": 3}, side) == before
+    stamp.unlink()  # without the generator's record, content decides
+    assert generated_fingerprint("demo", entry, stamp, {"seed": 3}, side) == dataset_fingerprint("demo", entry, side)

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO, run_snakemake, snakemake_command, tiny_workdir
+
+from medxfer.train import RESUME_FILE
 
 PROFILE = REPO / "profiles" / "slurm"
 START_SLURM = REPO / "tests" / "slurm" / "start-local-slurm.sh"
@@ -183,6 +186,18 @@ def test_results_equal_the_local_run(slurm_run, run_dir):
 
 
 @pytest.mark.slurm
+def test_next_invocation_after_the_cluster_run_has_nothing_to_do(slurm_run):
+    """The cluster run generated the demo data itself; its records (params evaluated before the data existed)
+    must still match what the next invocation computes, locally or on the cluster."""
+    workdir, _ = slurm_run
+    for args in (["--cores", "2"], submit_args()):
+        result = run_snakemake(workdir, *args, "--dry-run", python=slurm_python(), timeout=600)
+        assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, (
+            result.stdout + result.stderr
+        )[-4000:]
+
+
+@pytest.mark.slurm
 def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, run_dir, monkeypatch):
     """MEDXFER_SLURM_CPU_ONLY=1: the same Snakefile on a cluster without GPUs; the GPU rule's job asks for none."""
     workdir, _ = slurm_run
@@ -191,9 +206,8 @@ def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, run_dir, mon
     args = [*submit_args(), target, "--forcerun", "extract_features"]  # --forcerun takes several values: last
     result = run_snakemake(workdir, *args, python=slurm_python(), timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    # Upstream jobs may be submitted first: after a cluster run that generated the demo data, the next invocation
-    # re-ingests it once (its fingerprint param was recorded before the data existed; a known gap, see README).
     submitted = {rule: job_id for _, job_id, rule in SUBMITTED.findall(result.stdout + result.stderr)}
+    assert set(submitted) == {"extract_features"}  # nothing upstream re-runs after the cluster run
     job_id = submitted["extract_features"]
     records = sacct(list(submitted.values()))
     assert all(r["State"] == "COMPLETED" for r in records.values()), records
@@ -207,23 +221,32 @@ def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, run_dir, mon
             np.testing.assert_array_equal(ours[key], local[key])
 
 
-def wait_for(what: str, probe, timeout_s: float = 600):
-    """probe()'s first truthy value, polled every 0.2 s."""
+def wait_for(what: str, probe, timeout_s: float = 600, poll_s: float = 0.2):
+    """probe()'s first truthy value, polled every `poll_s` seconds."""
     deadline = time.monotonic() + timeout_s
     while (value := probe()) is None or value is False:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(poll_s)
     return value
 
 
-def run_and_cancel_training(workdir: Path, model: str, *args: str) -> tuple[int, str, str]:
-    """Run snakemake and `scancel` the fine-tuning job of `model` (target/init/arch) once it is training.
+def resume_state(workdir: Path, model: str) -> Path:
+    """The per-epoch resume state of a fine-tuning run (workflow/rules/common.smk: resume_dir)."""
+    return workdir / "results" / "resume" / "finetune" / model / RESUME_FILE
 
-    Returns the exit code, snakemake's output and the cancelled SLURM job id.
+
+def run_and_cancel_training(workdir: Path, model: str, *args: str) -> tuple[int, str, str, int]:
+    """Run snakemake and `scancel` the fine-tuning job of `model` (target/init/arch) once an epoch is complete.
+
+    The job is suspended the moment its first resume state appears, so the cancel always lands mid-run, after a
+    completed epoch. Returns the exit code, snakemake's output, the cancelled SLURM job id and the last epoch the
+    cancelled job completed (read from its resume state).
     """
     train_log = workdir / f"results/logs/finetune_model/{model}.log"
     train_log.unlink(missing_ok=True)  # the earlier run's log already says "fine-tuning"
+    state = resume_state(workdir, model)
+    assert not state.exists(), f"{state}: left over from an earlier run"
     out_path = workdir / "submit.out"
     cmd = snakemake_command(workdir, *submit_args(), *args, python=slurm_python())
     with open(out_path, "w") as out:
@@ -235,13 +258,25 @@ def run_and_cancel_training(workdir: Path, model: str, *args: str) -> tuple[int,
                 return found[0] if found else None
 
             job_id = wait_for("the fine-tuning job's submission", submitted)
-            wait_for("training to start", lambda: train_log.exists() and "fine-tuning" in train_log.read_text())
+            wait_for("the first epoch's resume state", state.is_file, poll_s=0.02)
+            subprocess.run(["scontrol", "suspend", job_id], check=True, timeout=60)
+            completed = torch.load(state, map_location="cpu", weights_only=True)["epoch"]
             subprocess.run(["scancel", job_id], check=True, timeout=60)
             proc.wait(timeout=1800)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    return proc.returncode, out_path.read_text(), job_id
+    return proc.returncode, out_path.read_text(), job_id, completed
+
+
+def assert_resumed_after(workdir: Path, model: str, completed: int) -> None:
+    """The retry's log: it resumed after the cancelled job's last completed epoch and trained only the rest."""
+    text = (workdir / f"results/logs/finetune_model/{model}.log").read_text()
+    resumed = re.findall(r"resuming from \S+ after epoch (\d+)", text)
+    assert resumed == [str(completed)], text[-3000:]
+    after = text.split("resuming from", 1)[1]
+    trained = [int(e) for e in re.findall(r"epoch (\d+)/\d+ train_loss", after)]
+    assert trained and trained[0] == completed + 1, text[-3000:]
 
 
 def finetune_jobs(log: str) -> list[str]:
@@ -262,16 +297,19 @@ def assert_valid_and_used_after_completion(workdir: Path, run_dir: Path, model: 
 @pytest.mark.slurm
 def test_cancelled_training_job_is_resubmitted_and_completes(slurm_run, run_dir):
     """A training job killed on the cluster (scancel, as on preemption or a node failure) is retried in the same
-    run (`retries:` in profiles/slurm); downstream jobs only see the completed retry's outputs."""
+    run (`retries:` in profiles/slurm) and costs at most its current epoch: the retry resumes after the last
+    completed one, ends with the uninterrupted run's metrics, and downstream jobs only see its outputs."""
     workdir, _ = slurm_run
     model = "demo_ct/scratch/resnet10t"
     target = f"results/features/{model}.npz"
-    code, log, cancelled = run_and_cancel_training(workdir, model, target, "--forcerun", "finetune_model")
+    code, log, cancelled, completed = run_and_cancel_training(workdir, model, target, "--forcerun", "finetune_model")
     assert code == 0, log[-4000:]
     jobs = finetune_jobs(log)
     assert jobs[0] == cancelled and len(jobs) == 2, jobs
     assert sacct([cancelled])[cancelled]["State"].startswith("CANCELLED")
+    assert_resumed_after(workdir, model, completed)
     assert_valid_and_used_after_completion(workdir, run_dir, model, jobs[1], log)
+    assert not resume_state(workdir, model).parent.exists()  # a finished run leaves no resume state
 
 
 @pytest.mark.slurm
@@ -282,7 +320,7 @@ def test_rerun_after_a_failed_run_resumes_and_completes(slurm_run, run_dir):
     shutil.rmtree(workdir / f"results/finetune/{model}")  # one model to redo, and its features after it
     (workdir / f"results/features/{model}.npz").unlink()  # (a present target would not need the model)
     args = [f"results/features/{model}.npz", "--retries", "0"]
-    code, log, cancelled = run_and_cancel_training(workdir, model, *args)
+    code, log, cancelled, completed = run_and_cancel_training(workdir, model, *args)
     assert code != 0 and finetune_jobs(log) == [cancelled]
     assert not (workdir / f"results/finetune/{model}/model.safetensors").exists()  # nothing half-written stays
     assert sacct([cancelled])[cancelled]["State"].startswith("CANCELLED")
@@ -291,4 +329,5 @@ def test_rerun_after_a_failed_run_resumes_and_completes(slurm_run, run_dir):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     (finetune_id,) = finetune_jobs(log)
+    assert_resumed_after(workdir, model, completed)
     assert_valid_and_used_after_completion(workdir, run_dir, model, finetune_id, log)

@@ -93,6 +93,31 @@ def dataset_fingerprint(name: str, dataset: Mapping[str, Any], cache_dir: str | 
     return fingerprint(raw_paths(dataset), Path(cache_dir) / f"{name}.json")["sha256"]
 
 
+def generated_fingerprint(
+    name: str,
+    dataset: Mapping[str, Any],
+    stamp: str | os.PathLike,
+    settings: Mapping[str, Any],
+    cache_dir: str | os.PathLike = SIDECAR_DIR,
+) -> str:
+    """The fingerprint of a data set the workflow generates itself (its generator writes `stamp`).
+
+    Before generation there is no content to hash, and Snakemake may record the value it computed then: a cluster
+    run records the params it evaluated when the DAG was built, before the data existed. So while the data are
+    absent or exactly as generated (the stamp's digest), the value is the generator's settings, known from the
+    start; only data edited after generation count by content.
+    """
+    digest = dataset_fingerprint(name, dataset, cache_dir)
+    try:
+        generated = json.loads(Path(stamp).read_text()).get("sha256")
+    except (OSError, ValueError):
+        generated = None
+    if digest in (ABSENT, generated):
+        text = json.dumps(dict(settings), sort_keys=True)
+        return "generated " + hashlib.sha256(text.encode()).hexdigest()
+    return digest
+
+
 def write_fingerprint(root: str | os.PathLike, path: str | os.PathLike, **info: Any) -> dict[str, Any]:
     """Record a generated tree's fingerprint (plus `info`, e.g. the generator's settings) as JSON at `path`."""
     record = info | fingerprint([root])

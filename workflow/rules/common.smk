@@ -72,10 +72,15 @@ def raw_inputs(wildcards):
 def raw_fingerprint(wildcards):
     """Content digest of the raw files (medxfer.fingerprint); a change re-runs ingest through the params trigger.
 
-    Evaluated when the DAG is built and again right before the job runs (after synthesize_demo has made the data),
-    so the recorded value is that of the data ingest actually read.
+    Generated demo data count by their generator's settings until edited, so the value recorded before they exist
+    (a cluster run records the params of the DAG build) equals the value of the next invocation.
     """
     name = wildcards.dataset
+    demo_set = generated_demo_set(dataset_root(wildcards))
+    if demo_set:
+        stamp = f"data/demo/{demo_set}.json"
+        settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {"demo_set": demo_set}
+        return medxfer.fingerprint.generated_fingerprint(name, DATASETS[name], stamp, settings)
     return medxfer.fingerprint.dataset_fingerprint(name, DATASETS[name])
 
 
