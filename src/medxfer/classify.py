@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import skops.io
 from sklearn.base import BaseEstimator
-from sklearn.decomposition import PCA
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
