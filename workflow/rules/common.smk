@@ -79,8 +79,12 @@ def raw_fingerprint(wildcards):
     demo_set = generated_demo_set(dataset_root(wildcards))
     if demo_set:
         stamp = f"data/demo/{demo_set}.json"
-        settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {"demo_set": demo_set}
-        return medxfer.fingerprint.generated_fingerprint(name, DATASETS[name], stamp, settings)
+        settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {
+            "demo_set": demo_set
+        }
+        return medxfer.fingerprint.generated_fingerprint(
+            name, DATASETS[name], stamp, settings
+        )
     return medxfer.fingerprint.dataset_fingerprint(name, DATASETS[name])
 
 
