@@ -59,13 +59,18 @@ def generated_demo_set(root):
     )
 
 
+def demo_stamp(demo_set):
+    """synthesize_demo's record of a generated set (settings and content digest)."""
+    return f"data/demo/{demo_set}.json"
+
+
 def raw_inputs(wildcards):
     """Ingest's inputs: the raw data (time ignored) and, for generated demo data, synthesize_demo's stamp, so a
     re-run of the generator re-runs ingest in the same invocation."""
     inputs = {"raw": ancient_raw(wildcards)}
     demo_set = generated_demo_set(dataset_root(wildcards))
     if demo_set:
-        inputs["stamp"] = f"data/demo/{demo_set}.json"
+        inputs["stamp"] = demo_stamp(demo_set)
     return inputs
 
 
@@ -78,12 +83,11 @@ def raw_fingerprint(wildcards):
     name = wildcards.dataset
     demo_set = generated_demo_set(dataset_root(wildcards))
     if demo_set:
-        stamp = f"data/demo/{demo_set}.json"
         settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {
             "demo_set": demo_set
         }
         return medxfer.fingerprint.generated_fingerprint(
-            name, DATASETS[name], stamp, settings
+            name, DATASETS[name], demo_stamp(demo_set), settings
         )
     return medxfer.fingerprint.dataset_fingerprint(name, DATASETS[name])
 
