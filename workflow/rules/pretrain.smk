@@ -1,3 +1,4 @@
+# Every in-domain fine-tuning waits for it: run it first, so the last jobs are not a chain behind it.
 rule pretrain_model:
     input:
         unpack(source_inputs),
@@ -9,6 +10,7 @@ rule pretrain_model:
         f"{R}/logs/pretrain_model/{{source}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain_model/{{source}}/{{arch}}.tsv"
+    priority: 10
     conda:
         "../../envs/torch.yaml"
     threads: 8
