@@ -60,7 +60,7 @@ def generated_demo_set(root):
 
 
 def demo_stamp(demo_set):
-    """synthesize_demo's record of a generated set (settings and content digest)."""
+    """synthesize_demo's record of a generated set (settings and content digest); with "{demo_set}", its output."""
     return f"data/demo/{demo_set}.json"
 
 

@@ -2,7 +2,7 @@ rule synthesize_demo:
     output:
         root=directory("data/demo/{demo_set}"),
         # small and checksummed by Snakemake: re-runs ingest when this job re-runs, not when DVC resets times
-        stamp="data/demo/{demo_set}.json",
+        stamp=demo_stamp("{demo_set}"),
     log:
         f"{R}/logs/synthesize_demo/{{demo_set}}.log",
     conda:
