@@ -52,15 +52,11 @@ def main() -> None:
     )
     augment = config.training_params(defaults, "finetune")["augment"] | {"elastic": args.elastic}
     model = models.create(args.arch, 2, args.channels).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(batch: torch.Tensor, target: torch.Tensor) -> None:
         batch, target = batch.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             loss = loss_fn(model(batch).float(), target)
         optimizer.zero_grad(set_to_none=True)

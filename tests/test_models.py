@@ -1,7 +1,9 @@
+import copy
 import json
 
 import pytest
 import safetensors.torch
+import timm
 import torch
 
 from medxfer import models
@@ -24,6 +26,22 @@ def test_save_load_round_trip_is_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert meta["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_weights_and_inputs_are_channels_last_and_compute_what_nchw_does(tmp_path):
+    model = models.create("efficientnet_lite0", 2, 3).eval()
+    models.save(
+        tmp_path, model, {"arch": "efficientnet_lite0", "classes": ["a", "b"], "in_chans": 3, "input_size": [3, 32, 32]}
+    )
+    loaded = models.load(tmp_path)[0]
+    stem = loaded.conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    batch = models.normalize(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(loaded).to(memory_format=torch.contiguous_format)
+    assert nchw.conv_stem.weight.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), nchw(batch.contiguous()), rtol=1e-4, atol=1e-5)
 
 
 def test_indomain_init_copies_backbone_adapts_stem_and_resets_head(tmp_path):
@@ -57,7 +75,7 @@ def test_imagenet_init_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_imagenet_init_from_local_file(tmp_path):
-    imagenet = models.create("resnet10t", 1000, 3)
+    imagenet = timm.create_model("resnet10t", num_classes=1000)  # as timm writes ImageNet weights: NCHW tensors
     path = tmp_path / "w.safetensors"
     safetensors.torch.save_file(imagenet.state_dict(), str(path))
     model = models.create_initialised("resnet10t", 2, 1, "imagenet", path)

@@ -24,13 +24,17 @@ NORM_MEAN, NORM_STD = 0.5, 0.25
 
 
 def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | None = None) -> nn.Module:
-    """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`."""
+    """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`.
+
+    Weights are channels-last (NHWC), as `normalize` makes the inputs: on CUDA and on the CPU alike it is the fast
+    layout for these convolutions (on this project's 2-core CPU, 2-3x faster training steps at 28-64 px).
+    """
     if arch not in timm.list_models():
         raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     model = model if truncate_stages is None else truncate(model, truncate_stages, num_classes)
     init_head(model)
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 HEAD_STD = 0.01
@@ -192,5 +196,10 @@ def gradcam_layer(model: nn.Module, input_size: int = 224, min_cells: int = 4) -
 
 
 def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> normalised float32, the one input convention of every stage."""
-    return (batch_uint8.float() / 255.0 - NORM_MEAN) / NORM_STD
+    """uint8 (B, C, H, W) -> normalised float32 in channels-last memory, the one input convention of every stage."""
+    return standardize(batch_uint8.float() / 255.0)
+
+
+def standardize(batch: torch.Tensor) -> torch.Tensor:
+    """Float (B, C, H, W) in [0, 1] -> normalised, channels-last (the layout `create` gives the weights)."""
+    return ((batch - NORM_MEAN) / NORM_STD).contiguous(memory_format=torch.channels_last)

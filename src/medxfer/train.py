@@ -178,7 +178,7 @@ class SimCLR:
         return torch.zeros(len(split.labels))
 
     def _pairs(self, model: nn.Module, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.extra(model(views.flatten(0, 1)).float())
+        z = self.extra(model(views.flatten(0, 1).contiguous(memory_format=torch.channels_last)).float())
         z = z.view(len(views), 2, -1)
         return nt_xent(z[:, 0], z[:, 1], self.temperature)
 
@@ -205,10 +205,6 @@ class SimCLR:
 
 
 # --- data ------------------------------------------------------------------------------------------------------
-
-
-def _standardize(image: torch.Tensor) -> torch.Tensor:
-    return (image - models.NORM_MEAN) / models.NORM_STD
 
 
 class CachedImages(Dataset):
@@ -268,9 +264,8 @@ def prepare_batch(images: torch.Tensor, augment: BatchAugment, device: torch.dev
     augmentations of each image as (B, 2, C, H, W) (SimCLR). On CUDA the augmentation runs on the GPU."""
     batch = images.to(device, non_blocking=True).float() / 255.0
     if views == 1:
-        out = _standardize(augment(batch))
-        return out.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else out
-    return torch.stack([_standardize(augment(batch)) for _ in range(views)], dim=1)
+        return models.standardize(augment(batch))
+    return torch.stack([models.standardize(augment(batch)) for _ in range(views)], dim=1)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -348,8 +343,6 @@ def fit(
     objective = objective or Supervised(data, params)
     fingerprint = _fingerprint(model, data, params, seed) if resume_dir is not None else ""
     model, extra = model.to(device), objective.extra.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
