@@ -27,8 +27,8 @@ def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | No
     """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`.
 
     Weights are channels-last (NHWC), as `normalize` makes the inputs: on CUDA and on the CPU alike it is the fast
-    layout for these convolutions (benchmarks/memory_format.py: 1.7-2.8x faster
-    training steps for the EfficientNet-Lites on a 2-core CPU at 28-64 px).
+    layout for these convolutions (benchmarks/memory_format.py: EfficientNet-Lite training steps 1.7-2.8x faster on
+    a 2-core CPU at 28-64 px).
     """
     if arch not in timm.list_models():
         raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
