@@ -16,17 +16,42 @@ from medxfer.log import get_logger
 from medxfer.train import autocast, to_device
 
 
-def _forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> torch.Tensor:
-    """Pooled penultimate layer; with stages=2 also the global-average-pooled output of the stage before it."""
+def _forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled penultimate layer (with stages=2 also the global-average-pooled output of the stage before it) and the
+    logits, which timm's classifier computes from that same penultimate layer."""
     if stages == 1:
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        return pre_logits, model.get_classifier()(pre_logits)
     levels = len(model.feature_info)  # cut to the kept levels on a truncated model
     final, intermediates = model.forward_intermediates(x, indices=list(range(levels - stages, levels)))  # one pass
+    pre_logits = model.forward_head(final, pre_logits=True)
     earlier = [t.float().mean(dim=(2, 3)) for t in intermediates[:-1]]
-    return torch.cat([model.forward_head(final, pre_logits=True).float(), *earlier], dim=1)
+    return torch.cat([pre_logits.float(), *earlier], dim=1), model.get_classifier()(pre_logits)
 
 
 @torch.inference_mode()
+def features_and_proba(
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (see `pooled_features`) and softmax class probabilities from one forward pass, so a stage
+    that needs both (robustness) does not run the network twice."""
+    if stages not in (1, 2):
+        raise ValueError(f"stages must be 1 or 2, got {stages!r}")
+    model.eval()
+    if len(images) == 0:
+        images = np.zeros((1, *images.shape[1:]), dtype=np.uint8)  # the widths, from one probe image
+        feats, proba = features_and_proba(model, images, device, batch_size, stages)
+        return feats[:0], proba[:0]
+    feature_chunks, proba_chunks = [], []
+    for start in range(0, len(images), batch_size):
+        batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
+        with autocast(device):
+            feats, logits = _forward_pooled(model, models.normalize(batch), stages)
+        feature_chunks.append(feats.float().flatten(1).cpu().numpy())
+        proba_chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(feature_chunks).astype(np.float32), np.concatenate(proba_chunks)
+
+
 def pooled_features(
     model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int = 1
 ) -> np.ndarray:
@@ -35,21 +60,7 @@ def pooled_features(
     `stages=2` appends the pooled features of the second-to-last stage (mid-level texture, which can matter for
     subtle findings); the penultimate-layer columns come first either way.
     """
-    if stages not in (1, 2):
-        raise ValueError(f"stages must be 1 or 2, got {stages!r}")
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
-        with autocast(device):
-            feats = _forward_pooled(model, models.normalize(batch), stages)
-        chunks.append(feats.float().flatten(1).cpu().numpy())
-    if not chunks:
-        if stages == 1:
-            return np.zeros((0, model.num_features), dtype=np.float32)
-        probe = torch.zeros((1, *images.shape[1:]), dtype=torch.uint8)
-        return np.zeros((0, _forward_pooled(model, models.normalize(probe).to(device), stages).shape[1]), np.float32)
-    return np.concatenate(chunks).astype(np.float32)
+    return features_and_proba(model, images, device, batch_size, stages)[0]
 
 
 def extract_features(

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as tvf
 from medxfer import models, runtime
 from medxfer.cache import load_cached
 from medxfer.classify import _predict_proba, load_classifier
-from medxfer.features import pooled_features
+from medxfer.features import features_and_proba
 from medxfer.fusion import refit_fusion
 from medxfer.imaging import load_image
 from medxfer.ingest import read_manifest
@@ -34,7 +34,6 @@ from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger
 from medxfer.metrics import classification_metrics
 from medxfer.report import _best, _selection_auc
-from medxfer.train import predict_proba
 
 # perturbation -> (what the level means, the level at severity 1, 2, 3)
 LEVELS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -169,9 +168,9 @@ def assess_robustness(
     thresholds[fused_name] = _threshold(best)
 
     def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
-        out = {meta["arch"]: predict_proba(model, batch, dev, batch_size) for model, meta in cnns}
-        blocks = [pooled_features(model, batch, dev, batch_size, stages) for model, _ in cnns]
-        out[fused_name] = _predict_proba(classifier, fused.transform(blocks), n_classes)
+        passes = [features_and_proba(model, batch, dev, batch_size, stages) for model, _ in cnns]  # one pass each
+        out = {meta["arch"]: proba for (_, meta), (_, proba) in zip(cnns, passes, strict=True)}
+        out[fused_name] = _predict_proba(classifier, fused.transform([feats for feats, _ in passes]), n_classes)
         return out
 
     rows = []
