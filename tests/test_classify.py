@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
+from sklearn.ensemble import VotingClassifier
+from sklearn.model_selection import cross_val_predict
 
 from medxfer.classify import (
     CLASSIFIERS,
@@ -23,6 +25,7 @@ from medxfer.classify import (
 )
 from medxfer.fusion import load_feature_file
 from medxfer.io import read_json, save_npz
+from medxfer.metrics import choose_threshold
 
 CLASSES = np.array(["normal", "benign", "malignant"])
 N = {"train": 60, "val": 24, "test": 24}
@@ -60,8 +63,9 @@ def _write_blobs(path: Path, seed: int = 0, dim: int = 6, with_study: bool = Fal
 def _train(features: Path, out: Path, name: str, params: dict | None = None, **kwargs) -> dict:
     members = []
     if name == ENSEMBLE:
+        shared = {k: v for k, v in kwargs.items() if k in ("decision", "pca_components")}
         for member in MEMBERS:
-            _train(features, out / "members" / member, member, GRIDS[member])
+            _train(features, out / "members" / member, member, GRIDS[member], **shared)
             members.append(out / "members" / member / "metrics.json")
     return train_classifier(
         features,
@@ -73,6 +77,7 @@ def _train(features: Path, out: Path, name: str, params: dict | None = None, **k
         seed=0,
         member_metrics=members,
         n_bootstrap=200,
+        oof_path=out / "oof.csv",
         **kwargs,
     )
 
@@ -290,6 +295,8 @@ def test_wide_features_are_pca_reduced_inside_the_pipeline(name: str, tmp_path: 
     wide = _write_blobs(tmp_path / "wide.npz", dim=40)
     metrics = _train(wide, tmp_path / name, name, pca_components=8)
     model = load_classifier(tmp_path / name / "model.skops")
+    if name == ENSEMBLE:  # each member reduces the features inside its own pipeline
+        model = model["clf"].named_estimators_[MEMBERS[0]].estimator
     pca = model.named_steps["reduce_pca"]
     assert metrics["pca_components"] == 8 and metrics["n_features"] == 40
     assert pca.n_components_ == 8 and pca.n_features_in_ == 40  # fitted on the wide features, in the pipeline
@@ -305,3 +312,61 @@ def test_pca_wider_than_a_cv_fold_names_the_file(tmp_path: Path) -> None:
     wide = _write_blobs(tmp_path / "wide.npz", dim=200)
     with pytest.raises(ValueError, match=r"wide\.npz: pca_components=100 exceeds the 56 rows of a CV training fold"):
         _train(wide, tmp_path / "svm", "svm", {"C": 1.0}, pca_components=100)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_out_of_fold_predictions_come_from_models_that_never_saw_the_case(tmp_path: Path) -> None:
+    features = _overlapping_binary(tmp_path / "features.npz")
+    metrics = _train(features, tmp_path / "a", "logreg", {"C": 1.0}, decision="cohen_kappa")
+    oof = pd.read_csv(tmp_path / "a" / "oof.csv")
+    data = load_feature_file(features)
+    x, y, groups = fit_data(data)
+    assert list(oof["image_id"]) == [*data["ids_train"], *data["ids_val"]]
+    assert list(oof["split"]) == ["train"] * N["train"] + ["val"] * N["val"]
+    np.testing.assert_array_equal(oof["label"], y)
+    expected = np.zeros(y.size)
+    splitter, _ = _folds(y, groups, 3, seed=0)
+    for train, held_out in splitter.split(x, y, groups):  # each fold's copy, fitted without the held-out cases
+        model = create_classifier("logreg", {"C": 1.0}, seed=0, threads=1).fit(x[train], y[train])
+        expected[held_out] = model.predict_proba(x[held_out])[:, 1]
+    np.testing.assert_allclose(oof["prob_malignant"], expected, atol=1e-12)
+    assert metrics["threshold"] == choose_threshold(y, np.c_[1 - expected, expected], "cohen_kappa")
+
+    tiny = dict(np.load(features, allow_pickle=True))
+    first_positive = int(np.argmax(tiny["y_train"]))
+    for split in ("train", "val"):  # one positive case in train+val: no stratified folds
+        keep = tiny[f"y_{split}"] == 0
+        if split == "train":
+            keep[first_positive] = True
+        for key in ("X", "y", "ids"):
+            tiny[f"{key}_{split}"] = tiny[f"{key}_{split}"][keep]
+    save_npz(tmp_path / "tiny.npz", **tiny)
+    skipped = _train(tmp_path / "tiny.npz", tmp_path / "tiny", "logreg", {"C": 1.0}, decision="cohen_kappa")
+    assert "only 1 images" in skipped["decision"]["skipped"] and skipped["decision"]["threshold"] is None
+    no_folds = pd.read_csv(tmp_path / "tiny" / "oof.csv")
+    assert no_folds["prob_malignant"].isna().all() and no_folds["prediction"].isna().all()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> None:
+    features = _overlapping_binary(tmp_path / "features.npz")
+    metrics = _train(features, tmp_path / "e", ENSEMBLE, decision="cohen_kappa")
+    data = load_feature_file(features)
+    x, y, groups = fit_data(data)
+    members = metrics["best_params"]["members"]
+    refit = VotingClassifier(
+        [(m, create_classifier(m, members[m], seed=0, threads=1)) for m in MEMBERS], voting="soft"
+    )  # what a from-scratch ensemble would do: refit every member, out of fold and on all of train+val
+    splitter, _ = _folds(y, groups, 3, seed=0)
+    oof = cross_val_predict(refit, x, y, groups=groups, cv=splitter, method="predict_proba")
+    assert metrics["decision"]["threshold"] == choose_threshold(y, oof, "cohen_kappa")
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "e" / "oof.csv")[["prob_benign", "prob_malignant"]], oof)
+    saved = pd.read_csv(tmp_path / "e" / "predictions.csv")[["prob_benign", "prob_malignant"]]
+    np.testing.assert_allclose(saved, refit.fit(x, y).predict_proba(data["X_test"]), atol=1e-12)
+
+    (tmp_path / "e" / "members" / "knn" / "oof.csv").unlink()
+    with pytest.raises(ValueError, match=r"members/knn/oof\.csv: missing; the ensemble's threshold needs"):
+        train_classifier(
+            features, ENSEMBLE, {}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
+            member_metrics=[tmp_path / "e" / "members" / m / "metrics.json" for m in MEMBERS], decision="cohen_kappa",
+        )  # fmt: skip

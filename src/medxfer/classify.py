@@ -26,6 +26,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -37,12 +38,13 @@ from threadpoolctl import threadpool_limits
 
 from medxfer.fusion import load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
-from medxfer.metrics import N_BOOTSTRAP, choose_threshold, decide, evaluate, roc_points
+from medxfer.metrics import N_BOOTSTRAP, choose_threshold, decide, evaluate, read_predictions, roc_points
 
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
 ENSEMBLE = "ensemble"
 CV_FOLDS = 3
+OOF = "oof.csv"
 
 # Module prefixes whose types a saved classifier may contain; anything else in a .skops file is refused.
 _TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.")
@@ -261,54 +263,101 @@ def _predict_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray
     return full
 
 
-def validation_threshold(
+def out_of_fold_proba(
     model: Pipeline,
     x: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray | None,
-    metric: str,
+    n_classes: int,
     seed: int,
     threads: int,
     folds: int = CV_FOLDS,
-) -> tuple[float | None, dict[str, Any]]:
-    """The binary decision threshold that maximises `metric` on out-of-fold predictions on train+val.
+) -> tuple[np.ndarray | None, str | None]:
+    """Probabilities for every train+val case from a copy of the model that never saw it (the validation data a
+    threshold is chosen on, and what the ensemble averages); None and the reason when a class has too few cases.
 
-    Each case is scored by a copy of the model that never saw it, so the threshold is chosen on held-out
-    (validation) data; the test split plays no part. None (argmax) for multi-class or too few cases per class.
+    The folds are those of the hyperparameter search (same seed), so members and ensemble see the same splits.
     """
-    if np.unique(y).size != 2:
-        return None, {"rule": metric, "threshold": None, "skipped": "not a binary task: argmax"}
     splitter, reason = _folds(y, groups, folds, seed)
     if splitter is None:
-        return None, {"rule": metric, "threshold": None, "skipped": f"{reason}: argmax"}
+        return None, reason
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         oof = cross_val_predict(model, x, y, groups=groups, cv=splitter, method="predict_proba", n_jobs=threads)
+    full = np.zeros((x.shape[0], n_classes), dtype=np.float64)
+    full[:, np.unique(y)] = oof
+    return full, None
+
+
+def validation_threshold(
+    y: np.ndarray, oof: np.ndarray | None, metric: str, missing: str | None = None
+) -> tuple[float | None, dict[str, Any]]:
+    """The binary decision threshold that maximises `metric` on out-of-fold predictions on train+val.
+
+    The test split plays no part. None (argmax) for argmax, multi-class, or without out-of-fold predictions
+    (`missing` says why).
+    """
+    if metric == "argmax":
+        return None, {"rule": metric, "threshold": None}
+    if oof is None or np.isnan(oof).any():
+        reason = missing or "no out-of-fold predictions"
+        return None, {"rule": metric, "threshold": None, "skipped": f"{reason}: argmax"}
+    if np.unique(y).size != 2 or oof.shape[1] != 2:
+        return None, {"rule": metric, "threshold": None, "skipped": "not a binary task: argmax"}
     threshold = choose_threshold(y, oof, metric)
     return threshold, {"rule": metric, "threshold": threshold, "chosen_on": "out-of-fold predictions on train+val"}
 
 
-def _member_params(features_path: Path, member_metrics: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
-    """Each member's CV-chosen params from its metrics.json, which must come from the same feature file."""
-    members: dict[str, dict[str, Any]] = {}
-    for path in member_metrics:
+def _fitted_ensemble(
+    features_path: Path, member_metrics: Sequence[str | os.PathLike], fit_ids: np.ndarray, want_oof: bool
+) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
+    """Soft voting over the members' saved, fitted models, and the mean of their out-of-fold probabilities.
+
+    Each member's metrics.json must come from the same feature file; its model.skops and oof.csv sit beside it.
+    Voting over the fitted members gives what refitting them would (same params, seed and folds) at no cost.
+    """
+    params: dict[str, dict[str, Any]] = {}
+    estimators, oofs = [], []
+    for path in map(Path, member_metrics):
         saved = read_json(path)
         if saved.get("features") != str(features_path) or "best_params" not in saved:
             raise ValueError(f"{path}: not a classifier result on {features_path} (features {saved.get('features')})")
-        members[saved["classifier"]] = saved["best_params"]
-    return members
+        params[saved["classifier"]] = saved["best_params"]
+        estimators.append((saved["classifier"], FrozenEstimator(load_classifier(path.with_name("model.skops")))))
+        if want_oof:
+            oof_path = path.with_name(OOF)
+            if not oof_path.is_file():
+                raise ValueError(f"{oof_path}: missing; the ensemble's threshold needs each member's {OOF}")
+            table, proba = read_predictions(oof_path)
+            if not np.array_equal(table["image_id"].to_numpy(str), fit_ids.astype(str)):
+                raise ValueError(f"{oof_path}: its image_id rows are not the train+val rows of {features_path}")
+            oofs.append(proba)
+    if len(estimators) < 2:
+        raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members, got {sorted(params)}")
+    model = Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
+    return {"members": params}, model, np.mean(oofs, axis=0) if oofs else None
 
 
 def write_predictions(
-    path: str | os.PathLike, data: Mapping[str, np.ndarray], proba: np.ndarray, threshold: float | None = None
+    path: str | os.PathLike,
+    data: Mapping[str, np.ndarray],
+    proba: np.ndarray,
+    threshold: float | None = None,
+    splits: Sequence[str] = ("test",),
 ) -> None:
-    """image_id, study_id, label, probability (positive class; predicted class if multi-class), prediction, prob_*."""
-    prediction = decide(proba, threshold)
-    columns: dict[str, Any] = {"image_id": data["ids_test"]}
-    if "study_test" in data:
-        columns["study_id"] = data["study_test"]
-    columns["label"] = data["y_test"]
-    columns["probability"] = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(proba)), prediction]
+    """image_id, [study_id], [split], label, probability (positive class; predicted class if multi-class),
+    prediction, prob_*: the rows of `splits` in file order. Rows without probabilities (NaN) get no prediction."""
+    stack = lambda key: np.concatenate([data[f"{key}_{s}"] for s in splits])  # noqa: E731
+    picked = decide(np.nan_to_num(proba), threshold)
+    prediction = pd.array(picked, dtype="Int64")
+    prediction[np.isnan(proba).any(axis=1)] = pd.NA
+    columns: dict[str, Any] = {"image_id": stack("ids")}
+    if all(f"study_{s}" in data for s in splits):
+        columns["study_id"] = stack("study")
+    if len(splits) > 1:
+        columns["split"] = np.repeat(list(splits), [len(data[f"y_{s}"]) for s in splits])
+    columns["label"] = stack("y")
+    columns["probability"] = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(proba)), picked]
     columns["prediction"] = prediction
     for index, class_name in enumerate(data["classes"]):
         columns[f"prob_{class_name}"] = proba[:, index]
@@ -333,11 +382,14 @@ def train_classifier(
     cv_folds: int = CV_FOLDS,
     decision: str = "argmax",
     pca_components: int | None = None,
+    oof_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
 
-    Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs. The ensemble takes
-    its members' chosen params from their metrics.json files (`member_metrics`) and refits them together.
+    Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs, the out-of-fold
+    train+val predictions at `oof_path` (NaN where a class has too few cases for folds). The ensemble votes over
+    its members' fitted models, found beside their metrics.json files (`member_metrics`), and thresholds on the
+    mean of their oof.csv.
     `decision`: argmax, or the metric whose best binary threshold is chosen out of fold on train+val.
     `pca_components`: features wider than this are standardised and PCA-reduced inside the pipeline (the cost of
     SVM and k-NN grows with the width; the fused set is usually reduced already, by the fusion).
@@ -356,24 +408,26 @@ def train_classifier(
         raise ValueError(
             f"{features_path}: pca_components={reduce_to} exceeds the {fold_rows} rows of a CV training fold"
         )
+    want_oof = oof_path is not None or decision != "argmax"
     with threadpool_limits(limits=threads):
         try:
             if name == ENSEMBLE:
-                best_params: dict[str, Any] = {"members": _member_params(features_path, member_metrics)}
+                fit_ids = np.concatenate([data["ids_train"], data["ids_val"]])
+                best_params, model, oof = _fitted_ensemble(features_path, member_metrics, fit_ids, want_oof)
+                missing = "a member has no out-of-fold predictions"
                 cv: dict[str, Any] = {"skipped": "members' params were chosen by their own CV"}
             else:
                 best_params, cv = select_hyperparameters(
                     name, params, x_fit, y_fit, groups, seed, threads, cv_folds, reduce_to
                 )
-            model = create_classifier(name, best_params, seed, threads, reduce_to)
-            threshold, decided = None, {"rule": "argmax", "threshold": None}
-            if decision != "argmax":
-                threshold, decided = validation_threshold(
-                    model, x_fit, y_fit, groups, decision, seed, threads, cv_folds
-                )
+                model = create_classifier(name, best_params, seed, threads, reduce_to)
+                oof, missing = None, None
+                if want_oof:
+                    oof, missing = out_of_fold_proba(model, x_fit, y_fit, groups, len(classes), seed, threads, cv_folds)
+            threshold, decided = validation_threshold(y_fit, oof, decision, missing)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(x_fit, y_fit)
+                model.fit(x_fit, y_fit)  # the ensemble's members are fitted already: this only records the classes
             proba = _predict_proba(model, data["X_test"], len(classes))  # the one look at the test split
         except ValueError as exc:
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
@@ -381,6 +435,9 @@ def train_classifier(
     with atomic_path(model_path) as tmp:
         skops.io.dump(model, tmp)
     write_predictions(predictions_path, data, proba, threshold)
+    if oof_path is not None:
+        no_oof = np.full((x_fit.shape[0], len(classes)), np.nan)
+        write_predictions(oof_path, data, no_oof if oof is None else oof, threshold, splits=("train", "val"))
 
     metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, threshold)
     metrics |= {

@@ -4,6 +4,7 @@ rule train_classifier:
     output:
         model=classify_outputs("model.skops"),
         predictions=classify_outputs("predictions.csv"),
+        oof=classify_outputs("oof.csv"),
         metrics=classify_outputs("metrics.json"),
         roc=classify_outputs("roc.csv"),
         roc_plot=reported("roc.png", "ROC curves"),

@@ -211,6 +211,13 @@ def classifier_inputs(wildcards):
             for f in FEATURE_SETS
             for m in ensemble_members()
         ]
+        # the ensemble votes over the members' fitted models and averages their out-of-fold predictions
+        inputs["member_files"] = [
+            f"{base}/{f}/{m}/{name}"
+            for f in FEATURE_SETS
+            for m in ensemble_members()
+            for name in ("model.skops", "oof.csv")
+        ]
     return inputs
 
 

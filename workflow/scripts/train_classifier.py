@@ -30,6 +30,7 @@ with logged(sm.log[0]):
             member_metrics=[m for m in members if m.parent.parent.name == feature_set],
             decision=sm.params.decision,
             pca_components=sm.params.pca_components,
+            oof_path=Path(sm.output.oof[i]),
         )
         summary = {k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc")} | {
             "best_params": metrics["best_params"]
