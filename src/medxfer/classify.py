@@ -133,7 +133,10 @@ def _mlp(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
 
 @register_classifier(ENSEMBLE)
 def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    """Soft voting (mean probability) over members given as `{"members": {name: fixed params}}`."""
+    """Soft voting (mean probability) over unfitted members given as `{"members": {name: fixed params}}`.
+
+    train_classifier does not refit: it votes over the members' fitted models (`_fitted_ensemble`).
+    """
     unknown = sorted(set(params) - {"members"})
     if unknown:
         raise ValueError(f"classifier '{ENSEMBLE}': unknown parameter(s) {unknown}; allowed: ['members']")
@@ -347,7 +350,10 @@ def write_predictions(
 ) -> None:
     """image_id, [study_id], [split], label, probability (positive class; predicted class if multi-class),
     prediction, prob_*: the rows of `splits` in file order. Rows without probabilities (NaN) get no prediction."""
-    stack = lambda key: np.concatenate([data[f"{key}_{s}"] for s in splits])  # noqa: E731
+
+    def stack(key: str) -> np.ndarray:
+        return np.concatenate([data[f"{key}_{split}"] for split in splits])
+
     picked = decide(np.nan_to_num(proba), threshold)
     prediction = pd.array(picked, dtype="Int64")
     prediction[np.isnan(proba).any(axis=1)] = pd.NA
