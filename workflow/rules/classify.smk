@@ -15,7 +15,7 @@ rule train_classifier:
         f"{R}/benchmarks/train_classifier/{{target}}/{{init}}/{{clf}}.tsv"
     conda:
         "../../envs/sklearn.yaml"
-    threads: 1
+    threads: config["threads"]["train_classifier"]
     params:
         hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
         seed=run_seed,

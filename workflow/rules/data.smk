@@ -42,7 +42,7 @@ rule cache_images:
         f"{R}/logs/cache_images/{{dataset}}_{{size}}.log",
     conda:
         "../../envs/data.yaml"
-    threads: 4
+    threads: config["threads"]["cache_images"]
     params:
         dataset=lambda wildcards: DATASETS[wildcards.dataset]
         | {"size": int(wildcards.size)},

@@ -20,7 +20,7 @@ rule explain_model:
         f"{R}/benchmarks/explain_model/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config["threads"]["explain_model"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -11,7 +11,7 @@ rule extract_features:
         f"{R}/benchmarks/extract_features/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 8
+    threads: config["threads"]["extract_features"]
     resources:
         gpu=1,
         mem_mb=8000,

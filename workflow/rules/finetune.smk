@@ -14,7 +14,7 @@ rule finetune_model:
         f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/{{arch}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 8
+    threads: config["threads"]["finetune_model"]
     resources:
         gpu=1,
         mem_mb=8000,

@@ -13,7 +13,7 @@ rule pretrain_model:
     priority: 10
     conda:
         "../../envs/torch.yaml"
-    threads: 8
+    threads: config["threads"]["pretrain_model"]
     resources:
         gpu=1,
         mem_mb=8000,

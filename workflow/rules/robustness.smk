@@ -17,7 +17,7 @@ rule assess_robustness:
         f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config["threads"]["assess_robustness"]
     resources:
         gpu=1,
         mem_mb=4000,
