@@ -22,6 +22,15 @@ def test_second_run_has_nothing_to_do(run_dir, snakemake):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_config_sets_threads_per_rule(run_dir):
+    """tiny.yaml gives finetune_model 1 thread; pretraining keeps its default of 8, capped at --cores 2."""
+    finetune_logs = sorted((run_dir / "results/logs/finetune_model").rglob("*.log"))
+    pretrain_logs = sorted((run_dir / "results/logs/pretrain_model").rglob("*.log"))
+    assert len(finetune_logs) == 2 * 2 * 2 and pretrain_logs
+    assert all("with 1 threads" in log.read_text() for log in finetune_logs)
+    assert all("with 2 threads" in log.read_text() for log in pretrain_logs)
+
+
 def test_checkpoints_load_and_describe_themselves(run_dir):
     checkpoints = sorted((run_dir / "results").glob("*/*/*/model.json")) + sorted(
         (run_dir / "results").glob("finetune/*/*/*/model.json")

@@ -602,13 +602,14 @@ def finetune_model(
     data = load_cached(manifest, images)
     strategy = params["strategy"]
     logger.info(
-        "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s",
+        "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s with %d threads",
         arch,
         init,
         strategy,
         manifest.parent.name,
         *(len(s.labels) for s in data.splits.values()),
         dev,
+        torch.get_num_threads(),
     )
     truncate = params.get("truncate_stages", 3) if strategy == "truncated" else None
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate)
