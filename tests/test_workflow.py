@@ -97,6 +97,18 @@ def test_decisions_use_thresholds_chosen_on_validation_data(run_dir):
         assert (predictions["prediction"] == (predictions[positive] >= threshold).astype(int)).all(), path
 
 
+def test_cnns_and_classifiers_write_one_predictions_layout(run_dir):
+    results = run_dir / "results"
+    for target in ("demo_mura", "demo_ct"):
+        paths = [
+            *results.glob(f"finetune/{target}/*/*/predictions.csv"),
+            *results.glob(f"classify/{target}/*/*/*/predictions.csv"),
+        ]
+        layouts = {tuple(pd.read_csv(path, nrows=0).columns) for path in paths}
+        assert len(paths) > 8 and len(layouts) == 1, (target, layouts)
+        assert next(iter(layouts))[:5] == ("image_id", "study_id", "label", "probability", "prediction")
+
+
 def test_benchmark_table_covers_every_row_with_its_costs(run_dir):
     bench = pd.read_csv(run_dir / "results/report/benchmark.csv")
     assert len(bench) == 2 * 2 * 2 + 2 * 2 * 3 * 4 and set(bench["seeds"]) == {1}

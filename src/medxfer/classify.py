@@ -38,7 +38,14 @@ from threadpoolctl import threadpool_limits
 
 from medxfer.fusion import load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
-from medxfer.metrics import N_BOOTSTRAP, choose_threshold, decide, evaluate, read_predictions, roc_points
+from medxfer.metrics import (
+    N_BOOTSTRAP,
+    choose_threshold,
+    evaluate,
+    read_predictions,
+    roc_points,
+    write_predictions,
+)
 
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
@@ -339,36 +346,6 @@ def _fitted_ensemble(
         raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members, got {sorted(params)}")
     model = Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
     return {"members": params}, model, np.mean(oofs, axis=0) if oofs else None
-
-
-def write_predictions(
-    path: str | os.PathLike,
-    data: Mapping[str, np.ndarray],
-    proba: np.ndarray,
-    threshold: float | None = None,
-    splits: Sequence[str] = ("test",),
-) -> None:
-    """image_id, [study_id], [split], label, probability (positive class; predicted class if multi-class),
-    prediction, prob_*: the rows of `splits` in file order. Rows without probabilities (NaN) get no prediction."""
-
-    def stack(key: str) -> np.ndarray:
-        return np.concatenate([data[f"{key}_{split}"] for split in splits])
-
-    picked = decide(np.nan_to_num(proba), threshold)
-    prediction = pd.array(picked, dtype="Int64")
-    prediction[np.isnan(proba).any(axis=1)] = pd.NA
-    columns: dict[str, Any] = {"image_id": stack("ids")}
-    if all(f"study_{s}" in data for s in splits):
-        columns["study_id"] = stack("study")
-    if len(splits) > 1:
-        columns["split"] = np.repeat(list(splits), [len(data[f"y_{s}"]) for s in splits])
-    columns["label"] = stack("y")
-    columns["probability"] = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(proba)), picked]
-    columns["prediction"] = prediction
-    for index, class_name in enumerate(data["classes"]):
-        columns[f"prob_{class_name}"] = proba[:, index]
-    with atomic_path(path) as tmp:
-        pd.DataFrame(columns).to_csv(tmp, index=False)
 
 
 def train_classifier(

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medxfer.io import atomic_path
+
 METRICS: tuple[str, ...] = (
     "accuracy",
     "balanced_accuracy",
@@ -259,6 +261,40 @@ def read_predictions(path: Any) -> tuple[pd.DataFrame, np.ndarray]:
     if not columns or "label" not in table or "image_id" not in table:
         raise ValueError(f"{path}: predictions need image_id, label and prob_<class> columns, got {list(table)}")
     return table, table[columns].to_numpy(np.float64)
+
+
+def write_predictions(
+    path: Any,
+    data: Mapping[str, np.ndarray],
+    proba: np.ndarray,
+    threshold: float | None = None,
+    splits: Sequence[str] = ("test",),
+) -> None:
+    """The predictions.csv read_predictions reads, for CNNs and classifiers alike: image_id, [study_id], [split],
+    label, probability (positive class; predicted class if multi-class), prediction, prob_*.
+
+    `data` holds arrays as a feature file does (`ids_<split>`, `y_<split>`, [`study_<split>`], `classes`); rows of
+    `splits` in that order. Rows without probabilities (NaN) get no prediction.
+    """
+
+    def stack(key: str) -> np.ndarray:
+        return np.concatenate([data[f"{key}_{split}"] for split in splits])
+
+    picked = decide(np.nan_to_num(proba), threshold)
+    prediction = pd.array(picked, dtype="Int64")
+    prediction[np.isnan(proba).any(axis=1)] = pd.NA
+    columns: dict[str, Any] = {"image_id": stack("ids")}
+    if all(f"study_{s}" in data for s in splits):
+        columns["study_id"] = stack("study")
+    if len(splits) > 1:
+        columns["split"] = np.repeat(list(splits), [len(data[f"y_{s}"]) for s in splits])
+    columns["label"] = stack("y")
+    columns["probability"] = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(proba)), picked]
+    columns["prediction"] = prediction
+    for index, class_name in enumerate(data["classes"]):
+        columns[f"prob_{class_name}"] = proba[:, index]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False)
 
 
 def evaluate_predictions(

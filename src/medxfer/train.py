@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -28,7 +27,7 @@ from medxfer.cache import CachedDataset, Split, load_cached, pool
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger
-from medxfer.metrics import choose_threshold, classification_metrics, decide
+from medxfer.metrics import choose_threshold, classification_metrics, write_predictions
 
 STRATEGIES = ("full", "linear_probe", "truncated")
 RESUME_FILE = "state.pt"
@@ -631,7 +630,8 @@ def finetune_model(
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
         "num_parameters": models.num_parameters(model),
     }
-    write_predictions(out_dir / "predictions.csv", test, proba, data.classes, threshold)
+    test_arrays = {"ids_test": test.ids, "study_test": test.studies, "y_test": test.labels, "classes": data.classes}
+    write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
     models.save(out_dir, model, meta | {"init_path": str(init_path) if init_path else None})
     write_json(out_dir / "metrics.json", metrics)
@@ -647,15 +647,3 @@ def _decision_record(rule: str, threshold: float | None) -> dict[str, Any]:
     if rule == "argmax":
         return {"rule": rule, "threshold": None}
     return {"rule": rule, "threshold": None, "skipped": "multi-class, or a class missing from the val split: argmax"}
-
-
-def write_predictions(
-    path: Path, split: Split, proba: np.ndarray, classes: list[str], threshold: float | None = None
-) -> None:
-    prediction = decide(proba, threshold)
-    columns = {"image_id": split.ids, "study_id": split.studies, "label": split.labels, "prediction": prediction}
-    table = pd.DataFrame(columns)
-    for i, name in enumerate(classes):
-        table[f"prob_{name}"] = proba[:, i]
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
