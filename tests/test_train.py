@@ -14,7 +14,7 @@ from medxfer.features import extract_features, pooled_features
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, finetune_model, fit, predict_proba, pretrain_model, set_strategy
+from medxfer.train import class_weights, clear_resume, finetune_model, fit, predict_proba, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
 
@@ -254,12 +254,25 @@ def test_resume_state_of_other_settings_is_ignored(tmp_path):
     assert history[0]["train_loss"] != killed[0]["train_loss"]  # trained epoch 1 itself, not taken from the state
 
 
-def test_finetune_removes_its_resume_state_when_done(cached, tmp_path):
+def test_finetune_removes_its_resume_state_and_the_empty_folders_it_leaves(cached, tmp_path):
     manifest, images = cached["mura"]
-    resume = tmp_path / "resume" / "finetune" / "mura"
+    root = tmp_path / "resume"
+    resume, sibling = root / "finetune/mura/scratch/resnet10t", root / "finetune/mura/imagenet/resnet10t"
+    sibling.mkdir(parents=True)
+    (sibling / "state.pt").write_bytes(b"another run, still going")
     params = PARAMS | {"epochs": 1}
-    finetune_model(manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, threads=2)
-    assert (tmp_path / "out/metrics.json").is_file() and not resume.exists()
+    finetune_model(
+        manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, resume_root=root
+    )
+    assert (tmp_path / "out/metrics.json").is_file()
+    assert not resume.parent.exists(), "its own empty folder stays behind"
+    assert (sibling / "state.pt").read_bytes() == b"another run, still going"
+    clear_resume(sibling, root)  # the last run: nothing of the tree is left, the folder above the root is kept
+    assert not root.exists() and tmp_path.is_dir()
+    outside = tmp_path / "elsewhere/state"
+    outside.mkdir(parents=True)
+    clear_resume(outside, root)  # not under the root: its empty parent is not the root's to remove
+    assert not outside.exists() and outside.parent.is_dir()
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path):

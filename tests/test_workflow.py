@@ -31,6 +31,12 @@ def test_config_sets_threads_per_rule(run_dir):
     assert all("with 2 threads" in log.read_text() for log in pretrain_logs)
 
 
+def test_finished_training_jobs_leave_no_resume_tree(run_dir):
+    """Every pretraining and fine-tuning job removed its per-epoch state and the folders that held it."""
+    assert list((run_dir / "results/finetune").rglob("metrics.json"))
+    assert not (run_dir / "results/resume").exists()
+
+
 def test_checkpoints_load_and_describe_themselves(run_dir):
     checkpoints = sorted((run_dir / "results").glob("*/*/*/model.json")) + sorted(
         (run_dir / "results").glob("finetune/*/*/*/model.json")

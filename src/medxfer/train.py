@@ -484,10 +484,27 @@ def _load_resume(
     return {k: payload[k] for k in ("epoch", "history", "best_loss", "best_state", "bad_epochs", "stopped")}
 
 
-def clear_resume(resume_dir: Path | None) -> None:
-    """Remove a finished run's resume state (after its outputs are written)."""
-    if resume_dir is not None and Path(resume_dir).exists():
+def clear_resume(resume_dir: Path | None, root: Path | None = None) -> None:
+    """Remove a finished run's resume state (after its outputs are written) and each folder above it, up to and
+    including `root` (the folder of all runs' states), that this leaves empty: the last run leaves no empty tree.
+    """
+    if resume_dir is None:
+        return
+    resume_dir = Path(resume_dir).resolve()
+    if resume_dir.exists():
         shutil.rmtree(resume_dir)
+    if root is None:
+        return
+    root = Path(root).resolve()
+    for folder in resume_dir.parents:
+        if folder != root and root not in folder.parents:
+            break
+        try:
+            folder.rmdir()  # only if empty, so a sibling run's state (being written now, too) stays
+        except OSError:
+            break
+        if folder == root:
+            break
 
 
 # --- stages ----------------------------------------------------------------------------------------------------
@@ -520,11 +537,13 @@ def pretrain_model(
     device: str = "auto",
     log_path: Path | None = None,
     resume_dir: Path | None = None,
+    resume_root: Path | None = None,
 ) -> dict:
     """In-domain pretraining on one or several (pooled) source sets; writes the checkpoint trio.
 
     `objective: supervised` trains on the labels (`multilabel: true`: each ';'-joined label its own sigmoid);
     `simclr` ignores labels and saves the backbone without a head (the projection head is dropped).
+    `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
     """
     manifests, caches = _as_list(manifest), _as_list(images)
     names = [m.parent.name for m in manifests]
@@ -572,7 +591,7 @@ def pretrain_model(
         "test_metrics": test_metrics,
     }
     models.save(out_dir, model, meta)
-    clear_resume(resume_dir)
+    clear_resume(resume_dir, resume_root)
     return test_metrics
 
 
@@ -589,11 +608,13 @@ def finetune_model(
     device: str = "auto",
     log_path: Path | None = None,
     resume_dir: Path | None = None,
+    resume_root: Path | None = None,
     decision: str = "argmax",
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
 
     `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
+    `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
     """
     logger = get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
     runtime.configure(threads, seed)
@@ -635,7 +656,7 @@ def finetune_model(
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
     models.save(out_dir, model, meta | {"init_path": str(init_path) if init_path else None})
     write_json(out_dir / "metrics.json", metrics)
-    clear_resume(resume_dir)
+    clear_resume(resume_dir, resume_root)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})
     return metrics
 

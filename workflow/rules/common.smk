@@ -14,6 +14,8 @@ config.clear()
 config.update(_validated)
 
 R = config["results"]
+# training jobs' per-epoch state, outside their outputs
+RESUME_ROOT = str(Path(R, "resume"))
 DATASETS = config["datasets"]
 FT = config["finetune"]
 ARCHS = FT["archs"]
@@ -172,7 +174,7 @@ def resume_dir(stage):
     def path(wildcards):
         keys = ("source", "target", "init", "arch")
         parts = [getattr(wildcards, k) for k in keys if hasattr(wildcards, k)]
-        return str(Path(R, "resume", stage, *parts))
+        return str(Path(RESUME_ROOT, stage, *parts))
 
     return path
 

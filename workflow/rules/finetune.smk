@@ -22,6 +22,7 @@ rule finetune_model:
     params:
         train=finetune_params,
         resume=resume_dir("finetune"),
+        resume_root=RESUME_ROOT,
         init=base_init,
         seed=run_seed,
         decision=config["decision"]["threshold"],

@@ -21,6 +21,7 @@ rule pretrain_model:
     params:
         train=pretrain_params,
         resume=resume_dir("pretrain"),
+        resume_root=RESUME_ROOT,
         seed=config["seed"],
         device=config["device"],
     script:

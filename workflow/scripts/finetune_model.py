@@ -26,5 +26,6 @@ with logged(sm.log[0]):
         device=sm.params.device,
         log_path=Path(sm.log[0]),
         resume_dir=Path(sm.params.resume),
+        resume_root=Path(sm.params.resume_root),
         decision=sm.params.decision,
     )

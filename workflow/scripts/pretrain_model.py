@@ -21,4 +21,5 @@ with logged(sm.log[0]):
         device=sm.params.device,
         log_path=Path(sm.log[0]),
         resume_dir=Path(sm.params.resume),
+        resume_root=Path(sm.params.resume_root),
     )
