@@ -144,6 +144,11 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
     overlap.parent.mkdir(parents=True)
     checked = {"n_test": len(y), "overlap": {"src": {"count": 0, "examples": []}}}
     overlap.write_text(json.dumps(checked | {"target": str(overlap.with_name("manifest.csv"))}))
+    manifest = overlap.with_name("manifest.csv")
+    labels = {"train": [0] * 2 + [1] * 6, "val": [0] * 1 + [1] * 3, "test": list(y)}
+    rows = [(split, int(label), ["neg", "pos"][label]) for split, ys in labels.items() for label in ys]
+    pd.DataFrame(rows, columns=["split", "label", "label_name"]).to_csv(manifest, index=False)
+    test_pos = 100 * float(np.mean(y))
     summarize_results(
         paths,
         out / "s.csv",
@@ -154,6 +159,7 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
         out_benchmark_csv=out / "b.csv",
         report=report,
         overlap_paths=[overlap],
+        manifest_paths=[manifest],
     )
     bench = pd.read_csv(out / "b.csv")
     assert len(bench) == 3 and set(bench["seeds"]) == {3}
@@ -173,5 +179,9 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
     assert "Split by patient." in md and " ± " in md
     assert f"0 of {len(y)} test images are exact copies of an image in the in-domain pretraining sources (src 0)" in md
     assert "| netA | indomain/netA/cnn (3 seeds) | scratch/netA/cnn (3 seeds) |" in md
+    splits = f"train 8 (neg 25.0 %, pos 75.0 %); val 4 (25.0 %, 75.0 %); test {len(y)} ({100 - test_pos:.1f} %"
+    assert splits in md
+    shifted = abs(75.0 - test_pos) > 5
+    assert shifted and f"differ by up to {abs(75.0 - test_pos):.1f} points" in md
     comparison = json.loads((out / "m.json").read_text())["t"]["paired_comparison"]
     assert comparison["a"] == "indomain/fused/logreg (3 seeds)" and comparison["replicates"] == [3, 3]

@@ -18,7 +18,7 @@ from medxfer.metrics import (
     roc_points,
     study_level,
 )
-from medxfer.report import plot_confusion, plot_roc, summarize_results
+from medxfer.report import plot_confusion, plot_roc, split_composition, summarize_results
 
 
 def _scores(n_classes: int, n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -227,3 +227,14 @@ def test_paired_comparison_picks_models_without_the_test_split(tmp_path):
     comparison = json.loads((r / "m.json").read_text())["t"]["paired_comparison"]
     assert comparison["b"] == "indomain/resnet10t/cnn"
     assert "validation AUC" in (r / "s.md").read_text()
+
+
+def test_split_composition_counts_images_and_class_shares_per_split(tmp_path):
+    rows = [("test", 2, "c")] * 3 + [("train", 0, "a")] * 3 + [("train", 1, "b")] + [("val", 1, "b")] * 2
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows, columns=["split", "label", "label_name"]).to_csv(path, index=False)
+    composition = split_composition(path)
+    assert composition["classes"] == ["a", "b", "c"]  # in label order, not in order of appearance
+    assert list(composition["splits"]) == ["train", "val", "test"]
+    assert composition["splits"]["train"] == {"n": 4, "shares": {"a": 0.75, "b": 0.25, "c": 0.0}}
+    assert composition["splits"]["test"] == {"n": 3, "shares": {"a": 0.0, "b": 0.0, "c": 1.0}}

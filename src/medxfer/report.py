@@ -268,16 +268,52 @@ def _overlap_text(check: dict[str, Any]) -> str:
     )
 
 
+SPLITS = ("train", "val", "test")
+SHARE_SHIFT_POINTS = 5.0  # val/test class shares further apart than this get a warning beside the table
+
+
+def split_composition(manifest: str | os.PathLike) -> dict[str, Any]:
+    """Images and class shares per split of a target's manifest: where val's shares differ from test's, a cut-off
+    chosen on val is tuned to another prevalence, which explains an ACC that lags its AUC."""
+    table = pd.read_csv(manifest, usecols=["split", "label", "label_name"])
+    classes = table.sort_values("label")["label_name"].drop_duplicates().tolist()
+    splits = {}
+    for split in [s for s in SPLITS if s in set(table["split"])]:
+        names = table.loc[table["split"] == split, "label_name"]
+        shares = names.value_counts(normalize=True).reindex(classes, fill_value=0.0)
+        splits[split] = {"n": int(names.size), "shares": {c: float(v) for c, v in shares.items()}}
+    return {"classes": classes, "splits": splits}
+
+
+def _composition_text(composition: dict[str, Any]) -> str:
+    classes, splits = composition["classes"], composition["splits"]
+    parts = []
+    for i, (split, part) in enumerate(splits.items()):
+        shares = ", ".join(f"{c + ' ' if i == 0 else ''}{100 * part['shares'][c]:.1f} %" for c in classes)
+        parts.append(f"{split} {part['n']:,} ({shares})")
+    text = "Splits (images; share of each class): " + "; ".join(parts) + "."
+    if "val" in splits and "test" in splits:
+        shift = max(100 * abs(splits["val"]["shares"][c] - splits["test"]["shares"][c]) for c in classes)
+        if shift > SHARE_SHIFT_POINTS:
+            text += (
+                f" Val and test class shares differ by up to {shift:.1f} points: a cut-off chosen on val is tuned to"
+                " val's prevalence, not test's."
+            )
+    return text
+
+
 def benchmark_markdown(
     bench: pd.DataFrame,
     comparisons: dict[str, dict[str, Any]],
     init_pairs: dict[str, list[dict[str, Any]]],
     report: dict[str, Any] | None = None,
     overlaps: dict[str, dict[str, Any]] | None = None,
+    compositions: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The benchmark report: per target every row over seeds with intervals, costs, the paired comparisons, the
-    published anchors beside them and the check that no test image was a pretraining image."""
-    report, overlaps = report or {}, overlaps or {}
+    published anchors beside them, each split's class shares and the check that no test image was a pretraining
+    image."""
+    report, overlaps, compositions = report or {}, overlaps or {}, compositions or {}
     anchors, notes = report.get("anchors", {}), report.get("notes", {})
     names = ["ACC", "balanced ACC", "F1", "kappa", "AUC"]
     lines = [
@@ -294,6 +330,8 @@ def benchmark_markdown(
         lines += [f"## {target}", ""]
         if target in notes:
             lines += [notes[target], ""]
+        if target in compositions:
+            lines += [_composition_text(compositions[target]), ""]
         if target in overlaps:
             lines += [_overlap_text(overlaps[target]), ""]
         header = ["init", "features", "classifier", "seeds", *names, "parameters", "training time", "n"]
@@ -341,10 +379,12 @@ def summarize_results(
     out_benchmark_csv: str | os.PathLike | None = None,
     report: dict[str, Any] | None = None,
     overlap_paths: Sequence[str | os.PathLike] = (),
+    manifest_paths: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md;
     optionally the headline picks (headline.csv), the whole table as HTML for the Snakemake report, and the
-    benchmark over seed replicates (benchmark.md/.csv, with the published anchors of `report`)."""
+    benchmark over seed replicates (benchmark.md/.csv, with the published anchors of `report` and the split
+    composition of each target's manifest, `datasets/<target>/manifest.csv`)."""
     table = pd.DataFrame([_row(Path(p), n_bootstrap, seed) for p in metrics_paths])
     table = table.sort_values(KEYS, key=lambda col: col.map(_order)).reset_index(drop=True)
     table["best"] = table.groupby("target")["cohen_kappa"].transform("max") == table["cohen_kappa"]
@@ -378,7 +418,9 @@ def summarize_results(
                 bench.round(4).to_csv(tmp, index=False)
         if out_benchmark_md is not None:
             overlaps = {Path(read_json(p)["target"]).parent.name: read_json(p) for p in overlap_paths}
-            write_text(out_benchmark_md, benchmark_markdown(bench, comparisons, pairs, report, overlaps))
+            compositions = {Path(p).parent.name: split_composition(p) for p in manifest_paths}
+            markdown = benchmark_markdown(bench, comparisons, pairs, report, overlaps, compositions)
+            write_text(out_benchmark_md, markdown)
     return table
 
 

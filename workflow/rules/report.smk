@@ -6,6 +6,7 @@ rule summarize_results:
         cnn_predictions=finetune_metrics("predictions.csv"),
         predictions=classify_metrics("predictions.csv"),
         overlap=source_overlap_checks(),
+        manifests=[manifest_of(target) for target in FT["targets"]],
     output:
         summary=f"{R}/report/summary.csv",
         metrics=f"{R}/report/metrics.json",

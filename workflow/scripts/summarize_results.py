@@ -22,4 +22,5 @@ with logged(sm.log[0]):
         out_benchmark_csv=Path(sm.output.benchmark_csv),
         report=sm.params.report,
         overlap_paths=[Path(p) for p in sm.input.overlap],
+        manifest_paths=[Path(p) for p in sm.input.manifests],
     )
