@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import skops.io
 from sklearn.ensemble import VotingClassifier
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 from medxfer.classify import (
@@ -331,6 +332,10 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_the_case(tmp_pa
         expected[held_out] = model.predict_proba(x[held_out])[:, 1]
     np.testing.assert_allclose(oof["prob_malignant"], expected, atol=1e-12)
     assert metrics["threshold"] == choose_threshold(y, np.c_[1 - expected, expected], "cohen_kappa")
+    # what the report picks classifiers by: these out-of-fold predictions on the val rows only
+    held_out_val = slice(N["train"], None)
+    assert metrics["val"]["n"] == N["val"] and metrics["val"]["predictions"] == "out of fold"
+    assert metrics["val"]["roc_auc"] == pytest.approx(roc_auc_score(y[held_out_val], expected[held_out_val]))
 
     tiny = dict(np.load(features, allow_pickle=True))
     first_positive = int(np.argmax(tiny["y_train"]))
@@ -345,6 +350,7 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_the_case(tmp_pa
     assert "only 1 images" in skipped["decision"]["skipped"] and skipped["decision"]["threshold"] is None
     no_folds = pd.read_csv(tmp_path / "tiny" / "oof.csv")
     assert no_folds["prob_malignant"].isna().all() and no_folds["prediction"].isna().all()
+    assert "val" not in skipped  # no out-of-fold predictions: nothing to pick it by, rather than a made-up score
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -361,6 +367,8 @@ def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> Non
     oof = cross_val_predict(refit, x, y, groups=groups, cv=splitter, method="predict_proba")
     assert metrics["decision"]["threshold"] == choose_threshold(y, oof, "cohen_kappa")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "e" / "oof.csv")[["prob_benign", "prob_malignant"]], oof)
+    val_rows = slice(N["train"], None)
+    assert metrics["val"]["roc_auc"] == pytest.approx(roc_auc_score(y[val_rows], oof[val_rows, 1]))
     saved = pd.read_csv(tmp_path / "e" / "predictions.csv")[["prob_benign", "prob_malignant"]]
     np.testing.assert_allclose(saved, refit.fit(x, y).predict_proba(data["X_test"]), atol=1e-12)
 

@@ -133,9 +133,7 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
         cost = {"num_parameters": 1000, "seconds": 20.0, "val": {"roc_auc": 0.9}}
         paths.append(_run(tmp_path, f"finetune/t/{run}/netA", y, probas[run], 0.3, **cost))
         paths.append(
-            _run(
-                tmp_path, f"classify/t/{run}/fused/logreg", y, probas[run], 0.3, fit_seconds=1.5, cv={"best_score": 0.8}
-            )
+            _run(tmp_path, f"classify/t/{run}/fused/logreg", y, probas[run], 0.3, fit_seconds=1.5, val={"roc_auc": 0.8})
         )
     anchors = {"t": [{"model": "Published net", "accuracy": 0.912, "roc_auc": 0.95, "source": "Paper, Table 1"}]}
     report = {"anchors": anchors, "notes": {"t": "Split by patient."}}

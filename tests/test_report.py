@@ -220,13 +220,36 @@ def test_paired_comparison_picks_models_without_the_test_split(tmp_path):
         folder.mkdir(parents=True)
         _predictions(folder / "predictions.csv", y, proba, studies, np.arange(80))
         metrics = classification_metrics(y, proba)
-        metrics |= {"cv": {"best_score": selection_auc}} if "classify" in rel else {"val": {"roc_auc": selection_auc}}
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.json").write_text(json.dumps(metrics | {"val": {"roc_auc": selection_auc}}))
         paths.append(folder / "metrics.json")
     summarize_results(paths, r / "s.csv", r / "m.json", r / "s.md", n_bootstrap=50)
     comparison = json.loads((r / "m.json").read_text())["t"]["paired_comparison"]
     assert comparison["b"] == "indomain/resnet10t/cnn"
     assert "validation AUC" in (r / "s.md").read_text()
+
+
+def test_a_classifier_without_a_grid_can_be_the_picked_fused_classifier(tmp_path):
+    """Selection reads the val AUC every classifier has, not the CV score only a grid search leaves behind."""
+    y, good = _scores(2, n=80, seed=6)
+    _, weak = _scores(2, n=80, seed=7)
+    studies = np.array([f"s{i}" for i in range(80)])
+    r = tmp_path / "results"
+    rows = {
+        "finetune/t/indomain/resnet10t": (good, {"val": {"roc_auc": 0.7}}),
+        "classify/t/indomain/fused/logreg": (weak, {"val": {"roc_auc": 0.8}, "cv": {"best_score": 0.99}}),
+        "classify/t/indomain/fused/knn": (good, {"val": {"roc_auc": 0.9}, "cv": {"skipped": "a single candidate"}}),
+    }
+    paths = []
+    for rel, (proba, extra) in rows.items():
+        folder = r / rel
+        folder.mkdir(parents=True)
+        _predictions(folder / "predictions.csv", y, proba, studies, np.arange(80))
+        (folder / "metrics.json").write_text(json.dumps(classification_metrics(y, proba) | extra))
+        paths.append(folder / "metrics.json")
+    summarize_results(paths, r / "s.csv", r / "m.json", r / "s.md", n_bootstrap=50, out_headline=r / "h.csv")
+    assert json.loads((r / "m.json").read_text())["t"]["paired_comparison"]["a"] == "indomain/fused/knn"
+    picks = pd.read_csv(r / "h.csv").set_index("model")["picked by"]
+    assert picks["knn on fused features"] == "out-of-fold val AUC 0.900"
 
 
 def test_split_composition_counts_images_and_class_shares_per_split(tmp_path):

@@ -41,6 +41,7 @@ from medxfer.io import atomic_path, read_json, write_json
 from medxfer.metrics import (
     N_BOOTSTRAP,
     choose_threshold,
+    classification_metrics,
     evaluate,
     read_predictions,
     roc_points,
@@ -318,6 +319,18 @@ def validation_threshold(
     return threshold, {"rule": metric, "threshold": threshold, "chosen_on": "out-of-fold predictions on train+val"}
 
 
+def validation_metrics(
+    data: Mapping[str, np.ndarray], oof: np.ndarray | None, threshold: float | None
+) -> dict[str, Any] | None:
+    """Metrics of the out-of-fold predictions on the val rows: what the report picks classifiers by, on the same
+    split it picks CNNs by (a CV mean over train+val would score classifiers partly on the rows the CNN was trained
+    on, and exists only for classifiers with a grid). None without out-of-fold predictions or val rows."""
+    n_train, n_val = data["X_train"].shape[0], data["X_val"].shape[0]
+    if oof is None or n_val == 0 or np.isnan(oof[n_train:]).any():
+        return None
+    return classification_metrics(data["y_val"], oof[n_train:], threshold) | {"predictions": "out of fold"}
+
+
 def _fitted_ensemble(
     features_path: Path, member_metrics: Sequence[str | os.PathLike], fit_ids: np.ndarray, want_oof: bool
 ) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
@@ -423,7 +436,9 @@ def train_classifier(
         write_predictions(oof_path, data, no_oof if oof is None else oof, threshold, splits=("train", "val"))
 
     metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, threshold)
+    val_metrics = validation_metrics(data, oof, threshold)
     metrics |= {
+        **({} if val_metrics is None else {"val": val_metrics}),
         "decision": decided,
         "classifier": name,
         "params": params,

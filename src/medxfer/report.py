@@ -90,8 +90,11 @@ def _training_seconds(log_csv: Path) -> float | None:
 
 
 def _selection_auc(metrics: dict[str, Any]) -> float:
-    """AUC on data other than the test split: cross-validated on train+val for classifiers, val for CNNs."""
-    score = metrics.get("cv", {}).get("best_score", metrics.get("val", {}).get("roc_auc"))
+    """AUC on the val split, never test: a CNN's own predictions, a classifier's out-of-fold ones (CV on train+val).
+
+    Every classifier has one, with or without a hyperparameter grid, so all of them compete on the same cases.
+    """
+    score = metrics.get("val", {}).get("roc_auc")
     return float("nan") if score is None else float(score)
 
 
@@ -459,7 +462,7 @@ def _comparison_text(comparison: dict[str, Any]) -> list[str]:
     lines = [
         f"Paired comparison on the same {comparison['n']} test images: best fused classifier **{comparison['a']}**"
         f" minus best single fine-tuned CNN **{comparison['b']}** (each picked without the test split: the"
-        f" CNN by validation AUC, the classifier by cross-validated AUC on train+val;"
+        f" CNN by validation AUC, the classifier by the AUC of its out-of-fold predictions on val;"
         f" paired bootstrap, {boot['resamples']} resamples by {boot['unit']}, seed {boot['seed']}).",
         "",
         "| metric | fused | CNN | difference [95 % CI] | p |",
@@ -555,7 +558,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """Per target and init: the best single fine-tuned CNN (by val AUC) and the best fused classifier (by CV AUC),
+    """Per target and init: the best single fine-tuned CNN (by val AUC) and the best fused classifier (by val AUC),
     with their test metrics and intervals; the same picks as the paired comparison, never by a test number."""
     rows = []
     for (target, init), group in table.groupby(["target", "init"], sort=False):
@@ -563,7 +566,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
         fused = _best(group[(group["features"] == "fused") & (group["classifier"] != "cnn")])
         for row, name, score in (
             (cnn, "{features} CNN", "val AUC"),
-            (fused, "{classifier} on fused features", "CV AUC"),
+            (fused, "{classifier} on fused features", "out-of-fold val AUC"),
         ):
             if row is None:
                 continue

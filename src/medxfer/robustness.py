@@ -1,6 +1,6 @@
 """How accuracy and AUC fall when test images get worse: noise, blur, brightness, contrast, rotation, JPEG, HU window.
 
-Each fine-tuned CNN (its own softmax head) and the best fused classifier (picked by cross-validated AUC, never by
+Each fine-tuned CNN (its own softmax head) and the best fused classifier (picked by out-of-fold AUC on val, never by
 test) see the same perturbed test images; the fused classifier gets them through the fine-tuned CNNs' features
 and the fusion refitted from the same train features (medxfer.fusion.refit_fusion), as at training time.
 
@@ -98,7 +98,7 @@ def hu_shift(dataset: Mapping[str, Any], manifest: Path, image_ids: Sequence[str
 
 
 def best_fused(metrics_paths: Sequence[str | os.PathLike]) -> Path:
-    """The fused classifier with the highest cross-validated AUC (report.py's rule; the test split is not used)."""
+    """The fused classifier with the highest out-of-fold val AUC (report.py's rule; the test split is not used)."""
     rows = [{"path": str(p), "selection_auc": _selection_auc(read_json(p))} for p in metrics_paths]
     best = _best(pd.DataFrame(rows, columns=["path", "selection_auc"]))
     if best is None:

@@ -265,7 +265,8 @@ def explanations(kind="folder"):
 
 def robustness_inputs(wildcards):
     """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers
-    (the best by CV AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again).
+    (the best by out-of-fold val AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU
+    again).
     """
     w = wildcards
     inputs = {
