@@ -171,9 +171,9 @@ def test_test_split_is_never_used_for_fitting(name: str, blobs: Path, tmp_path: 
 def test_cv_folds_keep_studies_together_and_pick_the_best(tmp_path: Path) -> None:
     data = load_feature_file(_write_blobs(tmp_path / "f.npz", with_study=True, classes=2))
     x, y, groups = fit_data(data)
-    splitter, reason = _folds(y, groups, 3, seed=0)
+    splits, reason = _folds(y, groups, 3, seed=0)
     assert reason is None
-    for train, test in splitter.split(x, y, groups):
+    for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
     # on noisy features the choice must be the candidate with the best mean CV score, ties to the first
     noisy = x + np.random.default_rng(0).normal(scale=3.0, size=x.shape)
@@ -182,6 +182,20 @@ def test_cv_folds_keep_studies_together_and_pick_the_best(tmp_path: Path) -> Non
     assert best["n_neighbors"] == [1, 15][int(np.argmax([r["mean"] for r in report["results"]]))]
     _, skipped = select_hyperparameters("knn", {"n_neighbors": [3, 5]}, x[:3], np.array([0, 1, 1]), None, 0, 1)
     assert "first candidate used" in skipped["skipped"]
+
+
+def test_one_image_per_study_folds_are_stratified_like_grouped_ones() -> None:
+    """Unique studies take the fast stratified splits; each fold keeps the class shares, as grouping would."""
+    y = np.r_[np.zeros(300, int), np.ones(100, int)]
+    unique = np.array([f"s{i}" for i in range(y.size)])
+    splits, _ = _folds(y, unique, 3, seed=0)
+    folds = [test for _, test in splits]
+    assert sorted(np.concatenate(folds)) == list(range(y.size))
+    assert all(abs(y[test].mean() - 0.25) < 0.01 for test in folds)
+    shared = np.array([f"s{i // 2}" for i in range(y.size)])  # two images per study: grouping matters
+    grouped, _ = _folds(y, shared, 3, seed=0)
+    for train, test in grouped:
+        assert not set(shared[train]) & set(shared[test])
 
 
 def test_binary_predictions_and_study_level_metrics(tmp_path: Path) -> None:
@@ -326,8 +340,8 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_the_case(tmp_pa
     assert list(oof["split"]) == ["train"] * N["train"] + ["val"] * N["val"]
     np.testing.assert_array_equal(oof["label"], y)
     expected = np.zeros(y.size)
-    splitter, _ = _folds(y, groups, 3, seed=0)
-    for train, held_out in splitter.split(x, y, groups):  # each fold's copy, fitted without the held-out cases
+    splits, _ = _folds(y, groups, 3, seed=0)
+    for train, held_out in splits:  # each fold's copy, fitted without the held-out cases
         model = create_classifier("logreg", {"C": 1.0}, seed=0, threads=1).fit(x[train], y[train])
         expected[held_out] = model.predict_proba(x[held_out])[:, 1]
     np.testing.assert_allclose(oof["prob_malignant"], expected, atol=1e-12)
@@ -363,8 +377,8 @@ def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> Non
     refit = VotingClassifier(
         [(m, create_classifier(m, members[m], seed=0, threads=1)) for m in MEMBERS], voting="soft"
     )  # what a from-scratch ensemble would do: refit every member, out of fold and on all of train+val
-    splitter, _ = _folds(y, groups, 3, seed=0)
-    oof = cross_val_predict(refit, x, y, groups=groups, cv=splitter, method="predict_proba")
+    splits, _ = _folds(y, groups, 3, seed=0)
+    oof = cross_val_predict(refit, x, y, cv=splits, method="predict_proba")
     assert metrics["decision"]["threshold"] == choose_threshold(y, oof, "cohen_kappa")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "e" / "oof.csv")[["prob_benign", "prob_malignant"]], oof)
     val_rows = slice(N["train"], None)
