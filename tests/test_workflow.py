@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_workdir
 from PIL import Image
 
 from medxfer import models
@@ -20,6 +22,33 @@ def test_second_run_has_nothing_to_do(run_dir, snakemake):
     result = snakemake(run_dir, "--cores", "2", "--dry-run")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_factory, snakemake):
+    """Snakemake gives a rule's priority to its jobs only, not to their inputs: each job upstream of pretrain_model
+    must carry that priority itself, or the in-domain runs become a chain at the end of the run."""
+    result = snakemake(tiny_workdir(tmp_path_factory, "priorities"), "--dry-run", "--forceall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs: list[dict] = []
+    for line in result.stdout.splitlines():
+        header = re.match(r"^(?:local)?rule (\w+):$", line)
+        if header:
+            jobs.append({"rule": header[1], "input": [], "output": [], "priority": 0})
+        elif jobs and (field := re.match(r"^    (input|output|priority): (.*)$", line)):
+            key, value = field[1], field[2]
+            jobs[-1][key] = int(value) if key == "priority" else value.split(", ")
+    producer = {path: job for job in jobs for path in job["output"]}
+    pretrain = [job for job in jobs if job["rule"] == "pretrain_model"]
+    finetune_priority = max(job["priority"] for job in jobs if job["rule"] == "finetune_model")
+    assert pretrain and min(job["priority"] for job in pretrain) > finetune_priority
+    upstream, todo = [], [path for job in pretrain for path in job["input"]]
+    while todo:
+        if (job := producer.get(todo.pop())) is not None and job not in upstream:
+            upstream.append(job)
+            todo.extend(job["input"])
+    assert {"ingest_dataset", "cache_images"} <= {job["rule"] for job in upstream}
+    late = [job["rule"] for job in upstream if job["priority"] < min(job["priority"] for job in pretrain)]
+    assert not late, f"jobs upstream of pretraining with a lower priority: {late}"
 
 
 def test_config_sets_threads_per_rule(run_dir):
