@@ -39,15 +39,16 @@ def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_f
             jobs[-1][key] = int(value) if key == "priority" else value.split(", ")
     producer = {path: job for job in jobs for path in job["output"]}
     pretrain = [job for job in jobs if job["rule"] == "pretrain_model"]
-    finetune_priority = max(job["priority"] for job in jobs if job["rule"] == "finetune_model")
-    assert pretrain and min(job["priority"] for job in pretrain) > finetune_priority
+    assert pretrain
+    pretrain_priority = min(job["priority"] for job in pretrain)
+    assert pretrain_priority > max(job["priority"] for job in jobs if job["rule"] == "finetune_model")
     upstream, todo = [], [path for job in pretrain for path in job["input"]]
     while todo:
         if (job := producer.get(todo.pop())) is not None and job not in upstream:
             upstream.append(job)
             todo.extend(job["input"])
     assert {"ingest_dataset", "cache_images"} <= {job["rule"] for job in upstream}
-    late = [job["rule"] for job in upstream if job["priority"] < min(job["priority"] for job in pretrain)]
+    late = [job["rule"] for job in upstream if job["priority"] < pretrain_priority]
     assert not late, f"jobs upstream of pretraining with a lower priority: {late}"
 
 

@@ -24,6 +24,9 @@ FEATURE_SETS = ARCHS + ["fused"]
 # Fine-tuning runs: each init for the first seed, `<init>-seed<k>` for the others (finetune.seeds)
 INIT_RUNS = medxfer.config.init_runs(config)
 DEMO_SETS = ["xray_source", "mura", "ct"]
+# Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
+# not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
+PRETRAIN_FIRST = 10
 
 
 wildcard_constraints:

@@ -1,5 +1,3 @@
-# Priorities do not pass to a job's inputs, so the data jobs carry pretrain_model's priority themselves: otherwise the
-# pretraining sources' ingest and cache wait behind every fine-tuning job that is ready first.
 rule synthesize_demo:
     output:
         root=directory("data/demo/{demo_set}"),
@@ -7,7 +5,7 @@ rule synthesize_demo:
         stamp=demo_stamp("{demo_set}"),
     log:
         f"{R}/logs/synthesize_demo/{{demo_set}}.log",
-    priority: 10
+    priority: PRETRAIN_FIRST
     conda:
         "../../envs/data.yaml"
     params:
@@ -24,7 +22,7 @@ rule ingest_dataset:
         quarantine=f"{R}/datasets/{{dataset}}/quarantine.csv",
     log:
         f"{R}/logs/ingest_dataset/{{dataset}}.log",
-    priority: 10
+    priority: PRETRAIN_FIRST
     conda:
         "../../envs/data.yaml"
     params:
@@ -44,7 +42,7 @@ rule cache_images:
         images=f"{R}/datasets/{{dataset}}/images_{{size}}.npy",
     log:
         f"{R}/logs/cache_images/{{dataset}}_{{size}}.log",
-    priority: 10
+    priority: PRETRAIN_FIRST
     conda:
         "../../envs/data.yaml"
     threads: config["threads"]["cache_images"]

@@ -1,4 +1,3 @@
-# Every in-domain fine-tuning waits for it: run it first, so the last jobs are not a chain behind it.
 rule pretrain_model:
     input:
         unpack(source_inputs),
@@ -10,7 +9,7 @@ rule pretrain_model:
         f"{R}/logs/pretrain_model/{{source}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain_model/{{source}}/{{arch}}.tsv"
-    priority: 10
+    priority: PRETRAIN_FIRST
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["pretrain_model"]
