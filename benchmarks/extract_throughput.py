@@ -76,7 +76,7 @@ def main() -> None:
             {
                 "benchmark": "extract_throughput",
                 "arch": args.arch,
-                "device": str(device),
+                "device": runtime.describe(device),
                 "threads": args.threads,
                 "images": args.n,
                 "image_shape": [args.channels, args.size, args.size],

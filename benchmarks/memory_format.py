@@ -74,7 +74,7 @@ def main() -> None:
                 "size": args.size,
                 "batch_size": args.batch_size,
                 "threads": args.threads,
-                "device": str(device),
+                "device": runtime.describe(device),
                 "channels_last_images_per_s": round(per_s["channels_last"], 1),
                 "nchw_images_per_s": round(per_s["nchw"], 1),
                 "ratio": round(ratio, 3),

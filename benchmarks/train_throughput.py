@@ -117,7 +117,7 @@ def main() -> None:
                 "size": args.size,
                 "batch_size": args.batch_size,
                 "threads": args.threads,
-                "device": str(device),
+                "device": runtime.describe(device),
                 "augment": augment,
                 "input_ms_per_batch": round(median["input"] * 1000, 1),
                 "real_images_per_s": round(best["real"], 1),

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_workdir
 from PIL import Image
 
@@ -53,12 +54,14 @@ def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_f
 
 
 def test_config_sets_threads_per_rule(run_dir):
-    """tiny.yaml gives finetune_model 1 thread; pretraining keeps its default of 8, capped at --cores 2."""
+    """tiny.yaml gives finetune_model 1 thread; pretraining keeps its default of 8, capped at --cores 2. Each log
+    names the CPU kernels torch picked, so a wall time can be told apart from a slower host."""
     finetune_logs = sorted((run_dir / "results/logs/finetune_model").rglob("*.log"))
     pretrain_logs = sorted((run_dir / "results/logs/pretrain_model").rglob("*.log"))
     assert len(finetune_logs) == 2 * 2 * 2 and pretrain_logs
-    assert all("with 1 threads" in log.read_text() for log in finetune_logs)
-    assert all("with 2 threads" in log.read_text() for log in pretrain_logs)
+    kernels = f"{torch.backends.cpu.get_cpu_capability()} kernels) with"
+    assert all(f"{kernels} 1 threads" in log.read_text() for log in finetune_logs)
+    assert all(f"{kernels} 2 threads" in log.read_text() for log in pretrain_logs)
 
 
 def test_finished_training_jobs_leave_no_resume_tree(run_dir):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,25 @@ def select_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{requested}' requested but CUDA is not available on this machine")
     return device
+
+
+def describe(device: torch.device) -> str:
+    """The hardware a timing comes from: the same job ran twice as slow on an AVX2-only host as on the one before,
+    and without this line in the log the two wall times looked like a regression."""
+    threads = torch.get_num_threads()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}) with {threads} CPU threads"
+    return f"cpu ({_cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels) with {threads} threads"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def configure(threads: int, seed: int, deterministic: bool = True) -> None:

@@ -553,14 +553,13 @@ def pretrain_model(
     data = pool([load_cached(m, i) for m, i in zip(manifests, caches, strict=True)], names)
     kind = params.get("objective", "supervised")
     logger.info(
-        "pretraining %s (%s) on %s (%d train images, classes %s) on %s with %d threads",
+        "pretraining %s (%s) on %s (%d train images, classes %s) on %s",
         arch,
         kind,
         "+".join(names),
         len(data.splits["train"].labels),
         data.classes,
-        dev,
-        threads,
+        runtime.describe(dev),
     )
     if kind == "simclr":
         model = models.create(arch, 0, data.in_chans)
@@ -622,14 +621,13 @@ def finetune_model(
     data = load_cached(manifest, images)
     strategy = params["strategy"]
     logger.info(
-        "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s with %d threads",
+        "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s",
         arch,
         init,
         strategy,
         manifest.parent.name,
         *(len(s.labels) for s in data.splits.values()),
-        dev,
-        torch.get_num_threads(),
+        runtime.describe(dev),
     )
     truncate = params.get("truncate_stages", 3) if strategy == "truncated" else None
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate)
