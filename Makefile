@@ -9,6 +9,7 @@ SLURM_VENV ?= .venv-slurm
 SLURM_STAMP := $(SLURM_VENV)/installed.stamp
 
 .PHONY: setup demo test test-slurm lint system-deps clean
+.PHONY: docs benchmark
 
 $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,18 @@ test: lint system-deps $(SLURM_STAMP)
 
 test-slurm: $(SLURM_STAMP)
 	MEDXFER_SLURM_PYTHON=$(abspath $(SLURM_VENV))/bin/python $(BIN)/pytest -m slurm
+
+# The three real-data benchmarks (../shared/data), one after the other, then docs/benchmarks.md and the README's
+# headline table from their own records (report/run.json, report/benchmark.md). BENCHMARKS picks a subset.
+BENCHMARKS ?= ct chest bone
+CORES ?= 2
+benchmark: setup
+	for name in $(BENCHMARKS); do $(BIN)/snakemake --cores $(CORES) --configfile config/benchmark-$$name.yaml || exit 1; done
+	$(BIN)/medxfer benchmark-docs $(foreach name,$(BENCHMARKS),results/benchmark-$(name))
+
+# docs/config.md is generated from workflow/schemas/config.schema.yaml; tests/test_configdoc.py fails when it is stale.
+docs: setup
+	$(BIN)/medxfer config-docs --output docs/config.md
 
 clean:
 	rm -rf results/* data/demo .snakemake

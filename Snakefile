@@ -24,6 +24,18 @@ include: "workflow/rules/robustness.smk"
 include: "workflow/rules/report.smk"
 
 
+onsuccess:
+    # report/run.json: the machine, versions and per-rule job time of the jobs this invocation ran
+    medxfer.runrecord.write_run_record(
+        R,
+        invocation_cores(),
+        workflow.basedir,
+        RUN_STARTED,
+        config,
+        workflow.configfiles,
+    )
+
+
 rule all:
     default_target: True
     input:

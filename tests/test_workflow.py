@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,45 @@ def test_no_identifying_dicom_fields_in_results(run_dir):
         if path.is_file() and path.suffix in (".csv", ".json", ".md", ".log"):
             text = path.read_text(errors="ignore")
             assert not any(s in text for s in secrets), path
+
+
+def test_run_json_records_every_job_with_its_machine_and_costs(run_dir):
+    """report/run.json is written by the run itself: one timing record per job (every log ends with one), the rules'
+    thread counts, the machine and the versions; a run from nothing says so."""
+    from medxfer.runrecord import read_job_records
+
+    record = json.loads((run_dir / "results/report/run.json").read_text())
+    logs = list((run_dir / "results/logs").rglob("*.log"))
+    assert record["jobs"] == len(logs) == len(read_job_records(run_dir / "results"))
+    assert record["complete"] and record["failed_jobs"] == 0 and record["cores"] == 2
+    rules = record["rules"]
+    assert rules["finetune_model"]["jobs"] == 2 * 2 * 2 and record["torch_threads"]["finetune_model"] == [1]
+    assert record["torch_threads"]["pretrain_model"] == [2]  # default 8, capped at --cores 2
+    assert sum(r["jobs"] for r in rules.values()) == record["jobs"]
+    assert record["wall_s"] <= record["job_s"] + 1  # two cores: jobs overlap, never more wall than job time
+    assert record["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert record["machine"]["torch_cpu_capability"] == [torch.backends.cpu.get_cpu_capability()]
+    assert record["configfiles"] and len(record["config_sha256"]) == 64
+
+
+def test_benchmark_docs_are_written_from_the_runs_own_records(run_dir, tmp_path):
+    """`medxfer benchmark-docs` turns a finished run into docs/benchmarks.md and the README's table; the committed
+    docs have the form the generator writes today (regenerate with `make benchmark`)."""
+    from medxfer.benchmarkdoc import TABLE_END, TABLE_START, form
+    from medxfer.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = tmp_path / "README.md"
+    readme.write_text((repo / "README.md").read_text())
+    out = tmp_path / "benchmarks.md"
+    assert main(["benchmark-docs", str(run_dir / "results"), "--output", str(out), "--readme", str(readme)]) == 0
+    run = json.loads((run_dir / "results/report/run.json").read_text())
+    text = out.read_text()
+    assert f"at commit {run['commit'][:10]}" in text and f"{run['jobs']} jobs" in text
+    assert "### demo_mura" in text and "### demo_ct" in text  # the run's own benchmark.md, one level down
+    table = readme.read_text().split(TABLE_START)[1].split(TABLE_END)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert {row.split(" | ")[1] for row in rows} == {"demo_mura", "demo_ct"} and len(rows) == 4  # CNN + fused each
+    committed = (repo / "docs/benchmarks.md").read_text()
+    assert form(text) <= form(committed), "docs/benchmarks.md is not in the generator's form: run `make benchmark`"
+    assert committed.count("\nRun of `") == committed.count("\n## ") >= 1

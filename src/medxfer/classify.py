@@ -11,8 +11,10 @@ list is a grid of candidates searched by CV; any other value is fixed.
 
 from __future__ import annotations
 
+import importlib.abc
 import itertools
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import skops.io
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
@@ -38,6 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from medxfer.fusion import load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
+from medxfer.log import mark_work_start
 from medxfer.metrics import (
     N_BOOTSTRAP,
     choose_threshold,
@@ -174,13 +176,36 @@ def create_classifier(
     return Pipeline([*reduce, *pipeline.steps])
 
 
+class _SkipTorchShim(importlib.abc.MetaPathFinder):
+    """Refuses sklearn's array-API shim for torch, the one package whose import pulls in torch."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "sklearn.externals.array_api_compat.torch":
+            raise ImportError(f"{name} is not needed to save or load a classifier")
+
+
+def _skops_io() -> Any:
+    """skops.io without torch. Its list of trusted types walks every sklearn package; walking the torch shim imports
+    torch, 1.5-2 s of every classifier job for types no sklearn estimator uses (the list comes out the same)."""
+    if "skops.io" not in sys.modules and "torch" not in sys.modules:
+        finder = _SkipTorchShim()
+        sys.meta_path.insert(0, finder)
+        try:
+            import skops.io
+        finally:
+            sys.meta_path.remove(finder)
+    import skops.io
+
+    return skops.io
+
+
 def load_classifier(path: str | os.PathLike) -> Pipeline:
     """Load a saved pipeline, trusting only sklearn/numpy types, so a tampered file cannot run foreign code."""
-    untrusted = skops.io.get_untrusted_types(file=path)
+    untrusted = _skops_io().get_untrusted_types(file=path)
     foreign = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
     if foreign:
         raise ValueError(f"{path}: refusing to load types outside sklearn/numpy: {foreign}")
-    return skops.io.load(path, trusted=untrusted)
+    return _skops_io().load(path, trusted=untrusted)
 
 
 def split_grid(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -410,6 +435,7 @@ def train_classifier(
             f"{features_path}: pca_components={reduce_to} exceeds the {fold_rows} rows of a CV training fold"
         )
     want_oof = oof_path is not None or decision != "argmax"
+    mark_work_start()
     with threadpool_limits(limits=threads):
         try:
             if name == ENSEMBLE:
@@ -434,7 +460,7 @@ def train_classifier(
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
 
     with atomic_path(model_path) as tmp:
-        skops.io.dump(model, tmp)
+        _skops_io().dump(model, tmp)
     write_predictions(predictions_path, data, proba, threshold)
     if oof_path is not None:
         no_oof = np.full((x_fit.shape[0], len(classes)), np.nan)

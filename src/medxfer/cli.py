@@ -21,6 +21,25 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(json.dumps(cfg.load(args.config), indent=2))
 
 
+def cmd_config_docs(args: argparse.Namespace) -> None:
+    from medxfer.configdoc import render
+
+    text = render()
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_benchmark_docs(args: argparse.Namespace) -> None:
+    from medxfer.benchmarkdoc import write_benchmark_docs
+
+    write_benchmark_docs(args.results, args.output, args.readme)
+    print(f"wrote {args.output} and the headline table in {args.readme} from {len(args.results)} run(s)")
+
+
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from medxfer import synth
 
@@ -176,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate-config", cmd_validate, "validate a config file and print it with defaults")
     p.add_argument("config")
+    p = add("config-docs", cmd_config_docs, "Markdown reference of every config key, from the config schema")
+    p.add_argument("--output", help="file to write (docs/config.md); stdout without it")
+    p = add("benchmark-docs", cmd_benchmark_docs, "docs/benchmarks.md and the README table from finished runs")
+    p.add_argument("results", nargs="+", help="finished runs' results folders (each with report/run.json)")
+    p.add_argument("--output", default="docs/benchmarks.md")
+    p.add_argument("--readme", default="README.md")
     p = add("synthesize", cmd_synthesize, "generate one demo data set")
     p.add_argument("kind", choices=["xray_source", "mura", "ct"])
     p.add_argument("out")

@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 from medxfer import models, runtime  # noqa: E402
 from medxfer.cache import Split, load_cached  # noqa: E402
 from medxfer.io import atomic_path, save_npz  # noqa: E402
-from medxfer.log import get_logger  # noqa: E402
+from medxfer.log import get_logger, mark_work_start  # noqa: E402
 from medxfer.train import predict_proba  # noqa: E402
 
 METHODS = ("gradcam", "gradcampp", "lime")
@@ -328,6 +328,7 @@ def explain_model(
     model, meta = models.load(model_dir, "cpu")  # Grad-CAM hooks and LIME's many small batches run fine on CPU
     classes = meta["classes"]
     test = load_cached(manifest, images).splits["test"]
+    mark_work_start()
     proba_all = predict_proba(model, test.images, _CPU)
     predicted_all = proba_all.argmax(axis=1)
     outcome_all = outcomes(test.labels, predicted_all, len(classes))

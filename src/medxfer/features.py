@@ -12,7 +12,7 @@ from torch import nn
 from medxfer import models, runtime
 from medxfer.cache import load_cached
 from medxfer.io import save_npz
-from medxfer.log import get_logger
+from medxfer.log import get_logger, mark_work_start
 from medxfer.train import autocast, to_device
 
 
@@ -83,6 +83,7 @@ def extract_features(
     if data.classes != meta["classes"]:
         raise ValueError(f"{model_dir}: model classes {meta['classes']} differ from data set classes {data.classes}")
     arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
+    mark_work_start()
     for name, split in data.splits.items():
         feats = pooled_features(model, split.images, dev, batch_size, stages)
         if not np.isfinite(feats).all():

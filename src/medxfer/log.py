@@ -1,14 +1,24 @@
-"""Logging for stages: one format, to the rule's log file and stderr; tracebacks kept in the log."""
+"""Logging for stages: one format, to the rule's log file and stderr; tracebacks and a timing record kept in the log."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import platform
+import resource
 import sys
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+# A job's timing record is the last line of its log that starts with this tag (medxfer.runrecord reads it).
+JOB_RECORD_TAG = "medxfer-job-record "
+
+_work_start: float | None = None
 
 
 def get_logger(name: str, log_path: str | os.PathLike | None = None) -> logging.Logger:
@@ -31,13 +41,76 @@ def get_logger(name: str, log_path: str | os.PathLike | None = None) -> logging.
     return logger
 
 
+def mark_work_start() -> None:
+    """Called where a stage begins its useful work (first training step, first fit, ...): what came before in the
+    process (interpreter start, imports, loading data and models) counts as the job's fixed cost. First call wins."""
+    global _work_start
+    if _work_start is None:
+        _work_start = time.time()
+
+
 @contextlib.contextmanager
-def logged(log_path: str | os.PathLike) -> Iterator[None]:
-    """Append any exception's traceback to the rule's log file before it propagates, so failures are on record."""
+def logged(
+    log_path: str | os.PathLike,
+    rule: str | None = None,
+    wildcards: Mapping[str, str] | None = None,
+    threads: int | None = None,
+) -> Iterator[None]:
+    """Append any exception's traceback to the rule's log file before it propagates, so failures are on record;
+    with `rule`, end the log with the job's timing record (process start, imports done, work start, end, CPU time)."""
+    ready = time.time()
+    status = "failed"
     try:
         yield
+        status = "ok"
     except BaseException:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as fh:
             fh.write(traceback.format_exc())
         raise
+    finally:
+        if rule is not None:
+            record = job_record(rule, dict(wildcards or {}), threads, ready, status)
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as fh:
+                fh.write(JOB_RECORD_TAG + json.dumps(record, sort_keys=True) + "\n")
+
+
+def process_start() -> float:
+    """When this process started, in time.time() seconds, to the clock tick. psutil's create_time adds the boot time,
+    which Linux gives in whole seconds: up to a second off, as much as a light job's imports."""
+    import psutil
+
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return psutil.Process().create_time()
+
+
+def job_record(rule: str, wildcards: dict[str, str], threads: int | None, ready: float, status: str) -> dict[str, Any]:
+    """This process's timing: start (from the OS), imports done (`ready`), work start, end, and CPU seconds used
+    by it and its children (data loader workers)."""
+    import psutil
+
+    cpu = psutil.Process().cpu_times()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    record: dict[str, Any] = {
+        "rule": rule,
+        "wildcards": wildcards,
+        "threads": threads,
+        "host": platform.node(),
+        "status": status,
+        "process_start": process_start(),
+        "ready": ready,
+        "work_start": max(_work_start or ready, ready),
+        "end": time.time(),
+        "cpu_seconds": cpu.user + cpu.system + cpu.children_user + cpu.children_system,
+        "max_rss_mb": round(peak_kib / 1024, 1),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:  # only jobs that loaded torch say how it ran
+        record["torch_threads"] = torch.get_num_threads()
+        record["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return record

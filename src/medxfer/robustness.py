@@ -31,7 +31,7 @@ from medxfer.fusion import refit_fusion
 from medxfer.imaging import load_image
 from medxfer.ingest import read_manifest
 from medxfer.io import atomic_path, read_json
-from medxfer.log import get_logger
+from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import classification_metrics
 from medxfer.report import _best, _selection_auc
 
@@ -157,6 +157,7 @@ def assess_robustness(
         select_k=fusion.get("select_k"),
     )
     n_classes = len(data.classes)
+    mark_work_start()
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))
     fused_name = f"fused/{best.parent.name}"

@@ -26,7 +26,7 @@ from medxfer.augment import BatchAugment, build_augment
 from medxfer.cache import CachedDataset, Split, load_cached, pool
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
-from medxfer.log import get_logger
+from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import choose_threshold, classification_metrics, write_predictions
 
 STRATEGIES = ("full", "linear_probe", "truncated")
@@ -356,6 +356,7 @@ def fit(
     resumed = _load_resume(resume_dir, fingerprint, model, extra, optimizer, scheduler, generator, device, logger)
     state |= resumed or {}
     patience, unfreeze = params.get("patience"), params.get("unfreeze_epoch")
+    mark_work_start()
     for epoch in range(state["epoch"] + 1, params["epochs"] + 1):
         if state["stopped"]:
             break

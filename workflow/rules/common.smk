@@ -1,13 +1,19 @@
 # Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from snakemake.exceptions import WorkflowError
 
 # This checkout's library, also where medxfer is not installed (workflow/scripts do the same for jobs).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 import medxfer.config
 import medxfer.fingerprint
+import medxfer.runrecord
+
+RUN_STARTED = time.time()  # report/run.json counts the jobs that started after this
 
 _validated = medxfer.config.validate(config)
 config.clear()
@@ -39,6 +45,14 @@ wildcard_constraints:
     clf="|".join(CLASSIFIERS),
     features="[a-z0-9_]+",
     size="[0-9]+",
+
+
+def invocation_cores():
+    """--cores of this invocation; None for a cluster run, which sets --jobs instead."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
 
 
 def dataset_root(wildcards):

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.log import logged
 from medxfer.robustness import assess_robustness
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     assess_robustness(
         [Path(p).parent for p in sm.input.weights],
         [Path(p) for p in sm.input.features],

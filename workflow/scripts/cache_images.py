@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.cache import cache_images
 from medxfer.log import get_logger, logged
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     cache_images(
         sm.params.dataset,
         Path(sm.input.manifest),

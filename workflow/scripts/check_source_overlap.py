@@ -9,6 +9,6 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.ingest import check_source_overlap
 from medxfer.log import logged
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     sources = {name: Path(path) for name, path in zip(sm.params.sources, sm.input.sources, strict=True)}
     check_source_overlap(Path(sm.input.target), sources, Path(sm.output[0]))

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.features import extract_features
 from medxfer.log import logged
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     extract_features(
         Path(sm.input.weights).parent,
         Path(sm.input.manifest),

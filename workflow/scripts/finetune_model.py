@@ -12,7 +12,7 @@ from medxfer.train import finetune_model
 init, weights = sm.params.init, sm.input.get("weights")  # the folder may name a seed replicate: indomain-seed1
 # imagenet: the weights file itself; indomain: the pretrain checkpoint folder; scratch: nothing
 init_path = None if weights is None else Path(weights).parent if init == "indomain" else Path(weights)
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     finetune_model(
         Path(sm.input.manifest),
         Path(sm.input.images),

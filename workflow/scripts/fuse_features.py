@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.fusion import fuse_features
 from medxfer.log import get_logger, logged
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     report = fuse_features(
         [Path(p) for p in sm.input.features],
         Path(sm.output.features),

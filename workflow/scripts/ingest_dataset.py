@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.ingest import ingest_dataset
 from medxfer.log import get_logger, logged
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     ingest_dataset(
         sm.wildcards.dataset,
         sm.params.dataset,

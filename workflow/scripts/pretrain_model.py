@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.log import logged
 from medxfer.train import pretrain_model
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     pretrain_model(
         sm.input.manifest,  # one path, or a list of pooled source sets
         sm.input.images,

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.log import logged
 from medxfer.report import summarize_faithfulness
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     summarize_faithfulness(
         [Path(p) for p in sm.input.faithfulness],
         Path(sm.output.table),

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this
 from medxfer.log import logged
 from medxfer.report import summarize_results
 
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     summarize_results(
         [Path(p) for p in [*sm.input.finetune, *sm.input.classify]],
         Path(sm.output.summary),

@@ -11,7 +11,7 @@ from medxfer.fingerprint import write_fingerprint
 from medxfer.log import logged
 
 generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     demo = sm.params.demo
     generators[sm.wildcards.demo_set](Path(sm.output.root), demo["n"], demo["size"], demo["seed"])
     write_fingerprint(sm.output.root, sm.output.stamp, demo_set=sm.wildcards.demo_set, **demo)

@@ -11,7 +11,7 @@ from medxfer.log import get_logger, logged
 
 log = get_logger("medxfer.classify", sm.log[0])
 members = [Path(p) for p in sm.input.get("members", [])]  # classify/<t>/<i>/<features>/<member>/metrics.json
-with logged(sm.log[0]):
+with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     for i, features in enumerate(Path(p) for p in sm.input.features):
         model = Path(sm.output.model[i])
         feature_set = model.parent.parent.name

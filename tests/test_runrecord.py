@@ -1,0 +1,103 @@
+"""Job timing records and report/run.json: real processes, real logs, real clocks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medxfer.io import read_json
+from medxfer.runrecord import RUN_RECORD, cost_summary, read_job_records, run_record, write_run_record
+
+JOB = """
+import sys, time
+from medxfer.log import logged, mark_work_start
+log, rule, fixed, fail = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "fail"
+with logged(log, rule, {"target": "t"}, 1):
+    time.sleep(fixed)          # stands in for loading data before the first useful step
+    mark_work_start()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass                   # 0.3 s of real CPU work
+    if fail:
+        raise ValueError("bad input")
+"""
+
+
+def run_job(results: Path, rule: str, name: str, fixed: float = 0.4, fail: bool = False) -> int:
+    log = results / "logs" / rule / f"{name}.log"
+    args = [str(log), rule, str(fixed), "fail" if fail else "ok"]
+    return subprocess.run([sys.executable, "-c", JOB, *args], capture_output=True).returncode
+
+
+def test_a_job_leaves_its_timing_record_in_its_log(tmp_path):
+    assert run_job(tmp_path, "train_classifier", "a") == 0
+    (record,) = read_job_records(tmp_path)
+    assert record["rule"] == "train_classifier" and record["wildcards"] == {"target": "t"}
+    assert record["status"] == "ok" and record["threads"] == 1
+    assert record["process_start"] < record["ready"] < record["work_start"] < record["end"]
+    assert record["work_start"] - record["ready"] >= 0.4  # the sleep before mark_work_start is fixed cost
+    assert record["end"] - record["work_start"] >= 0.3
+    assert record["cpu_seconds"] >= 0.3
+    assert "torch_threads" not in record  # this job never loaded torch
+
+
+def test_a_failed_job_is_on_record_with_its_traceback(tmp_path):
+    assert run_job(tmp_path, "ingest_dataset", "bad", fail=True) != 0
+    (record,) = read_job_records(tmp_path)
+    assert record["status"] == "failed"
+    assert "ValueError: bad input" in (tmp_path / "logs" / "ingest_dataset" / "bad.log").read_text()
+
+
+def test_costs_add_up_per_rule_and_over_the_run(tmp_path):
+    for name in ("a", "b"):
+        run_job(tmp_path, "train_classifier", name, fixed=0.2)
+    run_job(tmp_path, "fuse_features", "c", fixed=0.0)
+    records = read_job_records(tmp_path)
+    summary = cost_summary(records, cores=2)
+    rules = summary["rules"]
+    assert summary["jobs"] == 3 and rules["train_classifier"]["jobs"] == 2 and rules["fuse_features"]["jobs"] == 1
+    for rule in rules.values():
+        assert rule["job_s"] == pytest.approx(rule["fixed_s"] + rule["work_s"])
+    assert rules["train_classifier"]["mean_fixed_s"] >= 0.2
+    assert summary["job_s"] == pytest.approx(sum(r["job_s"] for r in rules.values()))
+    # three jobs one after the other on a 2-core budget: at most half the cores busy
+    assert summary["wall_s"] >= summary["job_s"] * 0.99
+    assert 0 < summary["cores_busy"] <= 0.5 + 1e-6
+
+
+def test_run_json_names_the_machine_and_is_kept_by_a_run_that_ran_nothing(tmp_path):
+    assert write_run_record(tmp_path, 2, Path(__file__).parent) is None  # nothing ran: nothing written
+    run_job(tmp_path, "train_classifier", "a")
+    path = write_run_record(tmp_path, 2, Path(__file__).parent)
+    assert path == tmp_path / RUN_RECORD
+    record = read_json(path)
+    assert record["jobs"] == 1 and record["complete"] and record["cores"] == 2
+    assert len(record["commit"]) == 40 and record["packages"]["scikit-learn"]
+    assert record["machine"]["cpu_model"] and record["machine"]["cpu_count"] >= 1
+    stamp = path.stat().st_mtime_ns
+    assert write_run_record(tmp_path, 2, Path(__file__).parent) == path
+    assert path.stat().st_mtime_ns == stamp  # the same jobs: the file is left as it was
+
+    later = read_json(path)["last_job_end"]
+    since = max(r["end"] for r in read_job_records(tmp_path)) + 1e-3
+    assert run_record(tmp_path, 2, Path(__file__).parent, since=since) is None
+    run_job(tmp_path, "fuse_features", "b")
+    partial = run_record(tmp_path, 2, Path(__file__).parent, since=since)
+    assert partial["jobs"] == 1 and not partial["complete"]  # a resumed run: its wall time is not from nothing
+    assert partial["first_job_start"] >= later
+
+
+def test_cost_command_prints_json_with_its_limits(tmp_path):
+    run_job(tmp_path, "train_classifier", "a", fixed=0.5)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "workflow_cost.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "--cores", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["rules"]["train_classifier"]["jobs"] == 1
+    assert summary["limits"]["fixed_share_ok"] is False  # half a second of sleep against 0.3 s of work
+    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
+    assert empty.returncode != 0 and "no job timing records" in empty.stderr
