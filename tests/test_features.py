@@ -8,7 +8,7 @@ import torch
 
 from medxfer import models
 from medxfer.features import features_and_proba, pooled_features
-from medxfer.train import predict_proba
+from medxfer.inference import predict_proba
 
 
 @pytest.fixture(scope="module")

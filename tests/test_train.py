@@ -11,10 +11,11 @@ from PIL import Image
 from medxfer import models
 from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.features import extract_features, pooled_features
+from medxfer.inference import predict_proba
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, clear_resume, finetune_model, fit, predict_proba, pretrain_model, set_strategy
+from medxfer.train import class_weights, clear_resume, finetune_model, fit, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
 

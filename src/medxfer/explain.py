@@ -31,9 +31,9 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from medxfer import models, runtime  # noqa: E402
 from medxfer.cache import Split, load_cached  # noqa: E402
+from medxfer.inference import predict_proba  # noqa: E402
 from medxfer.io import atomic_path, save_npz  # noqa: E402
 from medxfer.log import get_logger, mark_work_start  # noqa: E402
-from medxfer.train import predict_proba  # noqa: E402
 
 METHODS = ("gradcam", "gradcampp", "lime")
 BASELINE = "random"  # a smooth random map: what a heatmap must beat to mean anything

@@ -13,7 +13,7 @@ from medxfer import models, runtime
 from medxfer.cache import load_cached
 from medxfer.io import save_npz
 from medxfer.log import get_logger, mark_work_start
-from medxfer.train import autocast, to_device
+from medxfer.runtime import autocast, to_device
 
 
 def _forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,3 +59,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned, non-blocking copies on CUDA; the CPU batch as it is."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; off on the CPU, where it would change the numbers and save nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

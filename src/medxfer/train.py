@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
@@ -24,10 +23,12 @@ from tqdm import tqdm
 from medxfer import models, runtime
 from medxfer.augment import BatchAugment, build_augment
 from medxfer.cache import CachedDataset, Split, load_cached, pool
+from medxfer.inference import predict_logits, predict_proba
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import choose_threshold, classification_metrics, write_predictions
+from medxfer.runtime import autocast
 
 STRATEGIES = ("full", "linear_probe", "truncated")
 RESUME_FILE = "state.pt"
@@ -38,34 +39,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / n_classes
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
-
-
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Float32 logits for uint8 (N, C, H, W) images, in large batches under inference mode (on the CPU)."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
-        with autocast(device):
-            out.append(model(models.normalize(batch)).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 0))
-
-
-def predict_proba(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (softmax) for uint8 (N, C, H, W) images."""
-    logits = predict_logits(model, images, device, batch_size)
-    return torch.softmax(logits, dim=1).numpy() if len(logits) else np.zeros((0, 0), dtype=np.float32)
 
 
 def set_strategy(model: nn.Module, strategy: str) -> None:
@@ -144,6 +117,8 @@ class MultiLabel(Supervised):
         loss = float(nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight))
         proba, truth = torch.sigmoid(logits).numpy(), target.numpy()
         scorable = [k for k in range(truth.shape[1]) if 0 < truth[:, k].sum() < len(truth)]
+        from sklearn.metrics import roc_auc_score  # multi-label only: the other jobs need no sklearn
+
         auc = float(np.mean([roc_auc_score(truth[:, k], proba[:, k]) for k in scorable])) if scorable else np.nan
         return loss, {"accuracy": float(((proba > 0.5) == truth).mean()), "roc_auc": auc, "labels": self.classes}
 

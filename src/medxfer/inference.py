@@ -1,0 +1,28 @@
+"""Batched inference under inference mode: what evaluation, heatmaps and robustness share, without training code."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medxfer import models
+from medxfer.runtime import autocast, to_device
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Float32 logits for uint8 (N, C, H, W) images, in large batches under inference mode (on the CPU)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
+        with autocast(device):
+            out.append(model(models.normalize(batch)).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (softmax) for uint8 (N, C, H, W) images."""
+    logits = predict_logits(model, images, device, batch_size)
+    return torch.softmax(logits, dim=1).numpy() if len(logits) else np.zeros((0, 0), dtype=np.float32)
