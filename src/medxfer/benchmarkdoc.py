@@ -1,5 +1,5 @@
 """docs/benchmarks.md and the README's headline table, written from finished runs' own records (report/run.json,
-report/benchmark.md, report/headline.csv): no number reaches the docs by hand."""
+report/benchmark.md, report/benchmark.csv): no number reaches the docs by hand."""
 
 from __future__ import annotations
 
@@ -27,18 +27,19 @@ class Run:
     results: Path
     record: dict[str, Any]
     benchmark_md: str
-    headline: pd.DataFrame
+    table: pd.DataFrame
 
     @property
     def name(self) -> str:
+        """The config file the run was started with (the first one; later ones only override)."""
         files = self.record.get("configfiles") or []
-        return Path(files[-1]).stem if files else self.results.name
+        return Path(files[0]).stem if files else self.results.name
 
 
 def load_run(results: str | os.PathLike) -> Run:
     """A run's records; a missing one is an error that names the file and the command that writes it."""
     results = Path(results)
-    paths = {name: results / "report" / name for name in ("run.json", "benchmark.md", "headline.csv")}
+    paths = {name: results / "report" / name for name in ("run.json", "benchmark.md", "benchmark.csv")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{results}: not a finished run, missing {missing} (run the workflow on it first)")
@@ -46,7 +47,7 @@ def load_run(results: str | os.PathLike) -> Run:
         results,
         read_json(paths["run.json"]),
         paths["benchmark.md"].read_text(),
-        pd.read_csv(paths["headline.csv"], keep_default_na=False),
+        pd.read_csv(paths["benchmark.csv"]),
     )
 
 
@@ -62,8 +63,9 @@ def machine_line(record: dict[str, Any]) -> str:
     kernels = "/".join(machine.get("torch_cpu_capability") or []) or "n/a"
     commit = (record.get("commit") or "unknown")[:10] + (" (with local changes)" if record.get("dirty") else "")
     scope = "from nothing" if record.get("complete") else "the last invocation only (a resumed run)"
+    configs = " + ".join(Path(f).name for f in record.get("configfiles") or [])
     return (
-        f"Run of `{' '.join(record.get('configfiles') or [])}` at commit {commit}, finished {record['date']}; "
+        f"Run of `{configs}` at commit {commit}, finished {record['date']}; "
         f"{machine['cpu_model']} (SIMD: {flags}; torch kernels: {kernels}), {record['cores']} cores. "
         f"Wall time {_minutes(record['wall_s'])} ({scope}), {record['jobs']} jobs, "
         f"{_minutes(record['job_s'])} of job time, fixed cost {record['fixed_share']:.0%} of it, "
@@ -91,28 +93,32 @@ def benchmarks_markdown(runs: Sequence[Run]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _picked(cell: str) -> float:
-    """The validation score a headline row was picked by (`val AUC 0.912` -> 0.912)."""
-    match = re.search(r"(-?\d+(?:\.\d+)?)\s*$", str(cell))
-    return float(match[1]) if match else float("-inf")
+def _mean_sd(row: pd.Series, metric: str) -> str:
+    return f"{row[metric]:.3f} ± {row[f'{metric}_sd']:.3f}" if row["seeds"] > 1 else f"{row[metric]:.3f}"
 
 
 def headline_table(runs: Sequence[Run]) -> str:
-    """Per benchmark and target: the best fine-tuned CNN and the best fused classifier, each picked by its
-    validation score (never by a test number), with the run's wall time."""
-    header = ["benchmark", "target", "init", "model", "picked by", *HEADLINE_METRICS.values(), "n", "wall time"]
+    """Per benchmark and target: the best fine-tuned CNN and the best classifier on fused features, each picked by
+    its mean validation AUC over seeds (never by a test number), with the run's wall time."""
+    header = ["benchmark", "target", "model", "init", "seeds", "val AUC", *HEADLINE_METRICS.values(), "n", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
-        table = run.headline.assign(score=run.headline["picked by"].map(_picked))
-        table = table.assign(kind=table["model"].str.contains("fused").map({True: "fused", False: "cnn"}))
-        for (target, _kind), group in table.groupby(["target", "kind"], sort=False):
-            best = group.sort_values("score", ascending=False, kind="stable").iloc[0]
-            cells = [run.name, str(target), best["init"], best["model"], best["picked by"]]
-            cells += [str(best[m]) for m in HEADLINE_METRICS] + [str(best["n"]), _minutes(run.record["wall_s"])]
-            lines.append("| " + " | ".join(cells) + " |")
+        table = run.table
+        for target, rows in table.groupby("target", sort=False):
+            cnn = rows[rows["classifier"] == "cnn"]
+            fused = rows[(rows["features"] == "fused") & (rows["classifier"] != "cnn")]
+            for kind, group in (("CNN", cnn), ("fused", fused)):
+                if group.empty:
+                    continue
+                best = group.sort_values("selection_auc", ascending=False, kind="stable").iloc[0]
+                model = f"{best['features']} CNN" if kind == "CNN" else f"{best['classifier']} on fused features"
+                cells = [run.name, str(target), model, str(best["init"]), str(best["seeds"])]
+                cells += [f"{best['selection_auc']:.3f}", *(_mean_sd(best, m) for m in HEADLINE_METRICS)]
+                cells += [str(best["n_test"]), _minutes(run.record["wall_s"])]
+                lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Mean ± sd over seeds on the test split; details, machines and costs: docs/benchmarks.md ({COMMAND}).",
+        f"Test split, mean ± sd over seeds; details, machines and costs: docs/benchmarks.md (`{COMMAND}`).",
     ]
     return "\n".join(lines)
 

@@ -184,7 +184,7 @@ def run_record(
     return {
         "date": summary["last_job_end"],
         **git_commit(checkout),
-        "configfiles": [str(f) for f in configfiles],
+        "configfiles": [_relative(f, checkout) for f in configfiles],
         "config_sha256": None if config is None else _digest(config),
         "machine": machine() | {"torch_cpu_capability": capability},
         "torch_threads": {rule: t for rule, t in threads.items() if t},
@@ -221,6 +221,14 @@ def _same_jobs(path: Path, digest: str) -> bool:
         return read_json(path).get("jobs_digest") == digest
     except (OSError, ValueError):
         return False
+
+
+def _relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A config file as the user named it from the checkout: relative when inside it (no machine paths in docs)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _digest(data: Any) -> str:
