@@ -28,11 +28,14 @@ onsuccess:
     # report/run.json: the machine, versions and per-rule job time of the jobs this invocation ran
     medxfer.runrecord.write_run_record(
         R,
-        invocation_cores(),
-        workflow.basedir,
-        RUN_STARTED,
-        config,
-        workflow.configfiles,
+        medxfer.runrecord.run_record(
+            R,
+            invocation_cores(),
+            workflow.basedir,
+            RUN_STARTED,
+            config,
+            workflow.configfiles,
+        ),
     )
 
 

@@ -70,16 +70,17 @@ def test_costs_add_up_per_rule_and_over_the_run(tmp_path):
 
 
 def test_run_json_names_the_machine_and_is_kept_by_a_run_that_ran_nothing(tmp_path):
-    assert write_run_record(tmp_path, 2, Path(__file__).parent) is None  # nothing ran: nothing written
+    # nothing ran: nothing written
+    assert write_run_record(tmp_path, run_record(tmp_path, 2, Path(__file__).parent)) is None
     run_job(tmp_path, "train_classifier", "a")
-    path = write_run_record(tmp_path, 2, Path(__file__).parent)
+    path = write_run_record(tmp_path, run_record(tmp_path, 2, Path(__file__).parent))
     assert path == tmp_path / RUN_RECORD
     record = read_json(path)
     assert record["jobs"] == 1 and record["complete"] and record["cores"] == 2
     assert len(record["commit"]) == 40 and record["packages"]["scikit-learn"]
     assert record["machine"]["cpu_model"] and record["machine"]["cpu_count"] >= 1
     stamp = path.stat().st_mtime_ns
-    assert write_run_record(tmp_path, 2, Path(__file__).parent) == path
+    assert write_run_record(tmp_path, run_record(tmp_path, 2, Path(__file__).parent)) == path
     assert path.stat().st_mtime_ns == stamp  # the same jobs: the file is left as it was
 
     later = read_json(path)["last_job_end"]

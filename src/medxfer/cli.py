@@ -26,9 +26,9 @@ def cmd_config_docs(args: argparse.Namespace) -> None:
 
     text = render()
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        from medxfer.io import write_text
+
+        write_text(args.output, text)
     else:
         sys.stdout.write(text)
 

@@ -79,23 +79,20 @@ def logged(
 def process_start() -> float:
     """When this process started, in time.time() seconds, to the clock tick. psutil's create_time adds the boot time,
     which Linux gives in whole seconds: up to a second off, as much as a light job's imports."""
-    import psutil
-
     try:
         ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
         return time.time() - age
     except (OSError, ValueError, IndexError, AttributeError):
+        import psutil  # no /proc: psutil asks the OS its own way
+
         return psutil.Process().create_time()
 
 
 def job_record(rule: str, wildcards: dict[str, str], threads: int | None, ready: float, status: str) -> dict[str, Any]:
     """This process's timing: start (from the OS), imports done (`ready`), work start, end, and CPU seconds used
     by it and its children (data loader workers)."""
-    import psutil
-
-    cpu = psutil.Process().cpu_times()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     record: dict[str, Any] = {
         "rule": rule,
         "wildcards": wildcards,
@@ -106,8 +103,8 @@ def job_record(rule: str, wildcards: dict[str, str], threads: int | None, ready:
         "ready": ready,
         "work_start": max(_work_start or ready, ready),
         "end": time.time(),
-        "cpu_seconds": cpu.user + cpu.system + cpu.children_user + cpu.children_system,
-        "max_rss_mb": round(peak_kib / 1024, 1),
+        "cpu_seconds": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+        "max_rss_mb": round(own.ru_maxrss / 1024, 1),  # ru_maxrss is in KiB on Linux
     }
     torch = sys.modules.get("torch")
     if torch is not None:  # only jobs that loaded torch say how it ran

@@ -116,8 +116,8 @@ def rounded(value: Any, digits: int = 3) -> Any:
     return value
 
 
-def machine() -> dict[str, Any]:
-    """CPU model and SIMD flags, cores, OS and Python: enough to tell whether two runs' timings compare."""
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags (/proc/cpuinfo; the platform's guess elsewhere)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,6 +128,12 @@ def machine() -> dict[str, Any]:
                 flags |= set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and SIMD flags, cores, OS and Python: enough to tell whether two runs' timings compare."""
+    model, flags = cpu_info()
     return {
         "host": platform.node(),
         "cpu_model": model,
@@ -196,17 +202,9 @@ def run_record(
     }
 
 
-def write_run_record(
-    results: str | os.PathLike,
-    cores: int | None,
-    checkout: str | os.PathLike,
-    since: float | None = None,
-    config: dict[str, Any] | None = None,
-    configfiles: Sequence[str] = (),
-) -> Path | None:
-    """Write `<results>/report/run.json` for the jobs that ran since `since`; a run that ran nothing keeps the last
-    record (a no-op leaves it as it was)."""
-    record = run_record(results, cores, checkout, since, config, configfiles)
+def write_run_record(results: str | os.PathLike, record: dict[str, Any] | None) -> Path | None:
+    """Write `record` (from run_record) as `<results>/report/run.json`; a run that ran nothing (None) or the same
+    jobs again keeps the file as it was."""
     path = Path(results, RUN_RECORD)
     if record is None:
         return None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from medxfer.runrecord import cpu_info
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -27,17 +27,7 @@ def describe(device: torch.device) -> str:
     threads = torch.get_num_threads()
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}) with {threads} CPU threads"
-    return f"cpu ({_cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels) with {threads} threads"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"cpu ({cpu_info()[0]}, {torch.backends.cpu.get_cpu_capability()} kernels) with {threads} threads"
 
 
 def configure(threads: int, seed: int, deterministic: bool = True) -> None:
