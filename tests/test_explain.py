@@ -1,5 +1,7 @@
 """Heatmaps and their faithfulness: real Grad-CAM/LIME on a small trained network, metrics on known geometry."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from medxfer import models
+from medxfer.config import section_defaults
 from medxfer.explain import (
     PANEL,
     cam_maps,
@@ -20,9 +23,12 @@ from medxfer.explain import (
     random_maps,
     segments,
 )
-from medxfer.train import pretrain_model
+from medxfer.train import finetune_model, pretrain_model
 
 PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment={})
+# the config's explain section, small: the defaults themselves live in the schema only
+FINETUNE = PARAMS | dict(imbalance="weighted_loss", strategy="full", epochs=1)
+SETTINGS = section_defaults("explain") | dict(n_images=3, lime_samples=30, n_faithfulness=6, deletion_steps=8)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +116,7 @@ def test_outcomes_and_choice_cover_every_group():
 
 def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trained, tmp_path):
     manifest, images = cached["xray_source"]
-    table = explain_model(
-        trained, manifest, images, tmp_path, n_images=3, lime_samples=30, seed=0, n_faithfulness=6, steps=8
-    )
+    table = explain_model(trained, manifest, images, tmp_path, SETTINGS, seed=0)
     assert len(table) == 3 and set(table["outcome"]) <= {"correct", "wrong"}  # four classes
     for method in ("gradcam", "gradcampp", "lime"):
         for rel in table[f"{method}_png"]:
@@ -129,3 +133,23 @@ def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trai
     assert faith["has_mask"].all()  # images with a finding mask were chosen
     assert faith["pointing_hit"].isin([0.0, 1.0]).all() and faith["iou"].between(0, 1).all()
     assert faith[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+
+
+def test_gallery_outcomes_follow_the_threshold_the_model_carries(cached, tmp_path):
+    """A binary model decides by the threshold in its model.json (chosen on val), so its gallery labels TP/FP/FN/TN
+    as its metrics count them: all-positive at threshold 0, all-negative above 1."""
+    manifest, images = cached["mura"]
+    model_dir = tmp_path / "model"
+    finetune_model(
+        manifest, images, "resnet10t", "scratch", FINETUNE, model_dir, threads=2, seed=0, decision="cohen_kappa"
+    )
+    meta = models.read_meta(model_dir)
+    assert meta["decision"]["rule"] == "cohen_kappa" and meta["decision"]["chosen_on"] == "val"
+    settings = SETTINGS | dict(methods=["gradcam"], n_images=4, n_faithfulness=1)
+    for threshold, allowed in ((0.0, {"TP", "FP"}), (1.01, {"TN", "FN"})):
+        (model_dir / "model.json").write_text(
+            json.dumps(meta | {"decision": meta["decision"] | {"threshold": threshold}})
+        )
+        table = explain_model(model_dir, manifest, images, tmp_path / str(threshold), settings, seed=0)
+        assert len(table) == 4 and set(table["outcome"]) <= allowed, table
+        assert (table["prediction"] == (1 if threshold == 0.0 else 0)).all()

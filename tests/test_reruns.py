@@ -49,7 +49,7 @@ def planned(snakemake, run_dir: Path) -> set[tuple[str, str]]:
 
 
 def jobs(rule: str, **wildcards: list[str] | str) -> set[tuple[str, str]]:
-    """Every combination of the given wildcard values, e.g. jobs("fuse_features", target=["a"], init=INITS)."""
+    """Every combination of the given wildcard values, e.g. jobs("extract_features", target=["a"], init=INITS)."""
     lists = [[v] if isinstance(v, str) else v for v in wildcards.values()]
     combos = itertools.product(*lists)
     return {(rule, ",".join(f"{k}={v}" for k, v in zip(wildcards, combo, strict=True))) for combo in combos}
@@ -61,9 +61,8 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
     return (
         jobs("check_source_overlap", target=target)
         | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
-        | jobs("extract_features", target=target, init=INITS, arch=ARCHS)
+        | jobs("extract_features", target=target, init=INITS)
         | jobs("explain_model", target=target, init=INITS, arch=ARCHS)
-        | jobs("fuse_features", target=target, init=INITS)
         | jobs("train_classifier", target=target, init=INITS, clf=CLASSIFIERS)
         | jobs("assess_robustness", target=target, init=INITS)
         | jobs("plot_training_curves", target=target)
@@ -167,9 +166,9 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
     expected = (
         jobs("pretrain_model", source=SOURCE, arch=new)
         | jobs("finetune_model", target=TARGETS, init=INITS, arch=new)
-        | jobs("extract_features", target=TARGETS, init=INITS, arch=new)
+        # one feature job per run extracts every model's features and fuses them: the old models' are redone too
+        | jobs("extract_features", target=TARGETS, init=INITS)
         | jobs("explain_model", target=TARGETS, init=INITS, arch=new)
-        | jobs("fuse_features", target=TARGETS, init=INITS)
         | jobs("train_classifier", target=TARGETS, init=INITS, clf=CLASSIFIERS)
         | jobs("assess_robustness", target=TARGETS, init=INITS)
         | jobs("plot_training_curves", target=TARGETS)
@@ -188,8 +187,7 @@ def test_new_seed_runs_only_its_replicates_and_the_summary(run_dir, snakemake):
     replicates = [f"{init}-seed5" for init in INITS]
     expected = (
         jobs("finetune_model", target=TARGETS, init=replicates, arch=ARCHS)
-        | jobs("extract_features", target=TARGETS, init=replicates, arch=ARCHS)
-        | jobs("fuse_features", target=TARGETS, init=replicates)
+        | jobs("extract_features", target=TARGETS, init=replicates)
         | jobs("train_classifier", target=TARGETS, init=replicates, clf=CLASSIFIERS)
         | SUMMARY
     )

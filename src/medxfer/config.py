@@ -10,7 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a wheel install validates configs too; workflow/schemas/config.schema.yaml links here.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,13 @@ _DefaultingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
+
+
+def section_defaults(name: str) -> dict[str, Any]:
+    """The schema's defaults of one top-level config section (e.g. `explain`), for callers outside the workflow."""
+    section: dict[str, Any] = {}
+    _DefaultingValidator(load_schema()["properties"][name]).validate(section)
+    return section
 
 
 def _key(error: jsonschema.ValidationError) -> str:

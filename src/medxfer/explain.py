@@ -13,27 +13,25 @@ finding it shows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy.ndimage import gaussian_filter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus  # noqa: E402
-from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from scipy.ndimage import gaussian_filter  # noqa: E402
-
-from medxfer import models, runtime  # noqa: E402
-from medxfer.cache import Split, load_cached  # noqa: E402
-from medxfer.inference import predict_proba  # noqa: E402
-from medxfer.io import atomic_path, save_npz  # noqa: E402
-from medxfer.log import get_logger, mark_work_start  # noqa: E402
+from medxfer import models, runtime
+from medxfer.cache import Split, load_cached
+from medxfer.inference import predict_proba
+from medxfer.io import atomic_path, save_npz
+from medxfer.log import get_logger, mark_work_start
+from medxfer.metrics import decide
 
 METHODS = ("gradcam", "gradcampp", "lime")
 BASELINE = "random"  # a smooth random map: what a heatmap must beat to mean anything
@@ -49,7 +47,11 @@ FAITHFULNESS_COLUMNS = [
     "deletion_auc",
     "insertion_auc",
 ]
-_CPU = torch.device("cpu")
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights live: every forward pass here runs there (pytorch-grad-cam does the same)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def outcomes(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -135,7 +137,7 @@ def lime_maps(
 
     def classify(batch: np.ndarray) -> np.ndarray:
         chw = np.moveaxis(batch[..., :channels], -1, 1)
-        return predict_proba(model, np.clip(np.round(chw * 255), 0, 255).astype(np.uint8), _CPU, 128)
+        return predict_proba(model, np.clip(np.round(chw * 255), 0, 255).astype(np.uint8), _device_of(model), 128)
 
     maps = np.zeros((n, *images.shape[2:]), dtype=np.float32)
     for i in range(n):
@@ -195,7 +197,7 @@ def deletion_insertion(
         deleted[k][:, top] = 0
         inserted[k][:, top] = flat[:, top]
     batch = np.concatenate([deleted, inserted]).reshape(2 * (steps + 1), channels, height, width)
-    proba = predict_proba(model, batch, _CPU)[:, target]
+    proba = predict_proba(model, batch, _device_of(model))[:, target]
     fractions = counts / counts[-1]
     return float(np.trapezoid(proba[: steps + 1], fractions)), float(np.trapezoid(proba[steps + 1 :], fractions))
 
@@ -302,37 +304,38 @@ def explain_model(
     manifest: Path,
     images: Path,
     out_dir: Path,
-    methods: Sequence[str] = METHODS,
-    n_images: int = 6,
-    lime_samples: int = 300,
+    settings: Mapping[str, Any],
     seed: int = 0,
     threads: int = 1,
+    device: str = "auto",
     log_path: Path | None = None,
-    n_faithfulness: int = 8,
-    lime_segments: int = 50,
-    steps: int = 10,
     faithfulness_path: Path | None = None,
 ) -> pd.DataFrame:
     """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv (in
     out_dir, or at `faithfulness_path`: the workflow keeps it outside the folder so the summary reads a checksummed
     file, not a folder whose time any copy or `dvc checkout` changes).
 
-    The gallery images are spread over true/false positives/negatives and explain the predicted class; the
-    faithfulness images (with a finding mask where the data set has masks) explain their true class.
+    `settings`: the config's validated `explain` section (its defaults live in the schema only). The gallery images
+    are spread over true/false positives/negatives, decided as the model decides (its validation-chosen threshold
+    in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
+    where the data set has masks) explain their true class.
     """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
+    methods = settings["methods"]
+    lime_samples, lime_segments = settings["lime_samples"], settings["lime_segments"]
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
-    model, meta = models.load(model_dir, "cpu")  # Grad-CAM hooks and LIME's many small batches run fine on CPU
+    dev = runtime.select_device(device)
+    model, meta = models.load(model_dir, dev)
     classes = meta["classes"]
     test = load_cached(manifest, images).splits["test"]
     mark_work_start()
-    proba_all = predict_proba(model, test.images, _CPU)
-    predicted_all = proba_all.argmax(axis=1)
+    proba_all = predict_proba(model, test.images, dev)
+    predicted_all = decide(proba_all, (meta.get("decision") or {}).get("threshold"))
     outcome_all = outcomes(test.labels, predicted_all, len(classes))
-    index = choose_images(outcome_all, n_images, seed)
+    index = choose_images(outcome_all, settings["n_images"], seed)
     chosen = test.images[index]
     predicted = predicted_all[index]
     table = pd.DataFrame(
@@ -364,7 +367,9 @@ def explain_model(
     _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, f"{meta['arch']} ({meta['init']})")
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
-    faith = faithfulness(model, test, methods, n_faithfulness, lime_samples, lime_segments, steps, seed)
+    faith = faithfulness(
+        model, test, methods, settings["n_faithfulness"], lime_samples, lime_segments, settings["deletion_steps"], seed
+    )
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()
@@ -376,7 +381,10 @@ def _gallery(
     path: Path, images: np.ndarray, table: pd.DataFrame, heatmaps: dict[str, np.ndarray], classes: list[str], title: str
 ) -> None:
     cols = 1 + len(heatmaps)
-    fig, axes = plt.subplots(len(table), cols, figsize=(2.2 * cols, 2.3 * len(table)), squeeze=False)
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, no GUI
+
+    fig = Figure(figsize=(2.2 * cols, 2.3 * len(table)))
+    axes = fig.subplots(len(table), cols, squeeze=False)
     for row, record in enumerate(table.itertuples()):
         axes[row, 0].imshow(images[row, 0], cmap="gray")
         axes[row, 0].set_title(
@@ -393,4 +401,3 @@ def _gallery(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,37 +65,44 @@ def pooled_features(
 
 
 def extract_features(
-    model_dir: Path,
+    model_dirs: Sequence[Path],
     manifest: Path,
     images: Path,
-    out_path: Path,
+    out_paths: Sequence[Path],
     batch_size: int = 256,
     threads: int = 1,
     device: str = "auto",
     log_path: Path | None = None,
     stages: int = 1,
 ) -> dict[str, Any]:
-    """Write X/y/ids/study per split and the class names to one .npz; NaN or inf features are an error."""
+    """For each model, write X/y/ids/study per split and the class names to its .npz; NaN or inf features are an
+    error. Several models share one process and one decode of the images (a torch start-up costs seconds)."""
+    if len(model_dirs) != len(out_paths):
+        raise ValueError(f"{len(model_dirs)} models but {len(out_paths)} output paths")
     logger = get_logger("medxfer.features", log_path)
     runtime.configure(threads, seed=0)
     dev = runtime.select_device(device)
-    model, meta = models.load(model_dir, dev)
     data = load_cached(manifest, images)
-    if data.classes != meta["classes"]:
-        raise ValueError(f"{model_dir}: model classes {meta['classes']} differ from data set classes {data.classes}")
-    arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
-    mark_work_start()
-    for name, split in data.splits.items():
-        feats = pooled_features(model, split.images, dev, batch_size, stages)
-        if not np.isfinite(feats).all():
-            raise ValueError(f"{model_dir}: non-finite features on the {name} split")
-        arrays |= {
-            f"X_{name}": feats,
-            f"y_{name}": split.labels,
-            f"ids_{name}": split.ids,
-            f"study_{name}": split.studies,
-        }
-    save_npz(out_path, **arrays)
-    dims = {name: arrays[f"X_{name}"].shape for name in data.splits}
-    logger.info("features of %s (%s): %s", meta["arch"], model_dir, dims)
+    dims: dict[str, dict[str, tuple[int, ...]]] = {}
+    for model_dir, out_path in zip(model_dirs, out_paths, strict=True):
+        model, meta = models.load(model_dir, dev)
+        if data.classes != meta["classes"]:
+            raise ValueError(
+                f"{model_dir}: model classes {meta['classes']} differ from data set classes {data.classes}"
+            )
+        mark_work_start()  # first call wins: the first model's load still counts as fixed cost
+        arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
+        for name, split in data.splits.items():
+            feats = pooled_features(model, split.images, dev, batch_size, stages)
+            if not np.isfinite(feats).all():
+                raise ValueError(f"{model_dir}: non-finite features on the {name} split")
+            arrays |= {
+                f"X_{name}": feats,
+                f"y_{name}": split.labels,
+                f"ids_{name}": split.ids,
+                f"study_{name}": split.studies,
+            }
+        save_npz(out_path, **arrays)
+        dims[str(out_path)] = {name: arrays[f"X_{name}"].shape for name in data.splits}
+        logger.info("features of %s (%s): %s", meta["arch"], model_dir, dims[str(out_path)])
     return {"dims": dims}

@@ -628,7 +628,8 @@ def finetune_model(
     test_arrays = {"ids_test": test.ids, "study_test": test.studies, "y_test": test.labels, "classes": data.classes}
     write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
-    models.save(out_dir, model, meta | {"init_path": str(init_path) if init_path else None})
+    meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"]}
+    models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)
     clear_resume(resume_dir, resume_root)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})

@@ -196,6 +196,18 @@ def resume_dir(stage):
     return path
 
 
+def model_files(name):
+    """Input function: the file `name` of every fine-tuned model (one per arch) of the job's target and init run."""
+
+    def files(wildcards):
+        return expand(
+            f"{R}/finetune/{wildcards.target}/{wildcards.init}/{{arch}}/{name}",
+            arch=ARCHS,
+        )
+
+    return files
+
+
 def features_file(target, init, features):
     if features == "fused":
         return f"{R}/fused/{target}/{init}/features.npz"
@@ -287,12 +299,8 @@ def robustness_inputs(wildcards):
     """
     w = wildcards
     inputs = {
-        "weights": expand(
-            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.safetensors", arch=ARCHS
-        ),
-        "metas": expand(
-            f"{R}/finetune/{w.target}/{w.init}/{{arch}}/model.json", arch=ARCHS
-        ),
+        "weights": model_files("model.safetensors")(w),
+        "metas": model_files("model.json")(w),
         "features": [features_file(w.target, w.init, arch) for arch in ARCHS],
         "classifiers": expand(
             f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/metrics.json",

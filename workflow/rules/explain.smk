@@ -28,5 +28,6 @@ rule explain_model:
     params:
         explain=config["explain"],
         seed=config["seed"],
+        device=config["device"],
     script:
         "../scripts/explain_model.py"

@@ -1,14 +1,18 @@
 rule extract_features:
     input:
         unpack(target_inputs),
-        weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
-        meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
+        weights=model_files("model.safetensors"),
+        metas=model_files("model.json"),
     output:
-        features=f"{R}/features/{{target}}/{{init}}/{{arch}}.npz",
+        features=expand(
+            f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS
+        ),
+        fused=f"{R}/fused/{{target}}/{{init}}/features.npz",
+        report=f"{R}/fused/{{target}}/{{init}}/fusion.json",
     log:
-        f"{R}/logs/extract_features/{{target}}/{{init}}/{{arch}}.log",
+        f"{R}/logs/extract_features/{{target}}/{{init}}.log",
     benchmark:
-        f"{R}/benchmarks/extract_features/{{target}}/{{init}}/{{arch}}.tsv"
+        f"{R}/benchmarks/extract_features/{{target}}/{{init}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["extract_features"]
@@ -20,24 +24,7 @@ rule extract_features:
         batch_size=config["features"]["batch_size"],
         stages=config["features"]["stages"],
         device=config["device"],
-    script:
-        "../scripts/extract_features.py"
-
-
-rule fuse_features:
-    input:
-        features=expand(
-            f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS
-        ),
-    output:
-        features=f"{R}/fused/{{target}}/{{init}}/features.npz",
-        report=f"{R}/fused/{{target}}/{{init}}/fusion.json",
-    log:
-        f"{R}/logs/fuse_features/{{target}}/{{init}}.log",
-    conda:
-        "../../envs/sklearn.yaml"
-    params:
         fusion=config["fusion"],
         seed=run_seed,
     script:
-        "../scripts/fuse_features.py"
+        "../scripts/extract_features.py"

@@ -1,4 +1,4 @@
-"""Snakemake adapter: pooled deep features of one fine-tuned model for every split."""
+"""Snakemake adapter: pooled deep features of each fine-tuned model of one run, then their fusion."""
 
 import sys
 from pathlib import Path
@@ -7,17 +7,29 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.features import extract_features
-from medxfer.log import logged
+from medxfer.fusion import fuse_features
+from medxfer.log import get_logger, logged
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
+    features = [Path(p) for p in sm.output.features]
     extract_features(
-        Path(sm.input.weights).parent,
+        [Path(p).parent for p in sm.input.weights],
         Path(sm.input.manifest),
         Path(sm.input.images),
-        Path(sm.output.features),
+        features,
         batch_size=sm.params.batch_size,
         threads=sm.threads,
         device=sm.params.device,
         stages=sm.params.stages,
         log_path=Path(sm.log[0]),
     )
+    report = fuse_features(
+        features,
+        Path(sm.output.fused),
+        Path(sm.output.report),
+        standardize=sm.params.fusion["standardize"],
+        pca_components=sm.params.fusion["pca_components"],
+        seed=sm.params.seed,
+        select_k=sm.params.fusion["select_k"],
+    )
+    get_logger("medxfer.fusion", sm.log[0]).info("fused %s -> %s", report["concat_dim"], report["fused_dim"])
