@@ -62,7 +62,7 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
         jobs("check_source_overlap", target=target)
         | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
         | jobs("extract_features", target=target, init=INITS)
-        | jobs("explain_model", target=target, init=INITS, arch=ARCHS)
+        | jobs("explain_model", target=target, init=INITS)
         | jobs("train_classifier", target=target, init=INITS, clf=CLASSIFIERS)
         | jobs("assess_robustness", target=target, init=INITS)
         | jobs("plot_training_curves", target=target)
@@ -166,9 +166,9 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
     expected = (
         jobs("pretrain_model", source=SOURCE, arch=new)
         | jobs("finetune_model", target=TARGETS, init=INITS, arch=new)
-        # one feature job per run extracts every model's features and fuses them: the old models' are redone too
+        # one feature job and one heatmap job per run cover every model: the old models' are redone too
         | jobs("extract_features", target=TARGETS, init=INITS)
-        | jobs("explain_model", target=TARGETS, init=INITS, arch=new)
+        | jobs("explain_model", target=TARGETS, init=INITS)
         | jobs("train_classifier", target=TARGETS, init=INITS, clf=CLASSIFIERS)
         | jobs("assess_robustness", target=TARGETS, init=INITS)
         | jobs("plot_training_curves", target=TARGETS)

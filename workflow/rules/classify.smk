@@ -13,6 +13,7 @@ rule train_classifier:
         f"{R}/logs/train_classifier/{{target}}/{{init}}/{{clf}}.log",
     benchmark:
         f"{R}/benchmarks/train_classifier/{{target}}/{{init}}/{{clf}}.tsv"
+    priority: CHAIN_FIRST
     conda:
         "../../envs/sklearn.yaml"
     threads: config["threads"]["train_classifier"]

@@ -33,6 +33,9 @@ DEMO_SETS = ["xray_source", "mura", "ct"]
 # Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
 # not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
 PRETRAIN_FIRST = 10
+# Then the chain to the classifiers and the robustness sweep, so the leaves (heatmaps, training curves) fill gaps
+# instead of pushing that chain to the end of the run.
+CHAIN_FIRST = 5
 
 
 wildcard_constraints:
@@ -278,17 +281,37 @@ def classify_metrics(name="metrics.json"):
     )
 
 
+EXPLAIN = {
+    "folder": f"{R}/explain/{{target}}/{{init}}/{{arch}}",
+    "faithfulness": f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
+}
+
+
 def explanations(kind="folder"):
     """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
-    pattern = {
-        "folder": f"{R}/explain/{{target}}/{{init}}/{{arch}}",
-        "faithfulness": f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
-    }[kind]
-    return expand(
-        pattern,
-        target=FT["targets"],
-        init=FT["inits"],
+    return expand(EXPLAIN[kind], target=FT["targets"], init=FT["inits"], arch=ARCHS)
+
+
+def explain_outputs(kind):
+    """One run's heatmap folders (each in the HTML report) or faithfulness tables, one per arch."""
+    paths = expand(
+        EXPLAIN[kind].replace("{target}", "{{target}}").replace("{init}", "{{init}}"),
         arch=ARCHS,
+    )
+    if kind == "faithfulness":
+        return paths
+    return [reported_folder(path, arch) for path, arch in zip(paths, ARCHS)]
+
+
+def reported_folder(path, arch):
+    """A heatmap folder as a directory output whose gallery.png goes into the HTML report."""
+    return report(
+        directory(path),
+        patterns=["{gallery,gallery}.png"],
+        caption="../report/gallery.rst",
+        category="Heatmaps",
+        subcategory="{target}",
+        labels={"init": "{init}", "model": arch},
     )
 
 

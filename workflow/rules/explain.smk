@@ -1,23 +1,16 @@
 rule explain_model:
     input:
         unpack(target_inputs),
-        weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
-        meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
+        weights=model_files("model.safetensors"),
+        metas=model_files("model.json"),
     output:
-        folder=report(
-            directory(f"{R}/explain/{{target}}/{{init}}/{{arch}}"),
-            patterns=["{gallery,gallery}.png"],
-            caption="../report/gallery.rst",
-            category="Heatmaps",
-            subcategory="{target}",
-            labels={"init": "{init}", "model": "{arch}"},
-        ),
-        # outside the folder: the summary's input is then a file Snakemake checksums, not a folder's time
-        faithfulness=f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
+        folders=explain_outputs("folder"),
+        # outside the folders: the summary's input is then a file Snakemake checksums, not a folder's time
+        faithfulness=explain_outputs("faithfulness"),
     log:
-        f"{R}/logs/explain_model/{{target}}/{{init}}/{{arch}}.log",
+        f"{R}/logs/explain_model/{{target}}/{{init}}.log",
     benchmark:
-        f"{R}/benchmarks/explain_model/{{target}}/{{init}}/{{arch}}.tsv"
+        f"{R}/benchmarks/explain_model/{{target}}/{{init}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["explain_model"]

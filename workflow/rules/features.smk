@@ -13,6 +13,7 @@ rule extract_features:
         f"{R}/logs/extract_features/{{target}}/{{init}}.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{{target}}/{{init}}.tsv"
+    priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["extract_features"]

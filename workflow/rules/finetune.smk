@@ -12,6 +12,7 @@ rule finetune_model:
         f"{R}/logs/finetune_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/{{arch}}.tsv"
+    priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["finetune_model"]

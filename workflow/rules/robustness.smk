@@ -15,6 +15,7 @@ rule assess_robustness:
         f"{R}/logs/assess_robustness/{{target}}/{{init}}.log",
     benchmark:
         f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}.tsv"
+    priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["assess_robustness"]

@@ -1,4 +1,4 @@
-"""Snakemake adapter: Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness for one fine-tuned model."""
+"""Snakemake adapter: Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness for each model of one run."""
 
 import sys
 from pathlib import Path
@@ -10,15 +10,16 @@ from medxfer.explain import explain_model
 from medxfer.log import logged
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
-    explain_model(
-        Path(sm.input.weights).parent,
-        Path(sm.input.manifest),
-        Path(sm.input.images),
-        Path(sm.output.folder),
-        sm.params.explain,
-        seed=sm.params.seed,
-        threads=sm.threads,
-        device=sm.params.device,
-        log_path=Path(sm.log[0]),
-        faithfulness_path=Path(sm.output.faithfulness),
-    )
+    for weights, folder, faithfulness in zip(sm.input.weights, sm.output.folders, sm.output.faithfulness, strict=True):
+        explain_model(
+            Path(weights).parent,
+            Path(sm.input.manifest),
+            Path(sm.input.images),
+            Path(folder),
+            sm.params.explain,
+            seed=sm.params.seed,
+            threads=sm.threads,
+            device=sm.params.device,
+            log_path=Path(sm.log[0]),
+            faithfulness_path=Path(faithfulness),
+        )
