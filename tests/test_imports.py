@@ -24,6 +24,8 @@ def loaded_after(code: str) -> set[str]:
         ("import medxfer.runrecord, medxfer.benchmarkdoc", {"torch", "sklearn", "skops"}),
         # feature extraction needs no training code, sklearn or plotting
         ("import medxfer.features", {"sklearn", "skops", "matplotlib"}),
+        # plotting and the selection rule: matplotlib only once a figure is drawn, never torch
+        ("import medxfer.plots, medxfer.selection", {"torch", "matplotlib"}),
         # what every DAG build imports (a no-op `snakemake` stays short)
         ("import medxfer.config, medxfer.fingerprint, medxfer.runrecord", {"torch", "sklearn", "timm", "PIL"}),
     ],

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from medxfer.comparison import split_composition
 from medxfer.metrics import (
     METRICS,
     _resample_weights,
@@ -18,7 +19,8 @@ from medxfer.metrics import (
     roc_points,
     study_level,
 )
-from medxfer.report import plot_confusion, plot_roc, split_composition, summarize_results
+from medxfer.plots import plot_confusion, plot_roc
+from medxfer.report import summarize_results
 
 
 def _scores(n_classes: int, n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -487,7 +487,7 @@ def train_classifier(
         with atomic_path(roc_path) as tmp:
             roc.to_csv(tmp, index=False)
     if roc_plot is not None or confusion_plot is not None:
-        from medxfer.report import plot_confusion, plot_roc  # matplotlib only when plots are asked for
+        from medxfer.plots import plot_confusion, plot_roc  # matplotlib only when plots are asked for
 
         title = f"{name} on {features_path.stem} (test, n={len(proba)})"
         if roc_plot is not None:

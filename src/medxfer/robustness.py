@@ -33,7 +33,8 @@ from medxfer.ingest import read_manifest
 from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import classification_metrics
-from medxfer.report import _best, _selection_auc
+from medxfer.plots import new_figure, save_figure
+from medxfer.selection import best_row, selection_auc
 
 # perturbation -> (what the level means, the level at severity 1, 2, 3)
 LEVELS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -98,9 +99,9 @@ def hu_shift(dataset: Mapping[str, Any], manifest: Path, image_ids: Sequence[str
 
 
 def best_fused(metrics_paths: Sequence[str | os.PathLike]) -> Path:
-    """The fused classifier with the highest out-of-fold val AUC (report.py's rule; the test split is not used)."""
-    rows = [{"path": str(p), "selection_auc": _selection_auc(read_json(p))} for p in metrics_paths]
-    best = _best(pd.DataFrame(rows, columns=["path", "selection_auc"]))
+    """The fused classifier with the highest out-of-fold val AUC (medxfer.selection's rule; never the test split)."""
+    rows = [{"path": str(p), "selection_auc": selection_auc(read_json(p))} for p in metrics_paths]
+    best = best_row(pd.DataFrame(rows, columns=["path", "selection_auc"]))
     if best is None:
         raise ValueError("no fused classifier results to choose from")
     return Path(best["path"])
@@ -211,15 +212,8 @@ def _threshold(metrics_path: Path) -> float | None:
 
 def plot_robustness(table: pd.DataFrame, path: Path, title: str) -> None:
     """Accuracy and AUC vs severity: one panel per perturbation, one line per model, severity 0 = clean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medxfer.report import _save
-
     kinds = [k for k in table["perturbation"].unique() if k != "none"]
-    fig, axes = plt.subplots(2, max(1, len(kinds)), figsize=(2.3 * max(1, len(kinds)), 4.6), squeeze=False, dpi=100)
+    fig, axes = new_figure(2, max(1, len(kinds)), figsize=(2.3 * max(1, len(kinds)), 4.6), squeeze=False)
     clean = table[table["perturbation"] == "none"]
     for col, kind in enumerate(kinds):
         part = pd.concat([clean, table[table["perturbation"] == kind]])
@@ -235,4 +229,4 @@ def plot_robustness(table: pd.DataFrame, path: Path, title: str) -> None:
             ax.tick_params(labelsize=6)
     axes[0, 0].legend(fontsize=6, loc="lower left")
     fig.suptitle(f"robustness: {title}", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,0 +1,96 @@
+"""One results row per metrics.json: where it sits in results/ says what it measures, its content how well.
+
+Every row carries its bootstrap 95 % intervals. A classifier's metrics.json has them already; the fine-tuned
+CNN's own metrics.json (written by the training stage) gets them here from its sibling predictions.csv, by
+the same code (medxfer.metrics.evaluate), so CNN and classifier rows are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medxfer.config import SEED_SUFFIX  # `<init>-seed<k>` folders are seed replicates of `<init>`
+from medxfer.io import read_json
+from medxfer.metrics import METRICS, evaluate_predictions
+from medxfer.selection import selection_auc
+
+KEYS = ["target", "init", "features", "classifier"]
+PREDICTIONS = "predictions.csv"
+
+
+def is_missing(value: Any) -> bool:
+    """None or NaN: a metric a row does not have (no study level, no interval, no timing)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def table_order(value: object) -> object:
+    """Sort scratch before imagenet before indomain, single models before the fusion, the CNN head first."""
+    rank = {"scratch": "0", "imagenet": "1", "indomain": "2", "fused": "~", "cnn": "0"}
+    return rank.get(value, f"1{value}") if isinstance(value, str) else value
+
+
+def _keys(path: Path) -> dict[str, str]:
+    """What a metrics file measures, from its place in results/.
+
+    finetune/{target}/{init}/{arch}/metrics.json            -> the CNN's own softmax head
+    classify/{target}/{init}/{features}/{clf}/metrics.json  -> a classifier on single-model or fused features
+    """
+    parts = path.parts
+    if "finetune" in parts[-5:]:
+        target, init, arch = parts[-4:-1]
+        return {"target": target, "init": init, "features": arch, "classifier": "cnn"}
+    if "classify" in parts[-6:]:
+        target, init, features, clf = parts[-5:-1]
+        return {"target": target, "init": init, "features": features, "classifier": clf}
+    raise ValueError(f"{path}: not a finetune/ or classify/ metrics file")
+
+
+def _with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """The metrics file, completed with intervals (and study-level results) from predictions.csv where missing."""
+    metrics = read_json(path)
+    predictions = path.with_name(PREDICTIONS)
+    if "ci" not in metrics and predictions.is_file():
+        computed = evaluate_predictions(predictions, n_bootstrap, seed, metrics.get("threshold"))
+        metrics = computed | {k: v for k, v in metrics.items() if k in METRICS or k == "n" or k not in computed}
+    return metrics
+
+
+def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {f"{prefix}n": metrics.get("n")}
+    ci = metrics.get("ci", {})
+    for m in METRICS:
+        low, high = ci.get(m, [None, None])
+        row |= {f"{prefix}{m}": metrics.get(m), f"{prefix}{m}_lo": low, f"{prefix}{m}_hi": high}
+    return row
+
+
+def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """A metrics.json as one flat row: its keys, every metric with _lo/_hi interval, selection AUC and costs."""
+    metrics = _with_intervals(path, n_bootstrap, seed)
+    row = _keys(path) | _flat("", metrics)
+    row["n_test"] = row.pop("n")
+    study = metrics.get("study", {})
+    if "accuracy" in study:
+        row |= _flat("study_", study)
+    row["predictions"] = str(path.with_name(PREDICTIONS)) if path.with_name(PREDICTIONS).is_file() else None
+    row["selection_auc"] = selection_auc(metrics)
+    row["threshold"] = metrics.get("threshold")
+    row["replicate_of"] = row["init"].partition(SEED_SUFFIX)[0]
+    row["num_parameters"] = metrics.get("num_parameters")
+    row["train_seconds"] = _training_seconds(path.with_name("log.csv")) if row["classifier"] == "cnn" else None
+    return row
+
+
+def _training_seconds(log_csv: Path) -> float | None:
+    """A fine-tuning run's wall time from its per-epoch log (timings stay out of metrics.json, which must be the
+    same bit for bit on every run)."""
+    return float(pd.read_csv(log_csv)["seconds"].sum()) if log_csv.is_file() else None
+
+
+def faithfulness_keys(path: Path) -> dict[str, str]:
+    """faithfulness/{target}/{init}/{arch}.csv -> its target, init and arch."""
+    return {"target": path.parts[-3], "init": path.parts[-2], "arch": path.stem}
