@@ -110,3 +110,14 @@ def cached(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         cache_images(ds, manifest, images, threads=2)
         result[kind] = (manifest, images)
     return result
+
+
+def result_identity(rel: str) -> dict:
+    """{"identity": ...} as the workflow writes it into a result's metrics.json, for a test result at `rel`:
+    finetune/<target>/<run>/<arch> or classify/<target>/<run>/<features>/<classifier>."""
+    from medxfer.identity import identity
+
+    stage, target, run, *rest = rel.strip("/").split("/")
+    init, _, seed = run.partition("-seed")
+    features, classifier = (rest[0], "cnn") if stage == "finetune" else rest[:2]
+    return {"identity": identity(target, init, int(seed or 0), run, features, classifier)}

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import result_identity
 from sklearn import metrics as skm
 
 from medxfer import config as cfg
@@ -115,7 +116,7 @@ def _run(
     table = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(y))], "label": y})
     table["prob_neg"], table["prob_pos"] = proba[:, 0], proba[:, 1]
     table.sample(frac=1, random_state=len(rel)).to_csv(folder / "predictions.csv", index=False)  # any row order
-    metrics = classification_metrics(y, proba, threshold) | extra
+    metrics = classification_metrics(y, proba, threshold) | extra | result_identity(rel)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder / "metrics.json"
 
@@ -156,8 +157,8 @@ def test_benchmark_table_pools_seeds_and_shows_costs_anchors_and_init_comparison
         out_benchmark_md=out / "b.md",
         out_benchmark_csv=out / "b.csv",
         report=report,
-        overlap_paths=[overlap],
-        manifest_paths=[manifest],
+        overlap_paths={"t": overlap},
+        manifest_paths={"t": manifest},
     )
     bench = pd.read_csv(out / "b.csv")
     assert len(bench) == 3 and set(bench["seeds"]) == {3}

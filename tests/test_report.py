@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import result_identity
 from sklearn import metrics as skm
 
 from medxfer.comparison import split_composition
@@ -139,20 +140,22 @@ def test_roc_points_and_plots(tmp_path):
     assert (tmp_path / "roc.png").read_bytes()[:4] == (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def write_metrics(path, accuracy, kappa):
+def write_metrics(root, rel, accuracy, kappa):
+    path = root / rel / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = ("accuracy", "balanced_accuracy", "f1")
-    path.write_text(json.dumps({**dict.fromkeys(keys, accuracy), "cohen_kappa": kappa, "roc_auc": 0.9, "n": 10}))
+    scores = {**dict.fromkeys(keys, accuracy), "cohen_kappa": kappa, "roc_auc": 0.9, "n": 10}
+    path.write_text(json.dumps(scores | result_identity(rel)))
     return path
 
 
 def test_summary_rows_best_and_tables(tmp_path):
     r = tmp_path / "results"
     paths = [
-        write_metrics(r / "finetune/t1/scratch/resnet10t/metrics.json", 0.7, 0.4),
-        write_metrics(r / "finetune/t1/indomain/resnet10t/metrics.json", 0.8, 0.6),
-        write_metrics(r / "classify/t1/indomain/fused/svm/metrics.json", 0.85, 0.7),
-        write_metrics(r / "classify/t1/scratch/resnet10t/knn/metrics.json", 0.6, 0.2),
+        write_metrics(r, "finetune/t1/scratch/resnet10t", 0.7, 0.4),
+        write_metrics(r, "finetune/t1/indomain/resnet10t", 0.8, 0.6),
+        write_metrics(r, "classify/t1/indomain/fused/svm", 0.85, 0.7),
+        write_metrics(r, "classify/t1/scratch/resnet10t/knn", 0.6, 0.2),
     ]
     table = summarize_results(paths, tmp_path / "s.csv", tmp_path / "m.json", tmp_path / "s.md")
     csv = pd.read_csv(tmp_path / "s.csv")
@@ -165,6 +168,29 @@ def test_summary_rows_best_and_tables(tmp_path):
     assert "skipped" in nested["t1"]["paired_comparison"]  # no predictions.csv to pair
     md = (tmp_path / "s.md").read_text()
     assert "## t1" in md and "**svm**" in md and "| scratch |" in md
+
+
+def test_a_results_folder_moved_and_renamed_reports_the_same(tmp_path):
+    """Rows come from each result's own identity, not from its folder: files copied under other names give the
+    same summary, and a file without an identity is an error that names it."""
+    rels = ["finetune/t1/scratch/resnet10t", "finetune/t1/indomain-seed1/resnet10t", "classify/t1/indomain/fused/svm"]
+    originals = [write_metrics(tmp_path / "results", rel, 0.7 + k / 20, 0.3 + k / 10) for k, rel in enumerate(rels)]
+    moved = []
+    for k, path in enumerate(originals):
+        copy = tmp_path / "elsewhere" / f"run{k}" / "metrics.json"  # no stage, target or init in the path
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(path.read_bytes())
+        moved.append(copy)
+    summarize_results(originals, tmp_path / "a.csv", tmp_path / "a.json", tmp_path / "a.md")
+    summarize_results(moved, tmp_path / "b.csv", tmp_path / "b.json", tmp_path / "b.md")
+    first, second = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    pd.testing.assert_frame_equal(first, second)
+    assert set(second["replicate_of"]) == {"scratch", "indomain"} and "indomain-seed1" in set(second["init"])
+    assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
+    anonymous = write_metrics(tmp_path / "results", "classify/t1/scratch/fused/knn", 0.6, 0.2)
+    anonymous.write_text(json.dumps({k: v for k, v in json.loads(anonymous.read_text()).items() if k != "identity"}))
+    with pytest.raises(ValueError, match=f"{anonymous}.*identity"):
+        summarize_results([*originals, anonymous], tmp_path / "c.csv", tmp_path / "c.json", tmp_path / "c.md")
 
 
 def _predictions(path: Path, y: np.ndarray, proba: np.ndarray, studies: np.ndarray, order: np.ndarray) -> None:
@@ -186,8 +212,9 @@ def test_summary_intervals_for_cnn_rows_and_paired_comparison(tmp_path):
     for folder, proba, order in ((cnn, weak, np.arange(120)[::-1]), (fused, good, np.arange(120))):
         folder.mkdir(parents=True)
         _predictions(folder / "predictions.csv", y, proba, studies, order)
-    (cnn / "metrics.json").write_text(json.dumps(classification_metrics(y, weak)))
-    (fused / "metrics.json").write_text(json.dumps(evaluate(y, good, studies)))
+    identities = {folder: result_identity(str(folder.relative_to(r))) for folder in (cnn, fused)}
+    (cnn / "metrics.json").write_text(json.dumps(classification_metrics(y, weak) | identities[cnn]))
+    (fused / "metrics.json").write_text(json.dumps(evaluate(y, good, studies) | identities[fused]))
     summarize_results([cnn / "metrics.json", fused / "metrics.json"], r / "s.csv", r / "m.json", r / "s.md")
     csv = pd.read_csv(r / "s.csv")
     for m in METRICS:
@@ -222,7 +249,9 @@ def test_paired_comparison_picks_models_without_the_test_split(tmp_path):
         folder.mkdir(parents=True)
         _predictions(folder / "predictions.csv", y, proba, studies, np.arange(80))
         metrics = classification_metrics(y, proba)
-        (folder / "metrics.json").write_text(json.dumps(metrics | {"val": {"roc_auc": selection_auc}}))
+        (folder / "metrics.json").write_text(
+            json.dumps(metrics | {"val": {"roc_auc": selection_auc}} | result_identity(rel))
+        )
         paths.append(folder / "metrics.json")
     summarize_results(paths, r / "s.csv", r / "m.json", r / "s.md", n_bootstrap=50)
     comparison = json.loads((r / "m.json").read_text())["t"]["paired_comparison"]
@@ -246,7 +275,9 @@ def test_a_classifier_without_a_grid_can_be_the_picked_fused_classifier(tmp_path
         folder = r / rel
         folder.mkdir(parents=True)
         _predictions(folder / "predictions.csv", y, proba, studies, np.arange(80))
-        (folder / "metrics.json").write_text(json.dumps(classification_metrics(y, proba) | extra))
+        (folder / "metrics.json").write_text(
+            json.dumps(classification_metrics(y, proba) | extra | result_identity(rel))
+        )
         paths.append(folder / "metrics.json")
     summarize_results(paths, r / "s.csv", r / "m.json", r / "s.md", n_bootstrap=50, out_headline=r / "h.csv")
     assert json.loads((r / "m.json").read_text())["t"]["paired_comparison"]["a"] == "indomain/fused/knn"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_workdir
+from conftest import result_identity, tiny_workdir
 from PIL import Image
 
 from medxfer import models
@@ -259,3 +261,55 @@ def test_benchmark_docs_are_written_from_the_runs_own_records(run_dir, tmp_path)
     committed = (repo / "docs/benchmarks.md").read_text()
     assert form(text) <= form(committed), "docs/benchmarks.md is not in the generator's form: run `make benchmark`"
     assert committed.count("\nRun of `") == committed.count("\n## ") >= 1
+
+
+def test_the_command_line_stages_write_what_the_workflow_jobs_wrote(run_dir, tmp_path):
+    """`medxfer fuse` and `medxfer classify` with the run's config and a job's inputs redo that job: same numbers,
+    same files (the ensemble aside, whose members come from the run)."""
+    medxfer = Path(sys.executable).with_name("medxfer")
+    target, init = "demo_mura", "scratch"
+    features = [f"results/features/{target}/{init}/{arch}.npz" for arch in ("resnet10t", "resnet18")]
+    fused = tmp_path / "fused" / "features.npz"
+    done = subprocess.run(
+        [medxfer, "fuse", "config/config.yaml", fused, *features], cwd=run_dir, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    with np.load(fused) as ours, np.load(run_dir / f"results/fused/{target}/{init}/features.npz") as job:
+        assert sorted(ours.files) == sorted(job.files)
+        for key in job.files:
+            np.testing.assert_array_equal(ours[key], job[key], err_msg=key)
+    out = tmp_path / "svm"
+    job_features = f"results/fused/{target}/{init}/features.npz"  # metrics.json records the path it was given
+    done = subprocess.run(
+        [medxfer, "classify", "config/config.yaml", job_features, "svm", out],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    job = run_dir / f"results/classify/{target}/{init}/fused/svm"
+    for name in ("metrics.json", "predictions.csv", "oof.csv", "roc.csv"):
+        assert (out / name).read_bytes() == (job / name).read_bytes(), name
+
+
+def test_every_result_carries_its_identity(run_dir):
+    """What the summary reads instead of folder names: each result's own metadata names it."""
+    results = run_dir / "results"
+    metrics = [*(results / "finetune").rglob("metrics.json"), *(results / "classify").rglob("metrics.json")]
+    assert len(metrics) == 2 * 2 * 2 + 2 * 2 * 3 * 4  # targets x inits x (archs + feature sets x classifiers)
+    for path in metrics:
+        rel = str(path.parent.relative_to(results))
+        assert json.loads(path.read_text())["identity"] == result_identity(rel)["identity"], rel
+    for path in (results / "finetune").rglob("model.json"):
+        assert (
+            models.read_meta(path.parent)["identity"]
+            == result_identity(str(path.parent.relative_to(results)))["identity"]
+        )
+    for path in [*(results / "features").rglob("*.npz"), *(results / "fused").rglob("*.npz")]:
+        stage, target, run = path.relative_to(results).parts[:3]
+        with np.load(path) as data:
+            ident = json.loads(str(data["identity"]))
+        features = "fused" if stage == "fused" else path.stem
+        assert (ident["target"], ident["run"], ident["features"]) == (target, run, features), path
+    faithfulness = pd.read_csv(next((results / "faithfulness").rglob("*.csv")))
+    assert {"target", "init", "arch"} <= set(faithfulness.columns)

@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
-from medxfer.fusion import load_feature_file
+from medxfer.fusion import feature_identity, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
 from medxfer.log import mark_work_start
 from medxfer.metrics import (
@@ -296,7 +296,7 @@ def select_hyperparameters(
     return fixed | candidates[best], report
 
 
-def _predict_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
+def classifier_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities for every class in the file, with zeros for classes absent from the fitting data."""
     full = np.zeros((x.shape[0], n_classes), dtype=np.float64)
     if x.shape[0]:
@@ -455,7 +455,7 @@ def train_classifier(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(x_fit, y_fit)  # the ensemble's members are fitted already: this only records the classes
-            proba = _predict_proba(model, data["X_test"], len(classes))  # the one look at the test split
+            proba = classifier_proba(model, data["X_test"], len(classes))  # the one look at the test split
         except ValueError as exc:
             raise ValueError(f"classifier '{name}' with params {params} failed on {features_path}: {exc}") from exc
 
@@ -468,7 +468,9 @@ def train_classifier(
 
     metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, threshold)
     val_metrics = validation_metrics(data, oof, threshold)
+    features_identity = feature_identity(data, features_path)
     metrics |= {
+        **({} if features_identity is None else {"identity": features_identity | {"classifier": name}}),
         **({} if val_metrics is None else {"val": val_metrics}),
         "decision": decided,
         "classifier": name,

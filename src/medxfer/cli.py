@@ -113,48 +113,67 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         seed=conf["seed"],
         device=conf["device"],
         resume_dir=Path(args.resume) if args.resume else None,
+        decision=conf["decision"]["threshold"],
+        target=target,
+        run=args.init,
     )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from medxfer.features import extract_features
 
+    conf = cfg.load(args.config)
     extract_features(
         [Path(args.model)],
         Path(args.manifest),
         Path(args.images),
         [Path(args.out)],
-        batch_size=args.batch_size,
+        batch_size=conf["features"]["batch_size"],
         threads=args.threads,
+        device=conf["device"],
+        stages=conf["features"]["stages"],
     )
 
 
 def cmd_fuse(args: argparse.Namespace) -> None:
     from medxfer.fusion import fuse_features
 
-    out = Path(args.out)
-    fuse_features([Path(p) for p in args.features], out, out.with_name("fusion.json"), pca_components=args.pca)
+    fusion, out = cfg.load(args.config)["fusion"], Path(args.out)
+    fuse_features(
+        [Path(p) for p in args.features],
+        out,
+        out.with_name("fusion.json"),
+        standardize=fusion["standardize"],
+        pca_components=fusion["pca_components"],
+        seed=args.seed,
+        select_k=fusion["select_k"],
+    )
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
     from medxfer.classify import train_classifier
 
-    out = Path(args.out)
-    params = json.loads(args.params)
-    print(
-        json.dumps(
-            train_classifier(
-                Path(args.features),
-                args.classifier,
-                params,
-                out / "model.skops",
-                out / "predictions.csv",
-                out / "metrics.json",
-                seed=args.seed,
-            ),
-            indent=2,
+    conf, out = cfg.load(args.config), Path(args.out)
+    if args.classifier not in conf["classifiers"]:
+        raise ValueError(
+            f"{args.config}: no classifier '{args.classifier}' under classifiers: {list(conf['classifiers'])}"
         )
+    metrics = train_classifier(
+        Path(args.features),
+        args.classifier,
+        conf["classifiers"][args.classifier],
+        out / "model.skops",
+        out / "predictions.csv",
+        out / "metrics.json",
+        seed=args.seed,
+        threads=args.threads,
+        roc_path=out / "roc.csv",
+        member_metrics=[Path(p) for p in args.members],
+        decision=conf["decision"]["threshold"],
+        pca_components=conf["classify"]["pca_components"],
+        oof_path=out / "oof.csv",
     )
+    print(json.dumps({k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc", "best_params")}, indent=2))
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -235,23 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "finetune":
             p.add_argument("--init", default="scratch", choices=["scratch", "imagenet", "indomain"])
             p.add_argument("--init-path", help="ImageNet safetensors file or pretrain checkpoint folder")
-    p = add("extract", cmd_extract, "pooled deep features of a fine-tuned model")
+    p = add("extract", cmd_extract, "pooled deep features of a fine-tuned model (config: features)")
+    p.add_argument("config")
     p.add_argument("model")
     p.add_argument("manifest")
     p.add_argument("images")
     p.add_argument("out")
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p = add("fuse", cmd_fuse, "fuse feature files")
+    p = add("fuse", cmd_fuse, "fuse feature files (config: fusion)")
+    p.add_argument("config")
     p.add_argument("out")
     p.add_argument("features", nargs="+")
-    p.add_argument("--pca", type=float, default=None)
-    p = add("classify", cmd_classify, "train one classic classifier on a feature file")
+    p.add_argument("--seed", type=int, default=0, help="the training seed of the run the features come from")
+    p = add("classify", cmd_classify, "select, fit and test one classifier on a feature file, as the workflow does")
+    p.add_argument("config", help="hyperparameters (classifiers.<name>), decision.threshold, classify.pca_components")
     p.add_argument("features")
     p.add_argument("classifier")
-    p.add_argument("out")
-    p.add_argument("--params", default="{}", help="JSON hyperparameters")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="folder for model.skops, predictions.csv, oof.csv, metrics.json, roc.csv")
+    p.add_argument("--seed", type=int, default=0, help="the training seed of the run the features come from")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--members", nargs="*", default=[], help="ensemble: the members' metrics.json on these features")
     p = add("explain", cmd_explain, "Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness (config: explain)")
     p.add_argument("config")
     p.add_argument("model")

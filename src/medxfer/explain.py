@@ -28,6 +28,7 @@ from scipy.ndimage import gaussian_filter
 
 from medxfer import models, runtime
 from medxfer.cache import Split, load_cached
+from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz
 from medxfer.log import get_logger, mark_work_start
@@ -370,6 +371,12 @@ def explain_model(
     faith = faithfulness(
         model, test, methods, settings["n_faithfulness"], lime_samples, lime_segments, settings["deletion_steps"], seed
     )
+    if "identity" in meta:  # which model these rows score, for the summary (a pretraining checkpoint has none)
+        ident = read_identity(meta, model_dir / models.META_FILE, "features")
+        for position, (column, value) in enumerate(
+            (("target", ident["target"]), ("init", ident["run"]), ("arch", meta["arch"]))
+        ):
+            faith.insert(position, column, value)
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()

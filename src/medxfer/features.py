@@ -12,6 +12,8 @@ from torch import nn
 
 from medxfer import models, runtime
 from medxfer.cache import load_cached
+from medxfer.identity import read as read_identity
+from medxfer.identity import to_array as identity_array
 from medxfer.io import save_npz
 from medxfer.log import get_logger, mark_work_start
 from medxfer.runtime import autocast, to_device
@@ -92,6 +94,9 @@ def extract_features(
             )
         mark_work_start()  # first call wins: the first model's load still counts as fixed cost
         arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
+        if "identity" in meta:  # a fine-tuned model's; a pretrained checkpoint has none
+            ident = read_identity(meta, Path(model_dir) / models.META_FILE, "features")
+            arrays["identity"] = identity_array({k: v for k, v in ident.items() if k != "classifier"})
         for name, split in data.splits.items():
             feats = pooled_features(model, split.images, dev, batch_size, stages)
             if not np.isfinite(feats).all():

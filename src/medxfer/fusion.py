@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.feature_selection import f_classif
 from sklearn.preprocessing import StandardScaler
 
+from medxfer.identity import from_array, to_array
 from medxfer.io import save_npz, write_json
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -80,6 +81,23 @@ def load_feature_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if len(dims) != 1:
         raise ValueError(f"{path}: feature dimension differs between splits: {sorted(dims)}")
     return data
+
+
+def feature_identity(data: Mapping[str, np.ndarray], path: str | os.PathLike) -> dict[str, Any] | None:
+    """The result identity a feature file carries (medxfer.identity); None for features of a model without one."""
+    return from_array(data["identity"], path, "features") if "identity" in data else None
+
+
+def _fused_identity(files: Sequence[Mapping[str, np.ndarray]], paths: Sequence[Path]) -> dict[str, Any] | None:
+    """The inputs' shared run (target, init, seed) with features `fused`; an error for features of different runs."""
+    found = [feature_identity(data, path) for data, path in zip(files, paths, strict=True)]
+    if any(ident is None for ident in found):
+        return None
+    run = {k: v for k, v in found[0].items() if k != "features"}
+    for ident, path in zip(found, paths, strict=True):
+        if {k: v for k, v in ident.items() if k != "features"} != run:
+            raise ValueError(f"{path}: features of {ident} cannot be fused with those of {found[0]} ({paths[0]})")
+    return run | {"features": "fused"}
 
 
 def _align(reference: np.ndarray, ids: np.ndarray, path: Path, ref_path: Path, split: str) -> np.ndarray:
@@ -250,6 +268,9 @@ def fuse_features(
     selection_report, pca_report = fusion.selection_report, fusion.pca_report
 
     arrays: dict[str, np.ndarray] = {"classes": ref["classes"]}
+    fused_identity = _fused_identity(files, paths)
+    if fused_identity is not None:
+        arrays["identity"] = to_array(fused_identity)
     for split in SPLITS:
         arrays[f"X_{split}"] = np.ascontiguousarray(fused[split], dtype=np.float32)
         arrays[f"y_{split}"] = ref[f"y_{split}"]
@@ -261,6 +282,7 @@ def fuse_features(
     save_npz(out_path, **arrays)
 
     report: dict[str, Any] = {
+        **({} if fused_identity is None else {"identity": fused_identity}),
         "inputs": [str(p) for p in paths],
         "models": [{"path": str(p), "dim": int(d["X_train"].shape[1])} for p, d in zip(paths, files, strict=True)],
         "concat_dim": concat_dim,

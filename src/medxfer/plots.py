@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from medxfer.io import atomic_path
+from medxfer.identity import read as read_identity
+from medxfer.io import atomic_path, read_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,12 +88,14 @@ def plot_faithfulness(means: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def plot_training_curves(log_paths: Sequence[str | os.PathLike], path: str | os.PathLike, title: str) -> None:
-    """Train/val loss and val AUC per epoch, one line per fine-tuned model (finetune/{target}/{init}/{arch}/log.csv)."""
+    """Train/val loss and val AUC per epoch, one line per fine-tuned model: each log.csv sits in its model's folder,
+    whose model.json names the run and architecture."""
     fig, axes = new_figure(1, 2, figsize=(7.0, 2.8))
     for log_path in log_paths:
         log_path = Path(log_path)
         history = pd.read_csv(log_path)
-        init, arch = log_path.parts[-3:-1]
+        meta = read_json(log_path.with_name("model.json"))
+        init, arch = read_identity(meta, log_path.with_name("model.json"))["run"], meta["arch"]
         line = axes[0].plot(history["epoch"], history["train_loss"], label=f"{init}/{arch} train")[0]
         axes[0].plot(history["epoch"], history["val_loss"], linestyle="--", color=line.get_color(), label="val")
         axes[1].plot(history["epoch"], history["val_roc_auc"], marker="o", markersize=3, label=f"{init}/{arch}")

@@ -7,7 +7,7 @@ The entry points the workflow calls: they gather the rows (medxfer.results), com
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from medxfer.io import atomic_path, read_json, write_json, write_text
 from medxfer.metrics import METRICS, N_BOOTSTRAP
 from medxfer.plots import plot_faithfulness
 from medxfer.render import benchmark_markdown, headline, to_html, to_markdown
-from medxfer.results import KEYS, faithfulness_keys, is_missing, results_row, table_order
+from medxfer.results import KEYS, check_faithfulness_table, is_missing, results_row, table_order
 
 
 def summarize_results(
@@ -33,13 +33,14 @@ def summarize_results(
     out_benchmark_md: str | os.PathLike | None = None,
     out_benchmark_csv: str | os.PathLike | None = None,
     report: dict[str, Any] | None = None,
-    overlap_paths: Sequence[str | os.PathLike] = (),
-    manifest_paths: Sequence[str | os.PathLike] = (),
+    overlap_paths: Mapping[str, str | os.PathLike] | None = None,
+    manifest_paths: Mapping[str, str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
     """Write summary.csv (metrics with _lo/_hi intervals), a nested metrics.json (DVC metrics) and summary.md;
     optionally the headline picks (headline.csv), the whole table as HTML for the Snakemake report, and the
     benchmark over seed replicates (benchmark.md/.csv, with the published anchors of `report` and the split
-    composition of each target's manifest, `datasets/<target>/manifest.csv`)."""
+    composition of each target's manifest). `overlap_paths` and `manifest_paths`: target name -> its
+    source_overlap.json and manifest.csv."""
     table = pd.DataFrame([results_row(Path(p), n_bootstrap, seed) for p in metrics_paths])
     table = table.sort_values(KEYS, key=lambda col: col.map(table_order)).reset_index(drop=True)
     table["best"] = table.groupby("target")["cohen_kappa"].transform("max") == table["cohen_kappa"]
@@ -72,8 +73,8 @@ def summarize_results(
             with atomic_path(out_benchmark_csv) as tmp:
                 bench.round(4).to_csv(tmp, index=False)
         if out_benchmark_md is not None:
-            overlaps = {Path(read_json(p)["target"]).parent.name: read_json(p) for p in overlap_paths}
-            compositions = {Path(p).parent.name: split_composition(p) for p in manifest_paths}
+            overlaps = {target: read_json(p) for target, p in (overlap_paths or {}).items()}
+            compositions = {target: split_composition(p) for target, p in (manifest_paths or {}).items()}
             markdown = benchmark_markdown(bench, comparisons, pairs, report, overlaps, compositions)
             write_text(out_benchmark_md, markdown)
     return table
@@ -92,7 +93,9 @@ def summarize_faithfulness(
     means per target and method (Grad-CAM vs Grad-CAM++ vs LIME vs the random map) with a bar chart."""
     frames = []
     for path in map(Path, faithfulness_files):
-        frames.append(pd.read_csv(path).assign(**faithfulness_keys(path)))
+        table = pd.read_csv(path)
+        check_faithfulness_table(table, path)
+        frames.append(table)
     images = pd.concat(frames, ignore_index=True)
     per_model = (
         images.groupby(["target", "init", "arch", "method"], sort=False)

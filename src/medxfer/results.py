@@ -1,4 +1,4 @@
-"""One results row per metrics.json: where it sits in results/ says what it measures, its content how well.
+"""One results row per metrics.json: its identity (medxfer.identity) says what it measures, the rest how well.
 
 Every row carries its bootstrap 95 % intervals. A classifier's metrics.json has them already; the fine-tuned
 CNN's own metrics.json (written by the training stage) gets them here from its sibling predictions.csv, by
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from medxfer.config import SEED_SUFFIX  # `<init>-seed<k>` folders are seed replicates of `<init>`
+from medxfer.identity import read as read_identity
 from medxfer.io import read_json
 from medxfer.metrics import METRICS, evaluate_predictions
 from medxfer.selection import selection_auc
@@ -33,20 +33,12 @@ def table_order(value: object) -> object:
     return rank.get(value, f"1{value}") if isinstance(value, str) else value
 
 
-def _keys(path: Path) -> dict[str, str]:
-    """What a metrics file measures, from its place in results/.
-
-    finetune/{target}/{init}/{arch}/metrics.json            -> the CNN's own softmax head
-    classify/{target}/{init}/{features}/{clf}/metrics.json  -> a classifier on single-model or fused features
-    """
-    parts = path.parts
-    if "finetune" in parts[-5:]:
-        target, init, arch = parts[-4:-1]
-        return {"target": target, "init": init, "features": arch, "classifier": "cnn"}
-    if "classify" in parts[-6:]:
-        target, init, features, clf = parts[-5:-1]
-        return {"target": target, "init": init, "features": features, "classifier": clf}
-    raise ValueError(f"{path}: not a finetune/ or classify/ metrics file")
+def _keys(metrics: dict[str, Any], path: Path) -> dict[str, str]:
+    """What a metrics file measures, from its own identity: a CNN's softmax head (classifier `cnn`) or a classifier
+    on one model's or the fused features. `init` is the run (`indomain-seed1`), `replicate_of` its init."""
+    ident = read_identity(metrics, path, "features", "classifier")
+    keys = {"target": ident["target"], "init": ident["run"], "features": ident["features"]}
+    return keys | {"classifier": ident["classifier"], "replicate_of": ident["init"]}
 
 
 def _with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
@@ -71,7 +63,7 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """A metrics.json as one flat row: its keys, every metric with _lo/_hi interval, selection AUC and costs."""
     metrics = _with_intervals(path, n_bootstrap, seed)
-    row = _keys(path) | _flat("", metrics)
+    row = _keys(metrics, path) | _flat("", metrics)
     row["n_test"] = row.pop("n")
     study = metrics.get("study", {})
     if "accuracy" in study:
@@ -79,7 +71,7 @@ def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     row["predictions"] = str(path.with_name(PREDICTIONS)) if path.with_name(PREDICTIONS).is_file() else None
     row["selection_auc"] = selection_auc(metrics)
     row["threshold"] = metrics.get("threshold")
-    row["replicate_of"] = row["init"].partition(SEED_SUFFIX)[0]
+    row["replicate_of"] = row.pop("replicate_of")  # the column order of earlier summaries
     row["num_parameters"] = metrics.get("num_parameters")
     row["train_seconds"] = _training_seconds(path.with_name("log.csv")) if row["classifier"] == "cnn" else None
     return row
@@ -91,6 +83,14 @@ def _training_seconds(log_csv: Path) -> float | None:
     return float(pd.read_csv(log_csv)["seconds"].sum()) if log_csv.is_file() else None
 
 
-def faithfulness_keys(path: Path) -> dict[str, str]:
-    """faithfulness/{target}/{init}/{arch}.csv -> its target, init and arch."""
-    return {"target": path.parts[-3], "init": path.parts[-2], "arch": path.stem}
+def check_faithfulness_table(table: pd.DataFrame, path: Path) -> None:
+    """A faithfulness table names its model in its own columns (target, init run, arch), as explain_model writes."""
+    missing = [key for key in FAITHFULNESS_KEYS if key not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: no {missing} columns to say which model it scores; written by an older medxfer or for a "
+            "model without an identity (a pretraining checkpoint): re-run explain_model"
+        )
+
+
+FAITHFULNESS_KEYS = ("target", "init", "arch")

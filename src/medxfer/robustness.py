@@ -25,9 +25,10 @@ from torchvision.transforms.v2 import functional as tvf
 
 from medxfer import models, runtime
 from medxfer.cache import load_cached
-from medxfer.classify import _predict_proba, load_classifier
+from medxfer.classify import classifier_proba, load_classifier
 from medxfer.features import features_and_proba
 from medxfer.fusion import refit_fusion
+from medxfer.identity import read as read_identity
 from medxfer.imaging import load_image
 from medxfer.ingest import read_manifest
 from medxfer.io import atomic_path, read_json
@@ -161,7 +162,8 @@ def assess_robustness(
     mark_work_start()
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))
-    fused_name = f"fused/{best.parent.name}"
+    best_identity = read_identity(read_json(best), best, "features", "classifier")
+    fused_name = f"fused/{best_identity['classifier']}"
     names = [meta["arch"] for _, meta in cnns] + [fused_name]
     # each model decides as it did on the clean test split: its own validation-chosen threshold, if any
     thresholds = {
@@ -172,7 +174,7 @@ def assess_robustness(
     def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
         passes = [features_and_proba(model, batch, dev, batch_size, stages) for model, _ in cnns]  # one pass each
         out = {meta["arch"]: proba for (_, meta), (_, proba) in zip(cnns, passes, strict=True)}
-        out[fused_name] = _predict_proba(classifier, fused.transform([feats for feats, _ in passes]), n_classes)
+        out[fused_name] = classifier_proba(classifier, fused.transform([feats for feats, _ in passes]), n_classes)
         return out
 
     rows = []
@@ -201,7 +203,7 @@ def assess_robustness(
     table = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         table.round(4).to_csv(tmp, index=False)
-    plot_robustness(table, out_plot, f"{best.parts[-5]} / {best.parts[-4]} init")  # classify/{target}/{init}/..
+    plot_robustness(table, out_plot, f"{best_identity['target']} / {best_identity['run']} init")
     return table
 
 

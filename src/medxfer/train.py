@@ -23,6 +23,7 @@ from tqdm import tqdm
 from medxfer import models, runtime
 from medxfer.augment import BatchAugment, build_augment
 from medxfer.cache import CachedDataset, Split, load_cached, pool
+from medxfer.identity import identity
 from medxfer.inference import predict_logits, predict_proba
 from medxfer.ingest import NO_LABEL
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
@@ -585,10 +586,14 @@ def finetune_model(
     resume_dir: Path | None = None,
     resume_root: Path | None = None,
     decision: str = "argmax",
+    target: str | None = None,
+    run: str | None = None,
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
 
     `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
+    `target` (default: the manifest's folder, as ingest names it) and `run` (the seed replicate's name, default
+    `init`) go into the identity model.json and metrics.json carry (medxfer.identity).
     `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
     """
     logger = get_logger(f"medxfer.finetune.{arch}.{init}", log_path)
@@ -615,7 +620,9 @@ def finetune_model(
     threshold = None if decision == "argmax" else choose_threshold(val.labels, val_proba, decision)
     metrics = classification_metrics(test.labels, proba, threshold)
     metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
+    ident = identity(target or manifest.parent.name, init, seed, run, features=arch, classifier="cnn")
     metrics |= {
+        "identity": ident,
         "decision": _decision_record(decision, threshold),
         "arch": arch,
         "init": init,
@@ -628,7 +635,7 @@ def finetune_model(
     test_arrays = {"ids_test": test.ids, "study_test": test.studies, "y_test": test.labels, "classes": data.classes}
     write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
-    meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"]}
+    meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"], "identity": ident}
     models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)
     clear_resume(resume_dir, resume_root)

@@ -27,6 +27,7 @@ rule summarize_results:
     params:
         seed=config["seed"],
         report=config["report"],
+        targets=FT["targets"],
     script:
         "../scripts/summarize_results.py"
 

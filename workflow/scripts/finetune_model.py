@@ -28,4 +28,6 @@ with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
         resume_dir=Path(sm.params.resume),
         resume_root=Path(sm.params.resume_root),
         decision=sm.params.decision,
+        target=sm.wildcards.target,
+        run=sm.wildcards.init,
     )

@@ -21,6 +21,9 @@ with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
         out_benchmark_md=Path(sm.output.benchmark_md),
         out_benchmark_csv=Path(sm.output.benchmark_csv),
         report=sm.params.report,
-        overlap_paths=[Path(p) for p in sm.input.overlap],
-        manifest_paths=[Path(p) for p in sm.input.manifests],
+        # in the order of finetune.targets, as the rule lists them; no overlap checks without in-domain pretraining
+        overlap_paths=dict(zip(sm.params.targets, map(Path, sm.input.overlap), strict=True))
+        if sm.input.overlap
+        else {},
+        manifest_paths=dict(zip(sm.params.targets, map(Path, sm.input.manifests), strict=True)),
     )
