@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from medxfer.io import read_json, write_text
+from medxfer.paths import REPORT
 
 TABLE_START = "<!-- benchmark-table:start -->"
 TABLE_END = "<!-- benchmark-table:end -->"
@@ -39,7 +40,7 @@ class Run:
 def load_run(results: str | os.PathLike) -> Run:
     """A run's records; a missing one is an error that names the file and the command that writes it."""
     results = Path(results)
-    paths = {name: results / "report" / name for name in ("run.json", "benchmark.md", "benchmark.csv")}
+    paths = {name: results / REPORT / name for name in ("run.json", "benchmark.md", "benchmark.csv")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{results}: not a finished run, missing {missing} (run the workflow on it first)")

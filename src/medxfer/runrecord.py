@@ -15,11 +15,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medxfer import paths
 from medxfer.io import read_json, write_json
 from medxfer.log import JOB_RECORD_TAG
 
-RUN_RECORD = Path("report", "run.json")
-LOGS = "logs"
+RUN_RECORD = Path(paths.RUN_RECORD)
+LOGS = paths.LOGS
 # The packages whose versions decide the numbers; the rest follow from pyproject.toml's pins.
 PACKAGES = (
     "medxfer",

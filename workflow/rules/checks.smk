@@ -1,11 +1,12 @@
 rule check_source_overlap:
     input:
-        target=f"{R}/datasets/{{target}}/manifest.csv",
+        target=at(paths.MANIFEST, dataset="{target}"),
         sources=lambda wildcards: [manifest_of(s) for s in indomain_sources()],
     output:
-        f"{R}/datasets/{{target}}/source_overlap.json",
+        at(paths.SOURCE_OVERLAP),
     log:
         f"{R}/logs/check_source_overlap/{{target}}.log",
+    priority: PRETRAIN_FIRST  # it stops the run when it fails: better before the training than after
     conda:
         "../../envs/data.yaml"
     params:

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 import medxfer.config
 import medxfer.fingerprint
+import medxfer.paths as paths
 import medxfer.runrecord
 
 RUN_STARTED = time.time()  # report/run.json counts the jobs that started after this
@@ -20,8 +21,16 @@ config.clear()
 config.update(_validated)
 
 R = config["results"]
-# training jobs' per-epoch state, outside their outputs
-RESUME_ROOT = str(Path(R, "resume"))
+
+
+def at(template, name=None, **fields):
+    """An artifact of this run's results folder (medxfer.paths names each once); wildcards not given stay."""
+    return paths.artifact(R, template, name, **fields)
+
+
+RESUME_ROOT = str(
+    Path(R, paths.RESUME)
+)  # training jobs' per-epoch state, outside their outputs
 DATASETS = config["datasets"]
 FT = config["finetune"]
 ARCHS = FT["archs"]
@@ -33,8 +42,9 @@ DEMO_SETS = ["xray_source", "mura", "ct"]
 # Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
 # not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
 PRETRAIN_FIRST = 10
-# Then the chain to the classifiers and the robustness sweep, so the leaves (heatmaps, training curves) fill gaps
-# instead of pushing that chain to the end of the run.
+# Then the heatmaps, as soon as a model is ready: long jobs nothing waits for, which would otherwise end the run with
+# one core idle. Then the chain to the classifiers and the robustness sweep (many short jobs, which pack well).
+HEATMAPS_FIRST = 7
 CHAIN_FIRST = 5
 
 
@@ -115,11 +125,11 @@ def raw_fingerprint(wildcards):
 
 
 def manifest_of(name):
-    return f"{R}/datasets/{name}/manifest.csv"
+    return at(paths.MANIFEST, dataset=name)
 
 
 def cache_of(name):
-    return f"{R}/datasets/{name}/images_{DATASETS[name]['size']}.npy"
+    return at(paths.IMAGES, dataset=name, size=DATASETS[name]["size"])
 
 
 def dataset_inputs(name):
@@ -165,8 +175,11 @@ def init_inputs(wildcards):
     if init == "imagenet":
         return {"weights": FT["imagenet_weights"][wildcards.arch]}
     if init == "indomain":
-        ckpt = f"{R}/pretrain/{medxfer.config.pretrain_name(config)}/{wildcards.arch}"
-        return {"weights": f"{ckpt}/model.safetensors", "meta": f"{ckpt}/model.json"}
+        source = medxfer.config.pretrain_name(config)
+        return {
+            name: at(paths.PRETRAINED, file, source=source, arch=wildcards.arch)
+            for name, file in (("weights", "model.safetensors"), ("meta", "model.json"))
+        }
     return {}
 
 
@@ -203,18 +216,18 @@ def model_files(name):
     """Input function: the file `name` of every fine-tuned model (one per arch) of the job's target and init run."""
 
     def files(wildcards):
-        return expand(
-            f"{R}/finetune/{wildcards.target}/{wildcards.init}/{{arch}}/{name}",
-            arch=ARCHS,
-        )
+        w = wildcards
+        return [
+            at(paths.MODEL, name, target=w.target, init=w.init, arch=a) for a in ARCHS
+        ]
 
     return files
 
 
 def features_file(target, init, features):
     if features == "fused":
-        return f"{R}/fused/{target}/{init}/features.npz"
-    return f"{R}/features/{target}/{init}/{features}.npz"
+        return at(paths.FUSED, target=target, init=init)
+    return at(paths.FEATURES, target=target, init=init, arch=features)
 
 
 def ensemble_members():
@@ -239,15 +252,20 @@ def classifier_inputs(wildcards):
     w = wildcards
     inputs = {"features": [features_file(w.target, w.init, f) for f in FEATURE_SETS]}
     if w.clf == "ensemble":
-        base = f"{R}/classify/{w.target}/{w.init}"
+
+        def member(f, m, name):
+            return at(
+                paths.CLASSIFIER, name, target=w.target, init=w.init, features=f, clf=m
+            )
+
         inputs["members"] = [
-            f"{base}/{f}/{m}/metrics.json"
+            member(f, m, "metrics.json")
             for f in FEATURE_SETS
             for m in ensemble_members()
         ]
         # the ensemble votes over the members' fitted models and averages their out-of-fold predictions
         inputs["member_files"] = [
-            f"{base}/{f}/{m}/{name}"
+            member(f, m, name)
             for f in FEATURE_SETS
             for m in ensemble_members()
             for name in ("model.skops", "oof.csv")
@@ -256,24 +274,18 @@ def classifier_inputs(wildcards):
 
 
 def classify_outputs(name):
-    return expand(
-        f"{R}/classify/{{{{target}}}}/{{{{init}}}}/{{features}}/{{{{clf}}}}/{name}",
-        features=FEATURE_SETS,
-    )
+    return [at(paths.CLASSIFIER, name, features=f) for f in FEATURE_SETS]
 
 
 def finetune_metrics(name="metrics.json"):
     return expand(
-        f"{R}/finetune/{{target}}/{{init}}/{{arch}}/{name}",
-        target=FT["targets"],
-        init=INIT_RUNS,
-        arch=ARCHS,
+        at(paths.MODEL, name), target=FT["targets"], init=INIT_RUNS, arch=ARCHS
     )
 
 
 def classify_metrics(name="metrics.json"):
     return expand(
-        f"{R}/classify/{{target}}/{{init}}/{{features}}/{{clf}}/{name}",
+        at(paths.CLASSIFIER, name),
         target=FT["targets"],
         init=INIT_RUNS,
         features=FEATURE_SETS,
@@ -281,26 +293,22 @@ def classify_metrics(name="metrics.json"):
     )
 
 
-EXPLAIN = {
-    "folder": f"{R}/explain/{{target}}/{{init}}/{{arch}}",
-    "faithfulness": f"{R}/faithfulness/{{target}}/{{init}}/{{arch}}.csv",
-}
+HEATMAP_FILES = {"folder": paths.HEATMAPS, "faithfulness": paths.FAITHFULNESS}
 
 
 def explanations(kind="folder"):
     """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
-    return expand(EXPLAIN[kind], target=FT["targets"], init=FT["inits"], arch=ARCHS)
+    return expand(
+        at(HEATMAP_FILES[kind]), target=FT["targets"], init=FT["inits"], arch=ARCHS
+    )
 
 
 def explain_outputs(kind):
     """One run's heatmap folders (each in the HTML report) or faithfulness tables, one per arch."""
-    paths = expand(
-        EXPLAIN[kind].replace("{target}", "{{target}}").replace("{init}", "{{init}}"),
-        arch=ARCHS,
-    )
+    files = [at(HEATMAP_FILES[kind], arch=arch) for arch in ARCHS]
     if kind == "faithfulness":
-        return paths
-    return [reported_folder(path, arch) for path, arch in zip(paths, ARCHS)]
+        return files
+    return [reported_folder(path, arch) for path, arch in zip(files, ARCHS)]
 
 
 def reported_folder(path, arch):
@@ -315,6 +323,17 @@ def reported_folder(path, arch):
     )
 
 
+def fused_classifier(wildcards, clf, name):
+    return at(
+        paths.CLASSIFIER,
+        name,
+        target=wildcards.target,
+        init=wildcards.init,
+        features="fused",
+        clf=clf,
+    )
+
+
 def robustness_inputs(wildcards):
     """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers
     (the best by out-of-fold val AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU
@@ -325,14 +344,8 @@ def robustness_inputs(wildcards):
         "weights": model_files("model.safetensors")(w),
         "metas": model_files("model.json")(w),
         "features": [features_file(w.target, w.init, arch) for arch in ARCHS],
-        "classifiers": expand(
-            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/metrics.json",
-            clf=CLASSIFIERS,
-        ),
-        "models": expand(
-            f"{R}/classify/{w.target}/{w.init}/fused/{{clf}}/model.skops",
-            clf=CLASSIFIERS,
-        ),
+        "classifiers": [fused_classifier(w, c, "metrics.json") for c in CLASSIFIERS],
+        "models": [fused_classifier(w, c, "model.skops") for c in CLASSIFIERS],
     }
     if DATASETS[w.target].get("modality") == "ct":
         inputs["raw"] = ancient_raw(SimpleNamespace(dataset=w.target))
@@ -356,25 +369,20 @@ def mark_report(path, caption, category, features):
 def source_overlap_checks():
     """Per target, the check that no test image is a copy of a pretraining image (only with in-domain init)."""
     return expand(
-        f"{R}/datasets/{{target}}/source_overlap.json",
-        target=FT["targets"] if indomain_sources() else [],
+        at(paths.SOURCE_OVERLAP), target=FT["targets"] if indomain_sources() else []
     )
 
 
 def final_outputs():
     return [
-        f"{R}/report/summary.csv",
-        f"{R}/report/metrics.json",
-        f"{R}/report/summary.md",
-        f"{R}/report/summary.html",
-        f"{R}/report/benchmark.md",
-        f"{R}/report/faithfulness.csv",
+        *rules.summarize_results.output,
+        *rules.summarize_faithfulness.output,
         *explanations(),
         *expand(
-            f"{R}/robustness/{{target}}/{{init}}.png",
+            at(paths.ROBUSTNESS_PLOT),
             target=FT["targets"],
             init=FT["inits"],
         ),
-        *expand(f"{R}/report/training/{{target}}.png", target=FT["targets"]),
+        *expand(at(paths.TRAINING_CURVES), target=FT["targets"]),
         *source_overlap_checks(),
     ]

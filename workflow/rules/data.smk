@@ -18,8 +18,8 @@ rule ingest_dataset:
     input:
         unpack(raw_inputs),
     output:
-        manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
-        quarantine=f"{R}/datasets/{{dataset}}/quarantine.csv",
+        manifest=at(paths.MANIFEST),
+        quarantine=at(paths.QUARANTINE),
     log:
         f"{R}/logs/ingest_dataset/{{dataset}}.log",
     priority: PRETRAIN_FIRST
@@ -37,9 +37,9 @@ rule ingest_dataset:
 rule cache_images:
     input:
         raw=ancient_raw,
-        manifest=f"{R}/datasets/{{dataset}}/manifest.csv",
+        manifest=at(paths.MANIFEST),
     output:
-        images=f"{R}/datasets/{{dataset}}/images_{{size}}.npy",
+        images=at(paths.IMAGES),
     log:
         f"{R}/logs/cache_images/{{dataset}}_{{size}}.log",
     priority: PRETRAIN_FIRST

@@ -11,6 +11,7 @@ rule explain_model:
         f"{R}/logs/explain_model/{{target}}/{{init}}.log",
     benchmark:
         f"{R}/benchmarks/explain_model/{{target}}/{{init}}.tsv"
+    priority: HEATMAPS_FIRST
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["explain_model"]

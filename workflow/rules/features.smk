@@ -4,11 +4,9 @@ rule extract_features:
         weights=model_files("model.safetensors"),
         metas=model_files("model.json"),
     output:
-        features=expand(
-            f"{R}/features/{{{{target}}}}/{{{{init}}}}/{{arch}}.npz", arch=ARCHS
-        ),
-        fused=f"{R}/fused/{{target}}/{{init}}/features.npz",
-        report=f"{R}/fused/{{target}}/{{init}}/fusion.json",
+        features=[at(paths.FEATURES, arch=arch) for arch in ARCHS],
+        fused=at(paths.FUSED),
+        report=at(paths.FUSION_REPORT),
     log:
         f"{R}/logs/extract_features/{{target}}/{{init}}.log",
     benchmark:

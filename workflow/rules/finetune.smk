@@ -3,11 +3,11 @@ rule finetune_model:
         unpack(target_inputs),
         unpack(init_inputs),
     output:
-        weights=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.safetensors",
-        meta=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/model.json",
-        log_csv=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/log.csv",
-        metrics=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/metrics.json",
-        predictions=f"{R}/finetune/{{target}}/{{init}}/{{arch}}/predictions.csv",
+        weights=at(paths.MODEL, "model.safetensors"),
+        meta=at(paths.MODEL, "model.json"),
+        log_csv=at(paths.MODEL, "log.csv"),
+        metrics=at(paths.MODEL, "metrics.json"),
+        predictions=at(paths.MODEL, "predictions.csv"),
     log:
         f"{R}/logs/finetune_model/{{target}}/{{init}}/{{arch}}.log",
     benchmark:

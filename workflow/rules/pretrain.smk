@@ -2,9 +2,9 @@ rule pretrain_model:
     input:
         unpack(source_inputs),
     output:
-        weights=f"{R}/pretrain/{{source}}/{{arch}}/model.safetensors",
-        meta=f"{R}/pretrain/{{source}}/{{arch}}/model.json",
-        log_csv=f"{R}/pretrain/{{source}}/{{arch}}/log.csv",
+        weights=at(paths.PRETRAINED, "model.safetensors"),
+        meta=at(paths.PRETRAINED, "model.json"),
+        log_csv=at(paths.PRETRAINED, "log.csv"),
     log:
         f"{R}/logs/pretrain_model/{{source}}/{{arch}}.log",
     benchmark:

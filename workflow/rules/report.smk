@@ -54,14 +54,14 @@ rule summarize_faithfulness:
 
 rule plot_training_curves:
     input:
-        logs=lambda wildcards: expand(
-            f"{R}/finetune/{wildcards.target}/{{init}}/{{arch}}/log.csv",
-            init=FT["inits"],
-            arch=ARCHS,
-        ),
+        logs=lambda wildcards: [
+            at(paths.MODEL, "log.csv", target=wildcards.target, init=init, arch=arch)
+            for init in FT["inits"]
+            for arch in ARCHS
+        ],
     output:
         report(
-            f"{R}/report/training/{{target}}.png",
+            at(paths.TRAINING_CURVES),
             caption="../report/training.rst",
             category="Training curves",
             labels={"target": "{target}"},

@@ -3,9 +3,9 @@ rule assess_robustness:
         unpack(target_inputs),
         unpack(robustness_inputs),
     output:
-        table=f"{R}/robustness/{{target}}/{{init}}.csv",
+        table=at(paths.ROBUSTNESS_TABLE),
         plot=report(
-            f"{R}/robustness/{{target}}/{{init}}.png",
+            at(paths.ROBUSTNESS_PLOT),
             caption="../report/robustness.rst",
             category="Robustness",
             subcategory="{target}",

@@ -1,0 +1,43 @@
+"""Where each artifact lives in a results folder, named once for the rules and for the library's readers.
+
+Templates are relative to the results folder and hold Snakemake-style wildcards; `artifact` fills the ones given and
+keeps the others, so one name serves a rule's pattern, an input function and a list over architectures. Readers
+still take a result's identity from its metadata (medxfer.identity), never from where it sits.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+DATASET = "datasets/{dataset}"
+MANIFEST = "datasets/{dataset}/manifest.csv"
+QUARANTINE = "datasets/{dataset}/quarantine.csv"
+IMAGES = "datasets/{dataset}/images_{size}.npy"
+SOURCE_OVERLAP = "datasets/{target}/source_overlap.json"
+PRETRAINED = "pretrain/{source}/{arch}"  # model.safetensors, model.json, log.csv
+MODEL = "finetune/{target}/{init}/{arch}"  # the same, and metrics.json, predictions.csv
+FEATURES = "features/{target}/{init}/{arch}.npz"
+FUSED = "fused/{target}/{init}/features.npz"
+FUSION_REPORT = "fused/{target}/{init}/fusion.json"
+CLASSIFIER = "classify/{target}/{init}/{features}/{clf}"
+HEATMAPS = "explain/{target}/{init}/{arch}"
+FAITHFULNESS = "faithfulness/{target}/{init}/{arch}.csv"
+ROBUSTNESS_TABLE = "robustness/{target}/{init}.csv"
+ROBUSTNESS_PLOT = "robustness/{target}/{init}.png"
+TRAINING_CURVES = "report/training/{target}.png"
+REPORT = "report"
+RUN_RECORD = "report/run.json"
+LOGS = "logs"
+BENCHMARKS = "benchmarks"
+RESUME = "resume"  # training jobs' per-epoch state, outside their outputs
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def artifact(results: str, template: str, name: str | None = None, **fields: object) -> str:
+    """`<results>/<template>[/<name>]` with the given wildcards filled in and the others left as `{wildcard}`."""
+    path = PurePosixPath(results, template.format_map(_KeepMissing({k: str(v) for k, v in fields.items()})))
+    return str(path / name) if name else str(path)
