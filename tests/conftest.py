@@ -60,12 +60,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medxfer import synth
+    from medxfer import demo
 
     root = tmp_path_factory.mktemp("demo")
-    synth.synthesize_xray_source(root / "xray_source", 96, 64, 3)
-    synth.synthesize_mura(root / "mura", 16, 64, 3)
-    synth.synthesize_ct(root / "ct", 14, 64, 3)
+    demo.synthesize_xray_source(root / "xray_source", 96, 64, 3)
+    demo.synthesize_mura(root / "mura", 16, 64, 3)
+    demo.synthesize_ct(root / "ct", 14, 64, 3)
     return root
 
 

@@ -9,8 +9,8 @@ import pytest
 
 
 def loaded_after(code: str) -> set[str]:
-    """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
-    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    """Modules in sys.modules (top-level packages and dotted names) after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return set(done.stdout.split())
 
@@ -28,6 +28,8 @@ def loaded_after(code: str) -> set[str]:
         ("import medxfer.plots, medxfer.selection", {"torch", "matplotlib"}),
         # what every DAG build imports (a no-op `snakemake` stays short)
         ("import medxfer.config, medxfer.fingerprint, medxfer.runrecord", {"torch", "sklearn", "timm", "PIL"}),
+        # the pipeline stages never load the demo-data generators
+        ("import medxfer.ingest, medxfer.cache, medxfer.train, medxfer.features, medxfer.classify", {"medxfer.demo"}),
     ],
 )
 def test_jobs_import_only_what_they_use(code, absent):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from medxfer import synth
+from medxfer import demo
+from medxfer.demo import limb
 from medxfer.io import sha256_file
 
 SIZE = 48
@@ -68,9 +69,9 @@ def _digests(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("synth")
-    synth.synthesize_xray_source(root / "xray", N_XRAY, SIZE, SEED)
-    synth.synthesize_mura(root / "mura", N_MURA, SIZE, SEED)
-    synth.synthesize_ct(root / "ct", N_CT, SIZE, SEED)
+    demo.synthesize_xray_source(root / "xray", N_XRAY, SIZE, SEED)
+    demo.synthesize_mura(root / "mura", N_MURA, SIZE, SEED)
+    demo.synthesize_ct(root / "ct", N_CT, SIZE, SEED)
     return {"xray": root / "xray", "mura": root / "mura", "ct": root / "ct"}
 
 
@@ -78,7 +79,7 @@ def test_xray_source_layout_labels_and_masks(data: dict[str, Path]) -> None:
     root = data["xray"]
     rows = _read_labels(root)
     assert len(rows) == N_XRAY
-    assert {r["label"] for r in rows} == set(synth.XRAY_CLASSES)
+    assert {r["label"] for r in rows} == set(demo.XRAY_CLASSES)
     per_patient: dict[str, int] = defaultdict(int)
     for row in rows:
         m = re.fullmatch(r"images/patient(\d{5})_img([123])\.png", row["path"])
@@ -114,7 +115,7 @@ def test_mura_layout_splits_parts_and_masks(data: dict[str, Path]) -> None:
         _png(root / rel)
         mask = _mask(root / "masks" / rel)
         assert mask.any() == (status == "positive"), rel
-    assert seen == {(s, p) for s in ("train", "valid") for p in synth.MURA_PARTS}
+    assert seen == {(s, p) for s in ("train", "valid") for p in demo.MURA_PARTS}
     assert len(patient_home) == N_MURA
     assert all(len(homes) == 1 for homes in patient_home.values())  # one split and one part per patient
     assert all(sorted(ks) in ([1, 2], [1, 2, 3]) for ks in studies.values())
@@ -125,7 +126,7 @@ def test_mura_layout_splits_parts_and_masks(data: dict[str, Path]) -> None:
 def test_ct_dicom_files_fields_and_hu(data: dict[str, Path]) -> None:
     root = data["ct"]
     rows = _read_labels(root)
-    assert {r["label"] for r in rows} == set(synth.CT_CLASSES)
+    assert {r["label"] for r in rows} == set(demo.CT_CLASSES)
     assert _files(root) == {r["path"] for r in rows} | {f"masks/{r['path'][:-4]}.png" for r in rows} | {"labels.csv"}
     study_uids: dict[str, set[str]] = defaultdict(set)
     sop_uids = set()
@@ -190,7 +191,7 @@ def test_findings_stand_out_from_their_surroundings(data: dict[str, Path]) -> No
 
 @pytest.mark.parametrize(
     ("func", "count"),
-    [(synth.synthesize_xray_source, 12), (synth.synthesize_mura, 4), (synth.synthesize_ct, 4)],
+    [(demo.synthesize_xray_source, 12), (demo.synthesize_mura, 4), (demo.synthesize_ct, 4)],
     ids=["xray", "mura", "ct"],
 )
 def test_deterministic_by_seed(tmp_path: Path, func, count: int) -> None:
@@ -203,11 +204,11 @@ def test_deterministic_by_seed(tmp_path: Path, func, count: int) -> None:
 
 
 def test_small_counts_still_cover_classes_and_splits(tmp_path: Path) -> None:
-    synth.synthesize_xray_source(tmp_path / "x", 4, 32, 0)
-    assert {r["label"] for r in _read_labels(tmp_path / "x")} == set(synth.XRAY_CLASSES)
-    synth.synthesize_ct(tmp_path / "c", 2, 32, 0)
-    assert {r["label"] for r in _read_labels(tmp_path / "c")} == set(synth.CT_CLASSES)
-    synth.synthesize_mura(tmp_path / "m", 4, 32, 0)
+    demo.synthesize_xray_source(tmp_path / "x", 4, 32, 0)
+    assert {r["label"] for r in _read_labels(tmp_path / "x")} == set(demo.XRAY_CLASSES)
+    demo.synthesize_ct(tmp_path / "c", 2, 32, 0)
+    assert {r["label"] for r in _read_labels(tmp_path / "c")} == set(demo.CT_CLASSES)
+    demo.synthesize_mura(tmp_path / "m", 4, 32, 0)
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"train", "valid", "masks"}
 
 
@@ -215,7 +216,7 @@ def test_rerun_replaces_old_contents(tmp_path: Path) -> None:
     out = tmp_path / "ct"
     out.mkdir()
     (out / "stale.txt").write_text("left over from an earlier run")
-    synth.synthesize_ct(out, 2, 32, 0)
+    demo.synthesize_ct(out, 2, 32, 0)
     assert not (out / "stale.txt").exists()
     assert (out / "labels.csv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct"]  # no temp sibling left behind
@@ -223,10 +224,10 @@ def test_rerun_replaces_old_contents(tmp_path: Path) -> None:
 
 def test_crash_keeps_previous_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "mura"
-    synth.synthesize_mura(out, 2, 32, 0)
+    demo.synthesize_mura(out, 2, 32, 0)
     before = _digests(out)
     calls = {"n": 0}
-    real_save = synth._save_png
+    real_save = limb.save_png
 
     def failing_save(path: Path, arr: np.ndarray) -> None:
         calls["n"] += 1
@@ -234,16 +235,16 @@ def test_crash_keeps_previous_data_set(tmp_path: Path, monkeypatch: pytest.Monke
             raise OSError("disk full")
         real_save(path, arr)
 
-    monkeypatch.setattr(synth, "_save_png", failing_save)
+    monkeypatch.setattr(limb, "save_png", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        synth.synthesize_mura(out, 2, 32, 1)
+        demo.synthesize_mura(out, 2, 32, 1)
     assert _digests(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mura"]
 
 
 @pytest.mark.parametrize(("n", "size", "seed"), [(0, 32, 0), (2, 8, 0), (2, 32, -1)])
 def test_rejects_bad_arguments(tmp_path: Path, n: int, size: int, seed: int) -> None:
-    for func in (synth.synthesize_xray_source, synth.synthesize_mura, synth.synthesize_ct):
+    for func in (demo.synthesize_xray_source, demo.synthesize_mura, demo.synthesize_ct):
         with pytest.raises(ValueError):
             func(tmp_path / "out", n, size, seed)
     assert not (tmp_path / "out").exists()

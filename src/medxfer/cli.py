@@ -41,9 +41,9 @@ def cmd_benchmark_docs(args: argparse.Namespace) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
-    from medxfer import synth
+    from medxfer import demo
 
-    generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
+    generators = {"xray_source": demo.synthesize_xray_source, "mura": demo.synthesize_mura, "ct": demo.synthesize_ct}
     generators[args.kind](Path(args.out), args.n, args.size, args.seed)
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 sm = snakemake  # noqa: F821 - injected by Snakemake
 sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
-from medxfer import synth
+from medxfer.demo import synthesize_ct, synthesize_mura, synthesize_xray_source
 from medxfer.fingerprint import write_fingerprint
 from medxfer.log import logged
 
-generators = {"xray_source": synth.synthesize_xray_source, "mura": synth.synthesize_mura, "ct": synth.synthesize_ct}
+generators = {"xray_source": synthesize_xray_source, "mura": synthesize_mura, "ct": synthesize_ct}
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     demo = sm.params.demo
     generators[sm.wildcards.demo_set](Path(sm.output.root), demo["n"], demo["size"], demo["seed"])
