@@ -23,8 +23,9 @@ import torch
 
 from medxfer import config, models, runtime
 from medxfer.augment import build_augment
+from medxfer.batches import prepare_batch, train_loader
 from medxfer.cache import Split
-from medxfer.train import autocast, prepare_batch, train_loader
+from medxfer.runtime import autocast
 
 TARGET = 0.9
 

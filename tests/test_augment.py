@@ -77,8 +77,8 @@ def test_data_set_augment_overrides_the_stage_keys():
 
 
 def test_training_loader_keeps_labels_and_shapes():
+    from medxfer.batches import prepare_batch, train_loader
     from medxfer.cache import Split
-    from medxfer.train import prepare_batch, train_loader
 
     images = torch.randint(0, 255, (10, 1, 16, 16), dtype=torch.uint8).numpy()
     labels = (torch.arange(10) % 2).numpy()

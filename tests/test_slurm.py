@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import REPO, run_snakemake, snakemake_command, tiny_workdir
 
-from medxfer.train import RESUME_FILE
+from medxfer.resume import RESUME_FILE
 
 PROFILE = REPO / "profiles" / "slurm"
 START_SLURM = REPO / "tests" / "slurm" / "start-local-slurm.sh"

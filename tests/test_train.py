@@ -9,13 +9,15 @@ import torch
 from PIL import Image
 
 from medxfer import models
+from medxfer.batches import class_weights
 from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.features import extract_features, pooled_features
 from medxfer.inference import predict_proba
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
+from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
-from medxfer.train import class_weights, clear_resume, finetune_model, fit, pretrain_model, set_strategy
+from medxfer.train import finetune_model, fit, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
 
@@ -285,7 +287,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
 
 
 def test_weighted_sampler_draws_classes_evenly():
-    from medxfer.train import train_loader
+    from medxfer.batches import train_loader
 
     data = tiny_data(n_train=200)
     labels = (np.arange(200) % 10 == 0).astype(np.int64)  # 10 % minority
@@ -328,7 +330,7 @@ def test_multilabel_pretraining_from_a_medmnist_style_npz(tmp_path):
 
 
 def test_label_sets_split_joined_labels():
-    from medxfer.train import label_sets
+    from medxfer.objectives import label_sets
 
     names, matrix = label_sets(["none", "mass", "effusion;mass"])
     assert names == ["mass", "effusion"]
@@ -355,7 +357,7 @@ def test_pooling_sets_of_different_channels_is_a_clear_error(cached):
 
 
 def test_nt_xent_rewards_matching_views():
-    from medxfer.train import nt_xent
+    from medxfer.objectives import nt_xent
 
     z = torch.randn(16, 8)
     same, acc = nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.1)
