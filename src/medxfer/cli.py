@@ -207,6 +207,7 @@ def cmd_import_weights(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and its arguments in one place (long, but a flat list is what `--help` shows)."""
     parser = argparse.ArgumentParser(prog="medxfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

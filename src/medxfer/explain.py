@@ -319,7 +319,8 @@ def explain_model(
     `settings`: the config's validated `explain` section (its defaults live in the schema only). The gallery images
     are spread over true/false positives/negatives, decided as the model decides (its validation-chosen threshold
     in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
-    where the data set has masks) explain their true class.
+    where the data set has masks) explain their true class. One function on purpose: gallery, overlays and the
+    faithfulness table share one model load and one pass over the test split.
     """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
@@ -351,19 +352,9 @@ def explain_model(
     )
     heatmaps = {}
     for method in methods:
-        maps = _maps(model, method, chosen, predicted, lime_samples, lime_segments, seed)
-        heatmaps[method] = maps
-        paths = []
-        for record, image, heat in zip(table.itertuples(), chosen, maps, strict=True):
-            path = out_dir / method / f"{record.image_id}.png"
-            caption = (
-                f"{method} | label {classes[record.label]} | pred {classes[record.prediction]}"
-                f" p={record.probability:.2f} ({record.outcome})"
-            )
-            _save_png(path, annotated(image, heat, caption))
-            paths.append(str(path.relative_to(out_dir)))
-        table[f"{method}_png"] = paths
-        logger.info("%s: %d %s overlays for %s", meta["arch"], len(paths), method, model_dir)
+        heatmaps[method] = _maps(model, method, chosen, predicted, lime_samples, lime_segments, seed)
+        table[f"{method}_png"] = _write_overlays(out_dir, method, table, chosen, heatmaps[method], classes)
+        logger.info("%s: %d %s overlays for %s", meta["arch"], len(table), method, model_dir)
     save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=chosen, **heatmaps)
     _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, f"{meta['arch']} ({meta['init']})")
     with atomic_path(out_dir / "index.csv") as tmp:
@@ -373,15 +364,36 @@ def explain_model(
     )
     if "identity" in meta:  # which model these rows score, for the summary (a pretraining checkpoint has none)
         ident = read_identity(meta, model_dir / models.META_FILE, "features")
-        for position, (column, value) in enumerate(
-            (("target", ident["target"]), ("init", ident["run"]), ("arch", meta["arch"]))
-        ):
-            faith.insert(position, column, value)
+        faith = pd.concat(
+            [
+                pd.DataFrame(
+                    {"target": ident["target"], "init": ident["run"], "arch": meta["arch"]}, index=faith.index
+                ),
+                faith,
+            ],
+            axis=1,
+        )
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()
     logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))
     return table
+
+
+def _write_overlays(
+    out_dir: Path, method: str, table: pd.DataFrame, images: np.ndarray, maps: np.ndarray, classes: list[str]
+) -> list[str]:
+    """`<method>/<image_id>.png` per gallery image, captioned with label, prediction and outcome; their paths."""
+    paths = []
+    for record, image, heat in zip(table.itertuples(), images, maps, strict=True):
+        path = out_dir / method / f"{record.image_id}.png"
+        caption = (
+            f"{method} | label {classes[record.label]} | pred {classes[record.prediction]}"
+            f" p={record.probability:.2f} ({record.outcome})"
+        )
+        _save_png(path, annotated(image, heat, caption))
+        paths.append(str(path.relative_to(out_dir)))
+    return paths
 
 
 def _gallery(

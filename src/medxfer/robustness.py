@@ -131,7 +131,8 @@ def assess_robustness(
 
     Severity 0 is the clean test split. `feature_paths` are the CNNs' feature files (same order as `model_dirs`),
     the train rows the fusion is refitted on; `classifier_metrics` are the fused classifiers' metrics.json files
-    (their model.skops beside them). hu_window runs only on CT data sets.
+    (their model.skops beside them). hu_window runs only on CT data sets. One function: every model scores the
+    same perturbed batch, made once per perturbation and severity.
     """
     logger = get_logger("medxfer.robustness", log_path)
     runtime.configure(threads, seed)

@@ -141,7 +141,8 @@ def _paint(hu: Array, alpha: Array, value: float | Array) -> Array:
 def _ct_slice(
     size: int, a: _ChestCT, z: float, lesion: _CTLesion | None, dz_mm: float, rng: np.random.Generator
 ) -> tuple[Array, Array]:
-    """HU image of one axial slice at chest position z in [0, 1] (apex to base) and the lesion mask."""
+    """HU image of one axial slice at chest position z in [0, 1] (apex to base) and the lesion mask. Long: the
+    anatomy is painted in order, body wall to lesion, and splitting it would only pass the same arrays around."""
     x, y, px = a.pose.coords(size)
     hu = np.full((size, size), -1000.0)
     hu = _paint(
@@ -227,7 +228,8 @@ def _ct_slice(
 def _write_ct_dicom(
     path: Path, stored: Array, a: _ChestCT, uids: dict[str, str], pid: int, k: int, z_mm: float, size: int
 ) -> None:
-    """A valid CT Image Storage file with fake but realistic identifying fields (for privacy handling tests)."""
+    """A valid CT Image Storage file with fake but realistic identifying fields (for privacy handling tests). Long:
+    one assignment per DICOM attribute."""
     spacing = a.fov_mm / size
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
