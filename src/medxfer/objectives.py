@@ -14,7 +14,7 @@ from medxfer.augment import build_augment
 from medxfer.batches import class_weights, prepare_batch
 from medxfer.cache import CachedDataset, Split
 from medxfer.inference import predict_logits
-from medxfer.ingest import NO_LABEL
+from medxfer.ingestbase import NO_LABEL
 from medxfer.metrics import classification_metrics
 from medxfer.runtime import autocast
 
