@@ -13,20 +13,12 @@ from sklearn.ensemble import VotingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from medxfer.classify import (
-    CLASSIFIERS,
-    ENSEMBLE,
-    _folds,
-    create_classifier,
-    fit_data,
-    load_classifier,
-    select_hyperparameters,
-    split_grid,
-    train_classifier,
-)
+from medxfer.classifiers import CLASSIFIERS, ENSEMBLE, create_classifier, load_classifier
+from medxfer.classify import train_classifier
 from medxfer.fusion import load_feature_file
 from medxfer.io import read_json, save_npz
 from medxfer.metrics import choose_threshold
+from medxfer.model_selection import cv_splits, fit_data, select_hyperparameters, split_grid
 
 CLASSES = np.array(["normal", "benign", "malignant"])
 N = {"train": 60, "val": 24, "test": 24}
@@ -171,7 +163,7 @@ def test_test_split_is_never_used_for_fitting(name: str, blobs: Path, tmp_path: 
 def test_cv_folds_keep_studies_together_and_pick_the_best(tmp_path: Path) -> None:
     data = load_feature_file(_write_blobs(tmp_path / "f.npz", with_study=True, classes=2))
     x, y, groups = fit_data(data)
-    splits, reason = _folds(y, groups, 3, seed=0)
+    splits, reason = cv_splits(y, groups, 3, seed=0)
     assert reason is None
     for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
@@ -188,12 +180,12 @@ def test_one_image_per_study_folds_are_stratified_like_grouped_ones() -> None:
     """Unique studies take the fast stratified splits; each fold keeps the class shares, as grouping would."""
     y = np.r_[np.zeros(300, int), np.ones(100, int)]
     unique = np.array([f"s{i}" for i in range(y.size)])
-    splits, _ = _folds(y, unique, 3, seed=0)
+    splits, _ = cv_splits(y, unique, 3, seed=0)
     folds = [test for _, test in splits]
     assert sorted(np.concatenate(folds)) == list(range(y.size))
     assert all(abs(y[test].mean() - 0.25) < 0.01 for test in folds)
     shared = np.array([f"s{i // 2}" for i in range(y.size)])  # two images per study: grouping matters
-    grouped, _ = _folds(y, shared, 3, seed=0)
+    grouped, _ = cv_splits(y, shared, 3, seed=0)
     for train, test in grouped:
         assert not set(shared[train]) & set(shared[test])
 
@@ -340,7 +332,7 @@ def test_out_of_fold_predictions_come_from_models_that_never_saw_the_case(tmp_pa
     assert list(oof["split"]) == ["train"] * N["train"] + ["val"] * N["val"]
     np.testing.assert_array_equal(oof["label"], y)
     expected = np.zeros(y.size)
-    splits, _ = _folds(y, groups, 3, seed=0)
+    splits, _ = cv_splits(y, groups, 3, seed=0)
     for train, held_out in splits:  # each fold's copy, fitted without the held-out cases
         model = create_classifier("logreg", {"C": 1.0}, seed=0, threads=1).fit(x[train], y[train])
         expected[held_out] = model.predict_proba(x[held_out])[:, 1]
@@ -377,7 +369,7 @@ def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> Non
     refit = VotingClassifier(
         [(m, create_classifier(m, members[m], seed=0, threads=1)) for m in MEMBERS], voting="soft"
     )  # what a from-scratch ensemble would do: refit every member, out of fold and on all of train+val
-    splits, _ = _folds(y, groups, 3, seed=0)
+    splits, _ = cv_splits(y, groups, 3, seed=0)
     oof = cross_val_predict(refit, x, y, cv=splits, method="predict_proba")
     assert metrics["decision"]["threshold"] == choose_threshold(y, oof, "cohen_kappa")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "e" / "oof.csv")[["prob_benign", "prob_malignant"]], oof)

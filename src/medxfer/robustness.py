@@ -25,7 +25,8 @@ from torchvision.transforms.v2 import functional as tvf
 
 from medxfer import models, runtime
 from medxfer.cache import load_cached
-from medxfer.classify import classifier_proba, load_classifier
+from medxfer.classifiers import load_classifier
+from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
 from medxfer.fusion import refit_fusion
 from medxfer.identity import read as read_identity
