@@ -302,7 +302,10 @@ def test_cancelled_training_job_is_resubmitted_and_completes(slurm_run, run_dir)
     workdir, _ = slurm_run
     model = "demo_ct/scratch/resnet10t"
     target = f"results/features/{model}.npz"
-    code, log, cancelled, completed = run_and_cancel_training(workdir, model, target, "--forcerun", "finetune_model")
+    # one model to train again, and the run's feature job after it (--forcerun would retrain every model it reads)
+    shutil.rmtree(workdir / f"results/finetune/{model}")
+    (workdir / target).unlink()
+    code, log, cancelled, completed = run_and_cancel_training(workdir, model, target)
     assert code == 0, log[-4000:]
     jobs = finetune_jobs(log)
     assert jobs[0] == cancelled and len(jobs) == 2, jobs
