@@ -113,9 +113,11 @@ def test_dvc_yaml_repro_metrics_plots_push_and_pull(run_dir, snakemake, tmp_path
     config.write_text(config.read_text().replace("svm: {C: 1.0}", "svm: {C: 0.01}", 1))
     assert "classifiers.svm.C" in dvc(work, "params", "diff")
     third = dvc(work, "repro")
-    ran = JOB_HEADER.findall(third)  # job headers: the svm jobs (2 targets x 2 inits), the robustness sweeps of the
-    # best fused classifier (they read every fused classifier's results), the summary
-    assert sorted(ran) == ["all"] + ["assess_robustness"] * 4 + ["summarize_results"] + ["train_classifier"] * 4, ran
+    # job headers: the classifier jobs (2 targets x 2 inits; each fits every classifier, the others to the same
+    # numbers), the robustness sweeps of the best fused classifier (they read every fused classifier's results),
+    # the summary
+    ran = JOB_HEADER.findall(third)
+    assert sorted(ran) == ["all"] + ["assess_robustness"] * 4 + ["summarize_results"] + ["train_classifiers"] * 4, ran
     diff = dvc_json(work, "metrics", "diff")["results/report/metrics.json"]
     changed = [k for k, v in diff.items() if v.get("diff")]
     assert any(".svm." in k for k in changed), changed

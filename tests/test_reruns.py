@@ -23,7 +23,6 @@ pytestmark = pytest.mark.workflow
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 TINY = yaml.safe_load((Path(__file__).parent / "workflow" / "tiny.yaml").read_text())
 TARGETS, INITS, ARCHS = (TINY["finetune"][k] for k in ("targets", "inits", "archs"))
-CLASSIFIERS = list(TINY["classifiers"])
 SOURCE = TINY["pretrain"]["source"]
 SUMMARY = {("summarize_results", ""), ("all", "")}  # the report and the target rule: after any change
 FAITHFULNESS = {("summarize_faithfulness", "")}  # after any change to a fine-tuned model
@@ -63,7 +62,7 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
         | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
         | jobs("extract_features", target=target, init=INITS)
         | jobs("explain_model", target=target, init=INITS)
-        | jobs("train_classifier", target=target, init=INITS, clf=CLASSIFIERS)
+        | jobs("train_classifiers", target=target, init=INITS)
         | jobs("assess_robustness", target=target, init=INITS)
         | jobs("plot_training_curves", target=target)
         | FAITHFULNESS
@@ -147,14 +146,15 @@ def test_changed_source_image_reruns_pretraining_and_everything_it_feeds(run_dir
     assert got == expected | indomain
 
 
-def test_classifier_hyperparameters_rerun_that_classifier_only(run_dir, snakemake):
+def test_classifier_hyperparameters_rerun_the_classifier_jobs_only(run_dir, snakemake):
     config = run_dir / "config/config.yaml"
     with restored(config):
         edit(config, "svm: {C: 1.0}", "svm: {C: 2.0}")
         got = planned(snakemake, run_dir)
     # the robustness sweep assesses the best fused classifier, so it reads every fused classifier's results
     robustness = jobs("assess_robustness", target=TARGETS, init=INITS)
-    assert got == jobs("train_classifier", target=TARGETS, init=INITS, clf="svm") | robustness | SUMMARY
+    # one job per run fits every classifier (docs/reruns.md); nothing upstream of the classifiers runs again
+    assert got == jobs("train_classifiers", target=TARGETS, init=INITS) | robustness | SUMMARY
 
 
 def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_dir, snakemake):
@@ -169,7 +169,7 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
         # one feature job and one heatmap job per run cover every model: the old models' are redone too
         | jobs("extract_features", target=TARGETS, init=INITS)
         | jobs("explain_model", target=TARGETS, init=INITS)
-        | jobs("train_classifier", target=TARGETS, init=INITS, clf=CLASSIFIERS)
+        | jobs("train_classifiers", target=TARGETS, init=INITS)
         | jobs("assess_robustness", target=TARGETS, init=INITS)
         | jobs("plot_training_curves", target=TARGETS)
         | FAITHFULNESS
@@ -188,7 +188,7 @@ def test_new_seed_runs_only_its_replicates_and_the_summary(run_dir, snakemake):
     expected = (
         jobs("finetune_model", target=TARGETS, init=replicates, arch=ARCHS)
         | jobs("extract_features", target=TARGETS, init=replicates)
-        | jobs("train_classifier", target=TARGETS, init=replicates, clf=CLASSIFIERS)
+        | jobs("train_classifiers", target=TARGETS, init=replicates)
         | SUMMARY
     )
     assert got == expected

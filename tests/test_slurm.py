@@ -171,7 +171,7 @@ def test_every_job_went_through_sbatch_and_gpus_only_where_declared(slurm_run):
         record = records[slurm_id]
         assert (record["State"], record["ExitCode"]) == ("COMPLETED", "0:0"), (rule, record)
         assert ("gres/gpu=1" in record["AllocTRES"]) == (rule in gpu_rules), (rule, record)
-    assert {submitted[j] for j in submitted} >= gpu_rules | {"train_classifier", "summarize_results"}
+    assert {submitted[j] for j in submitted} >= gpu_rules | {"train_classifiers", "summarize_results"}
 
 
 @pytest.mark.slurm

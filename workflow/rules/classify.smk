@@ -1,4 +1,4 @@
-rule train_classifier:
+rule train_classifiers:
     input:
         unpack(classifier_inputs),
     output:
@@ -10,17 +10,19 @@ rule train_classifier:
         roc_plot=reported("roc.png", "ROC curves"),
         confusion_plot=reported("confusion.png", "Confusion matrices"),
     log:
-        f"{R}/logs/train_classifier/{{target}}/{{init}}/{{clf}}.log",
+        f"{R}/logs/train_classifiers/{{target}}/{{init}}.log",
     benchmark:
-        f"{R}/benchmarks/train_classifier/{{target}}/{{init}}/{{clf}}.tsv"
+        f"{R}/benchmarks/train_classifiers/{{target}}/{{init}}.tsv"
     priority: CHAIN_FIRST
     conda:
         "../../envs/sklearn.yaml"
-    threads: config["threads"]["train_classifier"]
+    threads: config["threads"]["train_classifiers"]
     params:
-        hyperparameters=lambda wildcards: config["classifiers"][wildcards.clf],
+        classifiers=lambda wildcards: {c: config["classifiers"][c] for c in fit_order()},
+        feature_sets=FEATURE_SETS,
+        ensemble_members=ensemble_members() if "ensemble" in CLASSIFIERS else [],
         seed=run_seed,
         decision=config["decision"]["threshold"],
         pca_components=config["classify"]["pca_components"],
     script:
-        "../scripts/train_classifier.py"
+        "../scripts/train_classifiers.py"

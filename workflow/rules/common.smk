@@ -243,38 +243,33 @@ def ensemble_members():
     return members
 
 
+def fit_order():
+    """The configured classifiers, the ensemble last: it votes over the others' fitted models."""
+    return [c for c in CLASSIFIERS if c != "ensemble"] + [
+        c for c in CLASSIFIERS if c == "ensemble"
+    ]
+
+
 def classifier_inputs(wildcards):
-    """Every feature file (each model and the fusion), plus the members' results for the ensemble.
+    """Every feature file of one run: each model's and the fusion.
 
-    One job fits one classifier on all feature sets: the same re-runs as one job per set (a changed classifier
-    re-runs only its own jobs), with a third of the process start-ups.
+    One job fits every classifier on every feature set of a run: one process start-up instead of one per
+    classifier, at the price of re-fitting all of a run's classifiers (seconds) when one classifier's settings change.
     """
-    w = wildcards
-    inputs = {"features": [features_file(w.target, w.init, f) for f in FEATURE_SETS]}
-    if w.clf == "ensemble":
-
-        def member(f, m, name):
-            return at(
-                paths.CLASSIFIER, name, target=w.target, init=w.init, features=f, clf=m
-            )
-
-        inputs["members"] = [
-            member(f, m, "metrics.json")
-            for f in FEATURE_SETS
-            for m in ensemble_members()
+    return {
+        "features": [
+            features_file(wildcards.target, wildcards.init, f) for f in FEATURE_SETS
         ]
-        # the ensemble votes over the members' fitted models and averages their out-of-fold predictions
-        inputs["member_files"] = [
-            member(f, m, name)
-            for f in FEATURE_SETS
-            for m in ensemble_members()
-            for name in ("model.skops", "oof.csv")
-        ]
-    return inputs
+    }
 
 
 def classify_outputs(name):
-    return [at(paths.CLASSIFIER, name, features=f) for f in FEATURE_SETS]
+    """One file per (classifier, feature set) of a run, classifiers in fit_order(), feature sets in FEATURE_SETS."""
+    return [
+        at(paths.CLASSIFIER, name, features=f, clf=c)
+        for c in fit_order()
+        for f in FEATURE_SETS
+    ]
 
 
 def finetune_metrics(name="metrics.json"):
@@ -353,14 +348,17 @@ def robustness_inputs(wildcards):
 
 
 def reported(name, category):
-    """classify_outputs(name), each marked for the HTML report under `category`, labelled by its feature set."""
+    """classify_outputs(name), each marked for the HTML report under `category`, labelled by classifier and features."""
     caption = f"../report/{name.split('.')[0]}.rst"
-    paths = classify_outputs(name)
-    return [mark_report(p, caption, category, f) for f, p in zip(FEATURE_SETS, paths)]
+    pairs = [(c, f) for c in fit_order() for f in FEATURE_SETS]
+    return [
+        mark_report(p, caption, category, c, f)
+        for (c, f), p in zip(pairs, classify_outputs(name))
+    ]
 
 
-def mark_report(path, caption, category, features):
-    labels = {"init": "{init}", "features": features, "classifier": "{clf}"}
+def mark_report(path, caption, category, classifier, features):
+    labels = {"init": "{init}", "features": features, "classifier": classifier}
     return report(
         path, caption=caption, category=category, subcategory="{target}", labels=labels
     )
