@@ -20,6 +20,8 @@ def cache_images(
     dataset: Mapping[str, Any], manifest_path: Path, out_path: Path, threads: int = 1, log: Any = None
 ) -> tuple[int, ...]:
     """Write images in manifest order as a (N, C, size, size) uint8 array; decode in parallel over `threads`."""
+    if not Path(manifest_path).is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest; ingest the data set first (a failed one leaves none)")
     manifest = read_manifest(manifest_path)
     root = Path(dataset["root"])
     size, n_channels = dataset["size"], channels(dataset)

@@ -18,7 +18,13 @@ def _dataset(args: argparse.Namespace) -> dict:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    print(json.dumps(cfg.load(args.config), indent=2))
+    from medxfer.preflight import input_problems
+
+    conf = cfg.load(args.config)
+    problems = input_problems(conf)
+    if problems:
+        raise cfg.ConfigError(f"{args.config}: what the config points at is not there:\n  " + "\n  ".join(problems))
+    print(json.dumps(conf, indent=2))
 
 
 def cmd_config_docs(args: argparse.Namespace) -> None:
@@ -216,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("validate-config", cmd_validate, "validate a config file and print it with defaults")
+    p = add("validate-config", cmd_validate, "check a config and the data, weights and archs it names; print it")
     p.add_argument("config")
     p = add("config-docs", cmd_config_docs, "Markdown reference of every config key, from the config schema")
     p.add_argument("--output", help="file to write (docs/config.md); stdout without it")

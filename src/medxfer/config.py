@@ -3,19 +3,61 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from medxfer.io import read_text
+
 # Package data, so a wheel install validates configs too; workflow/schemas/config.schema.yaml links here.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
-    """A config value that the schema or a cross-check rejects; the message names the key."""
+    """A config file that does not read (the message names file and line) or a value that the schema or a
+    cross-check rejects (the message names the key)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may override, that is its job
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader's own error names it
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice (first on line {first_line[key]})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(path: str | Path, err: yaml.YAMLError) -> str:
+    """`<file>:<line>:<column>: <problem>` from a YAML error, with the fix for the common one (a tab)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    hint = "; indent with spaces: YAML does not allow tabs" if "\\t" in problem else ""
+    return f"{where}: {problem}" + (f" ({context})" if context else "") + hint
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file, strictly: UTF-8, no key twice; an error names the file, the line and the problem."""
+    try:
+        return yaml.load(read_text(path), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_problem(path, err)) from None
 
 
 def _extend_with_defaults(validator_class: type) -> type:
@@ -35,7 +77,7 @@ _DefaultingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    return read_yaml(path)
 
 
 def section_defaults(name: str) -> dict[str, Any]:
@@ -123,8 +165,10 @@ def _cross_check(config: dict[str, Any]) -> None:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """Read a YAML config file strictly (see read_yaml) and validate it."""
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be keys (seed:, datasets:, ...), found a {type(data).__name__}")
     try:
         return validate(data)
     except ConfigError as err:

@@ -166,7 +166,11 @@ def ingest_dataset(
     seed: int = 0,
     log: Any = None,
 ) -> pd.DataFrame:
-    """Read, check and split one data set; write manifest.csv and quarantine.csv atomically."""
+    """Read, check and split one data set; write manifest.csv and quarantine.csv atomically.
+
+    The previous run's files go first: a failed or killed run must not leave a manifest that looks current."""
+    for previous in (manifest_path, quarantine_path):
+        Path(previous).unlink(missing_ok=True)
     root = Path(dataset["root"])
     if not root.is_dir():
         raise IngestError(f"data set '{name}': root folder {root} does not exist")

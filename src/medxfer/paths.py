@@ -2,12 +2,14 @@
 
 Templates are relative to the results folder and hold Snakemake-style wildcards; `artifact` fills the ones given and
 keeps the others, so one name serves a rule's pattern, an input function and a list over architectures. Readers
-still take a result's identity from its metadata (medxfer.identity), never from where it sits.
+still take a result's identity from its metadata (medxfer.identity), never from where it sits. Also named here: the
+inputs the workflow makes itself outside the results folder (demo data, imported ImageNet weights), so checks of a
+config's paths know not to ask for them.
 """
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 DATASET = "datasets/{dataset}"
 MANIFEST = "datasets/{dataset}/manifest.csv"
@@ -31,6 +33,11 @@ LOGS = "logs"
 BENCHMARKS = "benchmarks"
 RESUME = "resume"  # training jobs' per-epoch state, outside their outputs
 
+DEMO_ROOT = "data/demo"  # rule synthesize_demo makes <DEMO_ROOT>/<demo set> for each of DEMO_SETS
+DEMO_SETS = ("xray_source", "mura", "ct")
+# rule import_imagenet_weights: not under the results folder, every config shares the file
+IMPORTED_WEIGHTS = "results/weights/{arch}_imagenet.safetensors"
+
 
 class _KeepMissing(dict):
     def __missing__(self, key: str) -> str:
@@ -41,3 +48,9 @@ def artifact(results: str, template: str, name: str | None = None, **fields: obj
     """`<results>/<template>[/<name>]` with the given wildcards filled in and the others left as `{wildcard}`."""
     path = PurePosixPath(results, template.format_map(_KeepMissing({k: str(v) for k, v in fields.items()})))
     return str(path / name) if name else str(path)
+
+
+def generated_demo_set(root: str | Path) -> str | None:
+    """The demo set name if rule synthesize_demo makes the data set root `root`, else None."""
+    path = Path(root)
+    return path.name if path.parent == Path(DEMO_ROOT) and path.name in DEMO_SETS else None

@@ -5,6 +5,7 @@ splitting happen once for every format in `medxfer.ingest`.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 
 from medxfer.imaging import ImageError, dicom_ids, is_dicom, npz_array, npz_ref
 from medxfer.ingestbase import NO_LABEL, SPLITS, Found, IngestError
+from medxfer.io import read_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 FOLDER_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"} | {
@@ -126,7 +128,18 @@ def _manifest_table(manifest: Path, columns: Mapping[str, str]) -> pd.DataFrame:
     """The manifest with its columns renamed to medxfer's names (`columns` maps ours -> the file's)."""
     if not manifest.is_file():
         raise IngestError(f"{manifest}: manifest file not found")
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    try:
+        text = read_text(manifest)
+    except ValueError as err:  # not UTF-8: the message names the byte and its line
+        raise IngestError(str(err)) from None
+    if not text.strip():
+        raise IngestError(f"{manifest}: no rows (the file is empty)")
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        raise IngestError(f"{manifest}: not a valid CSV ({err})") from None
+    if table.empty:
+        raise IngestError(f"{manifest}: no rows (only a header: {list(table.columns)})")
     rename = {theirs: ours for ours, theirs in columns.items() if theirs != ours}
     shadowed = [c for c in MANIFEST_FIELDS if c in table.columns and columns.get(c, c) != c]
     table = table.drop(columns=shadowed).rename(columns=rename)

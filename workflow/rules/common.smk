@@ -16,6 +16,9 @@ import medxfer.runrecord
 
 RUN_STARTED = time.time()  # report/run.json counts the jobs that started after this
 
+# Snakemake reads the config files itself and keeps the last of a key given twice: read each again, strictly.
+for _configfile in workflow.configfiles:
+    medxfer.config.read_yaml(_configfile)
 _validated = medxfer.config.validate(config)
 config.clear()
 config.update(_validated)
@@ -38,7 +41,6 @@ CLASSIFIERS = list(config["classifiers"])
 FEATURE_SETS = ARCHS + ["fused"]
 # Fine-tuning runs: each init for the first seed, `<init>-seed<k>` for the others (finetune.seeds)
 INIT_RUNS = medxfer.config.init_runs(config)
-DEMO_SETS = ["xray_source", "mura", "ct"]
 # Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
 # not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
 PRETRAIN_FIRST = 10
@@ -52,7 +54,7 @@ wildcard_constraints:
     dataset="[A-Za-z][A-Za-z0-9_]*",
     target="[A-Za-z][A-Za-z0-9_]*",
     source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
-    demo_set="|".join(DEMO_SETS),
+    demo_set="|".join(paths.DEMO_SETS),
     arch="[a-z0-9_]+",
     init="(scratch|imagenet|indomain)(-seed[0-9]+)?",
     clf="|".join(CLASSIFIERS),
@@ -81,26 +83,16 @@ def ancient_raw(wildcards):
     return ancient(dataset_root(wildcards))
 
 
-def generated_demo_set(root):
-    """The demo set name if synthesize_demo makes this root, else None."""
-    path = Path(root)
-    return (
-        path.name
-        if path.parent == Path("data/demo") and path.name in DEMO_SETS
-        else None
-    )
-
-
 def demo_stamp(demo_set):
     """synthesize_demo's record of a generated set (settings and content digest); with "{demo_set}", its output."""
-    return f"data/demo/{demo_set}.json"
+    return f"{paths.DEMO_ROOT}/{demo_set}.json"
 
 
 def raw_inputs(wildcards):
     """Ingest's inputs: the raw data (time ignored) and, for generated demo data, synthesize_demo's stamp, so a
     re-run of the generator re-runs ingest in the same invocation."""
     inputs = {"raw": ancient_raw(wildcards)}
-    demo_set = generated_demo_set(dataset_root(wildcards))
+    demo_set = paths.generated_demo_set(dataset_root(wildcards))
     if demo_set:
         inputs["stamp"] = demo_stamp(demo_set)
     return inputs
@@ -113,7 +105,7 @@ def raw_fingerprint(wildcards):
     (a cluster run records the params of the DAG build) equals the value of the next invocation.
     """
     name = wildcards.dataset
-    demo_set = generated_demo_set(dataset_root(wildcards))
+    demo_set = paths.generated_demo_set(dataset_root(wildcards))
     if demo_set:
         settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {
             "demo_set": demo_set

@@ -1,6 +1,6 @@
 rule synthesize_demo:
     output:
-        root=directory("data/demo/{demo_set}"),
+        root=directory(f"{paths.DEMO_ROOT}/{{demo_set}}"),
         # small and checksummed by Snakemake: re-runs ingest when this job re-runs, not when DVC resets times
         stamp=demo_stamp("{demo_set}"),
     log:

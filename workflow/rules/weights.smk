@@ -2,7 +2,7 @@
 # config["results"]: the file depends on the architecture only, so every config shares it.
 rule import_imagenet_weights:
     output:
-        "results/weights/{arch}_imagenet.safetensors",
+        paths.IMPORTED_WEIGHTS,
     log:
         f"{R}/logs/import_imagenet_weights/{{arch}}.log",
     conda:
