@@ -208,7 +208,7 @@ def test_dicom_series_folder_rows_and_salt(tmp_path, monkeypatch):
         (root / series).mkdir(parents=True)
         for k in range(3):
             write_dicom(root / series / f"IM{k:04d}", np.full((16, 16), value + k))  # no extension
-    (root / "s2" / "readme.txt").write_text("series notes")
+    (root / "s2" / "notes.txt").write_text("series notes")
     (root / "single.dcm").write_bytes((root / "s1" / "IM0000").read_bytes())
     manifest = pd.DataFrame(
         {"series": ["s1", "s2", "s3", "s1"], "finding": ["0", "1", "0", "1"], "patient_id": ["A", "B", "C", "A"]}
@@ -278,9 +278,7 @@ def test_bad_inputs_each_have_a_reason(tmp_path):
     labels = ["normal"] * len(paths)
     labels[list(cases).index("ok1.png")] = "tumour"
     pd.DataFrame({"path": paths, "label": labels}).to_csv(root / "labels.csv", index=False)
-    ds = entry(
-        root, format="csv", manifest=str(root / "labels.csv"), classes=["normal", "finding"], max_reject_fraction=1
-    )
+    ds = entry(root, format="csv", manifest=str(root / "labels.csv"), classes=["normal"], max_reject_fraction=1)
     table = run(tmp_path / "out", "bad", ds)
     quarantine = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     assert sorted(table["path"]) == ["ok0.png", "ok2.png", "ok3.png"]

@@ -35,18 +35,22 @@ def raw_paths(dataset: Mapping[str, Any]) -> list[Path]:
 
 
 def _files(path: Path) -> Iterable[tuple[str, os.stat_result]]:
-    """(path, stat) of `path` or of every non-hidden file below it, walked with scandir (one stat per file)."""
+    """(path, stat) of `path` or of every non-hidden file below it, walked with scandir (one stat per file). Linked
+    folders are followed as ingest follows them, each once per chain, so a link loop ends."""
     if path.is_file():
         yield str(path), path.stat()
         return
-    stack = [str(path)]
+    stack = [(str(path), frozenset({os.path.realpath(path)}))]
     while stack:
-        with os.scandir(stack.pop()) as entries:
+        folder, ancestors = stack.pop()
+        with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue  # .snakemake_timestamp, .DS_Store, .dvc*: not data
                 if entry.is_dir():
-                    stack.append(entry.path)
+                    real = os.path.realpath(entry.path)
+                    if real not in ancestors:
+                        stack.append((entry.path, ancestors | {real}))
                 elif entry.is_file():
                     yield entry.path, entry.stat()
 
@@ -81,7 +85,7 @@ def fingerprint(paths: Iterable[str | os.PathLike], sidecar: str | os.PathLike |
         for name in sorted(n for n in fresh if n == base or n.startswith(base + os.sep)):
             size, _, sha = fresh[name]
             rel = os.path.relpath(name, base) if name != base else path.name
-            digest.update(f"{rel}\t{size}\t{sha}\n".encode())
+            digest.update(os.fsencode(rel) + f"\t{size}\t{sha}\n".encode())  # a name's own bytes, UTF-8 or not
     if sidecar and fresh != cache:
         with atomic_path(sidecar) as tmp:
             tmp.write_text(json.dumps(fresh))

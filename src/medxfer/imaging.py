@@ -19,6 +19,7 @@ from medxfer.io import sha256_bytes, sha256_file
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 RESAMPLE = Image.Resampling.BILINEAR
+LARGE_PIXELS = 4096 * 4096  # above this, rasters are decoded at reduced size when a target size is known
 NPZ_REF = re.compile(r"^(?P<file>.+\.npz)#(?P<key>[A-Za-z_][A-Za-z0-9_]*)\[(?P<index>\d+)\]$")
 
 
@@ -94,18 +95,30 @@ def read_image(path: str | Path, modality: str, windows: Sequence[Sequence[float
     return _decode(path, modality, windows, None)
 
 
-def _decode(path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int | None) -> np.ndarray:
-    """read_image; with `size`, 8-bit rasters may come back already resized (the same pixels, fewer copies)."""
+def _decode(
+    path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int | None, min_side: int = 1
+) -> np.ndarray:
+    """read_image; with `size`, rasters may come back already resized (the same pixels, fewer copies) and large
+    ones decoded at reduced size. An image whose native height or width is below `min_side` is refused."""
     if parse_npz_ref(path):
-        return array_to_image(npz_entry(path), path, modality, windows)
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
-    if is_dicom(path):
-        return _read_dicom(path, modality, windows)
-    return _read_raster(path, size)
+        image = array_to_image(npz_entry(path), path, modality, windows)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(path, "file not found")
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        if not is_dicom(path):
+            return _read_raster(path, size, min_side)
+        image = _read_dicom(path, modality, windows)
+    _check_side(image.shape[-1], image.shape[-2], path, min_side)
+    return image
+
+
+def _check_side(width: int, height: int, path: str | Path, min_side: int) -> None:
+    """A thumbnail or icon holds no diagnostic detail and would be blown up to the cache size."""
+    if min(width, height) < min_side:
+        raise ImageError(path, f"image is {width} x {height} pixels, smaller than min_image_side {min_side}")
 
 
 def array_to_image(
@@ -131,22 +144,74 @@ def array_to_image(
     return _to_uint8(numbers, numbers.min(), numbers.max())[None]
 
 
-def _read_raster(path: Path, size: int | None = None) -> np.ndarray:
+def _read_raster(path: Path, size: int | None = None, min_side: int = 1) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            _check_raster(img, path, min_side)
+            factor = _reduce_factor(img.size, size)
+            if factor > 1:
+                img.draft("L", (2 * size, 2 * size))  # JPEG only: DCT scaling decodes at 1/2..1/8 size
             img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
+            if _fully_transparent(img):
+                raise ImageError(path, "no visible pixel: every pixel is fully transparent (alpha 0)")
+            factor = _reduce_factor(img.size, size)
+            if img.mode in ("I;16", "I;16B", "I;16L"):
+                return _grey_16bit(img, factor)[None]
+            if img.mode == "I":
                 arr = np.asarray(img, dtype=np.float64)
                 return _to_uint8(arr, arr.min(), arr.max())[None]
-            if mode not in ("L", "RGB", "RGBA", "LA", "P", "1"):
-                raise ImageError(path, f"unsupported image mode {mode}")
-            grey = img.convert("L")
+            if img.mode not in ("L", "RGB", "RGBA", "LA", "P", "1"):
+                raise ImageError(path, f"unsupported image mode {img.mode}")
+            grey = img if img.mode == "L" else img.convert("L")
+            if factor > 1:
+                grey = grey.reduce(factor)
             if size is not None and grey.size != (size, size):
                 grey = grey.resize((size, size), RESAMPLE)  # what resize() would do, without the array round trip
             return np.asarray(grey, dtype=np.uint8)[None]
+    except Image.DecompressionBombError as err:
+        raise ImageError(path, f"too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageError(path, f"not a readable image ({err})") from None
+
+
+def _check_raster(img: Image.Image, path: Path, min_side: int) -> None:
+    """What the header already tells: one frame (as for DICOM; GIF/TIFF/APNG may hold many) and the native size."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise ImageError(path, f"multi-frame image ({frames} frames, {img.format}): store one frame per file")
+    _check_side(*img.size, path, min_side)
+
+
+def _reduce_factor(native: tuple[int, int], size: int | None) -> int:
+    """Integer shrink for images over LARGE_PIXELS that still leaves twice the target size; 1 = decode as is."""
+    if size is None or native[0] * native[1] <= LARGE_PIXELS:
+        return 1
+    return max(1, min(native) // (2 * size))
+
+
+def _fully_transparent(img: Image.Image) -> bool:
+    """True when the alpha channel (or a palette/tRNS transparency) hides every pixel: grey would be meaningless."""
+    if img.mode in ("RGBA", "LA", "PA"):
+        return img.getextrema()[-1][1] == 0
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
+        return img.convert("RGBA").getextrema()[-1][1] == 0
+    return False
+
+
+def _grey_16bit(img: Image.Image, factor: int) -> np.ndarray:
+    """16-bit pixels scaled min..max to uint8 through a lookup table (the float copies cost 8x the image), in strips
+    of rows, each box-reduced by `factor`, so beside the decoded image only one strip is held at full size."""
+    low, high = img.getextrema()
+    lut = _to_uint8(np.arange(high + 1, dtype=np.float64), low, high)
+    if factor == 1:
+        return lut[np.asarray(img)]
+    width, height = img.size
+    step = factor * max(1, 1024 // factor)
+    strips = []
+    for top in range(0, height, step):
+        strip = lut[np.asarray(img.crop((0, top, width, min(height, top + step))))]
+        strips.append(np.asarray(Image.fromarray(strip).reduce(factor)))
+    return np.concatenate(strips)
 
 
 def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -> np.ndarray:
@@ -222,6 +287,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(ch, dtype=np.uint8) for ch in channels])
 
 
-def load_image(path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int) -> np.ndarray:
-    """The cached form of one manifest row: decoded and resized to (C, size, size) uint8."""
-    return resize(_decode(path, modality, windows, size), size)
+def load_image(
+    path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int, min_side: int = 1
+) -> np.ndarray:
+    """The cached form of one manifest row: decoded and resized to (C, size, size) uint8. Ingest calls it with the
+    data set's `min_image_side`, so an image it accepts is one the cache can decode."""
+    return resize(_decode(path, modality, windows, size, min_side), size)

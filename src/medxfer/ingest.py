@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from medxfer.imaging import ImageError, content_hash, parse_npz_ref, read_image
+from medxfer.imaging import ImageError, content_hash, load_image, parse_npz_ref
 from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
 from medxfer.readers import READERS
@@ -86,13 +86,14 @@ def _drop_duplicates(found: Found, rows: list[dict]) -> list[dict]:
 
 
 def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found: Found) -> list[dict]:
-    """Rows whose image decodes, with its content hash; the others are rejected with the decoder's reason."""
+    """Rows whose image decodes as the cache will decode it, with its content hash; the others are rejected with
+    the decoder's reason (unreadable, too small, fully transparent, multi-frame, too large to decode safely)."""
     windows = dataset.get("windows", [[40, 400]])
     accepted = []
     for row in rows:
         path = root / row["path"]
         try:
-            read_image(path, dataset["modality"], windows)
+            load_image(path, dataset["modality"], windows, dataset["size"], dataset["min_image_side"])
             digest = content_hash(path)
         except ImageError as err:
             found.reject(row["path"], err.reason)
@@ -145,6 +146,16 @@ def _write_quarantine(path: Path, rejected: list[dict]) -> None:
         pd.DataFrame(rejected, columns=["path", "reason"]).to_csv(tmp, index=False)
 
 
+def _check_classes_present(name: str, classes: list[str] | None, table: pd.DataFrame) -> None:
+    """A configured class without a single accepted image points at a missing or misnamed folder or label."""
+    present = {part for label in table["label_name"] for part in label.split(";")}
+    missing = [c for c in classes or [] if c not in present]
+    if missing:
+        raise IngestError(
+            f"data set '{name}': configured class(es) {missing} have no accepted image (see quarantine.csv)"
+        )
+
+
 def _check_rejections(name: str, dataset: Mapping[str, Any], n_rejected: int, total: int, found: Found) -> None:
     """Stop when too much was quarantined: a mostly unreadable data set points at a wrong config, not bad files."""
     root, quarantine = dataset["root"], found.rejected
@@ -189,7 +200,11 @@ def ingest_dataset(
         )
         for item in found.rejected[:20]:
             log.warning("quarantined %s: %s", item["path"], item["reason"])
+        if found.skipped:
+            shown = ", ".join(found.skipped[:20]) + (", ..." if len(found.skipped) > 20 else "")
+            log.info("%s: skipped %d hidden or system files (not images): %s", name, len(found.skipped), shown)
     _check_rejections(name, dataset, len(found.rejected), total, found)
+    _check_classes_present(name, dataset.get("classes"), table)
     if leaked:
         paths = table.loc[table["sha256"].isin(leaked[:3]), "path"].tolist()
         raise IngestError(

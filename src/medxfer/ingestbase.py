@@ -4,6 +4,7 @@ label names every stage agrees on. Kept apart so readers, splits and ingest impo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +19,20 @@ class IngestError(RuntimeError):
 @dataclass
 class Found:
     """What a reader found: candidate rows (path, label_name, patient_id, study_id, split[, source_id]), files it
-    rejected with a reason, and the class order the source itself defines (e.g. an npz `label_names`), if any."""
+    rejected with a reason, hidden and system files it skipped (logged, not counted), and the class order the
+    source itself defines (e.g. an npz `label_names`), if any."""
 
     rows: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     classes: list[str] | None = None
 
     def reject(self, path: str | Path, reason: str) -> None:
         """Record a file that will not be used, so quarantine.csv says why instead of a later stage crashing."""
-        self.rejected.append({"path": str(path), "reason": reason})
+        self.rejected.append({"path": printable(path), "reason": reason})
+
+
+def printable(path: str | Path) -> str:
+    """The path as text; bytes of a name that is not valid UTF-8 are shown as \\xNN escapes instead of crashing
+    the CSV and log writers."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

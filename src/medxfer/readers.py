@@ -6,8 +6,10 @@ splitting happen once for every format in `medxfer.ingest`.
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,19 @@ import numpy as np
 import pandas as pd
 
 from medxfer.imaging import ImageError, dicom_ids, is_dicom, npz_array, npz_ref
-from medxfer.ingestbase import NO_LABEL, SPLITS, Found, IngestError
+from medxfer.ingestbase import NO_LABEL, SPLITS, Found, IngestError, printable
 from medxfer.io import read_text
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+# Beside hidden entries (".*"): what operating systems, archivers and people leave in image folders; never data.
+SKIPPED_NAMES = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r", "dicomdir", "__macosx"}
+SKIPPED_STEMS = {"readme", "license", "licence"}
 FOLDER_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val"} | {
     "test": "test"
 }
 MURA_STUDY = re.compile(r"^study(?P<n>\d+)_(?P<label>positive|negative)$")
 MURA_SPLITS = {"train": "train", "valid": "test"}
+MURA_LAYOUT = ("XR_*", "patient*", "study*")
 MANIFEST_FIELDS = ("path", "label", "patient_id", "study_id", "split", "image_id")
 NPZ_CLASS_KEYS = ("label_names", "classes")
 
@@ -33,15 +39,68 @@ def _looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files under `folder`, sorted, without hidden files and DICOMDIR indexes (they hold no image)."""
-    return [
-        p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.name.upper() != "DICOMDIR"
-    ]
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SKIPPED_NAMES or name.split(".")[0].lower() in SKIPPED_STEMS
+
+
+def _walk(folder: Path, root: Path, found: Found) -> list[Path]:
+    """Files under `folder`, sorted, the one walk of every reader. Links that stay inside root are followed, links
+    that leave it, broken links, link loops and names that are not UTF-8 are quarantined; hidden and system files
+    (Thumbs.db, README, .DS_Store, DICOMDIR) are noted in `found.skipped`."""
+    files: list[Path] = []
+    problem = _link_problem(folder, root.resolve())
+    if problem:
+        found.reject(folder.relative_to(root), problem)
+    elif folder.is_dir():
+        _walk_into(folder, root, root.resolve(), found, files, frozenset({folder.resolve()}))
+    return sorted(files)
+
+
+def _walk_into(
+    folder: Path, root: Path, real_root: Path, found: Found, files: list[Path], ancestors: frozenset[Path]
+) -> None:
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        path = Path(entry.path)
+        rel = path.relative_to(root)
+        problem = _link_problem(path, real_root) if entry.is_symlink() else None
+        if _skipped(entry.name):
+            found.skipped.append(printable(rel))
+        elif not _utf8(entry.name):
+            found.reject(rel, "name is not valid UTF-8 (shown with \\x escapes): rename it to be read")
+        elif problem:
+            found.reject(rel, problem)
+        elif entry.is_dir():
+            real = path.resolve()
+            if real in ancestors:
+                found.reject(rel, f"symbolic link loop: points to {real}, a folder that contains it")
+            else:
+                _walk_into(path, root, real_root, found, files, ancestors | {real})
+        elif entry.is_file():
+            files.append(path)
+        else:
+            found.reject(rel, "broken symbolic link" if entry.is_symlink() else "not a regular file or folder")
+
+
+def _link_problem(path: Path, real_root: Path) -> str | None:
+    """Why a path through symbolic links cannot be followed, or None: it must resolve to a place inside root."""
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # a chain of links that ends where it started
+        return "symbolic link loop"
+    if not target.is_relative_to(real_root):
+        return f"symbolic link to {target}, outside the data set root {real_root}"
+    return None
+
+
+def _utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python holds them as surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _inside(root: Path, relative: str | Path, what: str) -> Path:
@@ -57,20 +116,24 @@ def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
     found = Found()
     parts = {p.upper() for p in dataset.get("body_parts", [])}
     for split_dir, split in MURA_SPLITS.items():
-        for path in sorted((root / split_dir).glob("XR_*/patient*/study*/*")):
-            part, patient, study = path.parts[-4], path.parts[-3], path.parts[-2]
-            if parts and part.upper() not in parts:
+        for path in _walk(root / split_dir, root, found):
+            rel = path.relative_to(root)
+            if parts and len(rel.parts) > 2 and rel.parts[1].upper() not in parts:
                 continue
+            if len(rel.parts) != 5 or not all(map(fnmatchcase, rel.parts[1:4], MURA_LAYOUT)):
+                found.reject(rel, f"not in the MURA layout {split_dir}/XR_*/patient*/study*/<image>")
+                continue
+            part, patient, study = rel.parts[1:4]
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                found.reject(path, f"not an image file extension ({path.suffix})")
+                found.reject(rel, f"not an image file extension ({path.suffix})")
                 continue
             match = MURA_STUDY.match(study)
             if not match:
-                found.reject(path, f"study folder '{study}' is not study<N>_<label>")
+                found.reject(rel, f"study folder '{study}' is not study<N>_<label>")
                 continue
             found.rows.append(
                 {
-                    "path": str(path.relative_to(root)),
+                    "path": str(rel),
                     "label_name": match["label"],
                     "patient_id": f"{part}/{patient}",
                     "study_id": f"{part}/{patient}/{study}",
@@ -87,7 +150,7 @@ def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
     With `labels: none`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
     found = Found()
     if dataset.get("labels") == "none":
-        for path in _visible_files(root):
+        for path in _walk(root, root, found):
             rel = str(path.relative_to(root))
             if _looks_like_image(path):
                 row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
@@ -97,11 +160,11 @@ def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
         if not found.rows:
             raise IngestError(f"{root}: no images found (unlabeled image folder)")
         return found
-    tops = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    tops = sorted(d for d in root.iterdir() if d.is_dir() and not _skipped(d.name))
     by_split = bool(tops) and all(d.name.lower() in FOLDER_SPLITS for d in tops)
     bases = [(d, FOLDER_SPLITS[d.name.lower()]) for d in tops] if by_split else [(root, None)]
     for base, split in bases:
-        for path in _visible_files(base):
+        for path in _walk(base, root, found):
             rel = path.relative_to(root)
             depth = len(path.relative_to(base).parts)
             if depth < 2:
@@ -157,10 +220,14 @@ def _read_manifest(root: Path, dataset: Mapping[str, Any]) -> Found:
     found, root_resolved = Found(), root.resolve()
     for line, record in enumerate(table.to_dict("records"), start=2):
         where = f"manifest line {line}"
-        path = (root / record["path"]).resolve()
+        given = root_resolved / record["path"]
+        problem = _link_problem(given, root_resolved)
+        path = given.resolve() if problem is None else given
         split = record.get("split", "")
-        if not path.is_relative_to(root_resolved):
+        if not Path(os.path.normpath(given)).is_relative_to(root_resolved):
             found.reject(record["path"], f"{where}: path is outside {root}")
+        elif problem:
+            found.reject(record["path"], f"{where}: {problem}")
         elif not record["label"]:
             found.reject(record["path"], f"{where}: empty label")
         elif split and split not in SPLITS:
@@ -178,7 +245,7 @@ def _read_manifest(root: Path, dataset: Mapping[str, Any]) -> Found:
 
 def _add_series(found: Found, root: Path, folder: Path, record: dict, where: str) -> None:
     """Every image file of a series folder becomes a row with the folder's label, patient and study."""
-    files = _visible_files(folder)
+    files = _walk(folder, root, found)
     if not files:
         found.reject(folder.relative_to(root), f"{where}: folder has no files")
     patient = record.get("patient_id") or record["path"]
