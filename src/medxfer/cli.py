@@ -65,6 +65,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         out / "quarantine.csv",
         seed=args.seed,
         log=get_logger("medxfer.ingest"),
+        duplicates_path=out / "duplicates.csv",
     )
 
 
@@ -237,13 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=7)
     for name, func, help_text in (
-        ("ingest", cmd_ingest, "ingest a data set: manifest.csv + quarantine.csv"),
+        ("ingest", cmd_ingest, "ingest a data set: manifest.csv + quarantine.csv + duplicates.csv"),
         ("cache", cmd_cache, "decode a data set once into images_<size>.npy"),
     ):
         p = add(name, func, help_text)
         p.add_argument("config")
         p.add_argument("dataset")
-        p.add_argument("out", help="folder for manifest.csv / quarantine.csv / the cache")
+        p.add_argument("out", help="folder for manifest.csv / quarantine.csv / duplicates.csv / the cache")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     for name, func, help_text in (

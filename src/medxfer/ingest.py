@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from medxfer.duplicates import near_duplicates, perceptual_hash
 from medxfer.imaging import ImageError, content_hash, load_image, parse_npz_ref
 from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
 from medxfer.readers import READERS
-from medxfer.splits import assign_splits, check_leakage, drop_leaked, subsample_train
+from medxfer.splits import assign_splits, describe_leaks, drop_leaked, leaked, subsample_train
 
 NEGATIVE_NAMES = ("normal", "negative", "no_finding", "0", "false", NO_LABEL)
 SALT_ENV = "MEDXFER_SALT"
 DEFAULT_SALT = "medxfer-default-salt"
 MANIFEST_COLUMNS = ["image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256", "mask"]
+LEAKS = {"patient_id": "patient(s)", "sha256": "identical image(s)", "phash": "perceptually identical image(s)"}
 
 
 def salt_of(dataset: Mapping[str, Any]) -> str:
@@ -86,20 +89,36 @@ def _drop_duplicates(found: Found, rows: list[dict]) -> list[dict]:
 
 
 def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found: Found) -> list[dict]:
-    """Rows whose image decodes as the cache will decode it, with its content hash; the others are rejected with
-    the decoder's reason (unreadable, too small, fully transparent, multi-frame, too large to decode safely)."""
+    """Rows whose image decodes as the cache will decode it, with its content hash and the perceptual hash of those
+    pixels; the others are rejected with the decoder's reason (unreadable, too small, fully transparent, multi-frame,
+    too large to decode safely)."""
     windows = dataset.get("windows", [[40, 400]])
     accepted = []
     for row in rows:
         path = root / row["path"]
         try:
-            load_image(path, dataset["modality"], windows, dataset["size"], dataset["min_image_side"])
+            image = load_image(path, dataset["modality"], windows, dataset["size"], dataset["min_image_side"])
             digest = content_hash(path)
         except ImageError as err:
             found.reject(row["path"], err.reason)
             continue
-        accepted.append(row | {"sha256": digest})
+        accepted.append(row | {"sha256": digest, "phash": perceptual_hash(image)})
     return accepted
+
+
+def _check_class_sizes(name: str, label_names: Iterable[str], minimum: int, log: Any) -> None:
+    """Log the class table; stop on a class with fewer than `minimum` images, which is most often a label typo
+    (without `classes`, any new label is a new class). Each name of a multi-label set counts on its own."""
+    counts = Counter(part for label in label_names for part in label.split(";"))
+    table = ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+    if log is not None:
+        log.info("%s: images per class: %s", name, table)
+    small = sorted(label for label, n in counts.items() if n < minimum)
+    if small:
+        raise IngestError(
+            f"data set '{name}': class(es) {small} have fewer than min_class_size={minimum} images (a label typo? "
+            f"set classes to quarantine unknown labels); images per class: {table}"
+        )
 
 
 def label_order(names: list[str], classes: list[str] | None) -> list[str]:
@@ -156,6 +175,37 @@ def _check_classes_present(name: str, classes: list[str] | None, table: pd.DataF
         )
 
 
+def _write_duplicates(path: Path, pairs: pd.DataFrame, kept: pd.Series) -> None:
+    """The near-duplicate pairs whose both images are in the manifest (`kept` paths)."""
+    with atomic_path(path) as tmp:
+        pairs[pairs["path_a"].isin(kept) & pairs["path_b"].isin(kept)].to_csv(tmp, index=False)
+
+
+def _leak_names(salt: str) -> dict[str, Callable[[str], str]]:
+    """How a message names one leaked value of each LEAKS column: a patient only by its pseudonym."""
+    return {
+        "patient_id": lambda raw: f"patient {pseudonymize(str(raw), salt)}",
+        "sha256": lambda _: "identical image",
+        "phash": lambda value: f"perceptually identical image (pHash {value})",
+    }
+
+
+def _resolve_leakage(table: pd.DataFrame, dataset: Mapping[str, Any], found: Found) -> tuple[pd.DataFrame, str]:
+    """With `leakage: drop`, each patient and picture kept in its earliest split only (the rest rejected); with
+    `fail`, the table as it is and what the given splits share across splits ('' when nothing)."""
+    names = _leak_names(salt_of(dataset))
+    if dataset["leakage"] == "drop":
+        for column in LEAKS:
+            table = drop_leaked(table, found, column, names[column])
+        return table, ""
+    problems = []
+    for column, what in LEAKS.items():
+        if values := leaked(table, column):
+            example = describe_leaks(table, column, names[column])
+            problems.append(f"{len(values)} {what} in more than one split, e.g. {example}")
+    return table, "; ".join(problems)
+
+
 def _check_rejections(name: str, dataset: Mapping[str, Any], n_rejected: int, total: int, found: Found) -> None:
     """Stop when too much was quarantined: a mostly unreadable data set points at a wrong config, not bad files."""
     root, quarantine = dataset["root"], found.rejected
@@ -176,11 +226,14 @@ def ingest_dataset(
     quarantine_path: Path,
     seed: int = 0,
     log: Any = None,
+    duplicates_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Read, check and split one data set; write manifest.csv and quarantine.csv atomically.
+    """Read, check and split one data set; write manifest.csv, quarantine.csv and duplicates.csv (default: beside
+    the manifest) atomically.
 
     The previous run's files go first: a failed or killed run must not leave a manifest that looks current."""
-    for previous in (manifest_path, quarantine_path):
+    duplicates_path = duplicates_path or manifest_path.with_name("duplicates.csv")
+    for previous in (manifest_path, quarantine_path, duplicates_path):
         Path(previous).unlink(missing_ok=True)
     root = Path(dataset["root"])
     if not root.is_dir():
@@ -189,9 +242,7 @@ def ingest_dataset(
     rows = _drop_duplicates(found, _check_labels(found, dataset.get("classes")))
     accepted = _decode_all(root, rows, dataset, found)
     table = _label_and_split(accepted, dataset.get("classes") or found.classes, dataset, seed) if accepted else None
-    leaked = check_leakage(table) if table is not None else []
-    if leaked and dataset.get("leakage", "fail") == "drop":
-        table, leaked = drop_leaked(table, found), []
+    table, leaks = _resolve_leakage(table, dataset, found) if table is not None else (None, "")
     total = (0 if table is None else len(table)) + len(found.rejected)
     _write_quarantine(quarantine_path, found.rejected)
     if log is not None:
@@ -205,11 +256,13 @@ def ingest_dataset(
             log.info("%s: skipped %d hidden or system files (not images): %s", name, len(found.skipped), shown)
     _check_rejections(name, dataset, len(found.rejected), total, found)
     _check_classes_present(name, dataset.get("classes"), table)
-    if leaked:
-        paths = table.loc[table["sha256"].isin(leaked[:3]), "path"].tolist()
+    _check_class_sizes(name, table["label_name"], dataset["min_class_size"], log)
+    pairs = near_duplicates(table, dataset["near_duplicate_distance"])
+    if leaks:
+        _write_duplicates(duplicates_path, pairs, table["path"])
         raise IngestError(
-            f"data set '{name}': {len(leaked)} identical image(s) in more than one split, e.g. {paths} "
-            "(set leakage: drop to keep only the first copy)"
+            f"data set '{name}': {leaks} (the given splits overlap; see {duplicates_path.name}; set leakage: drop "
+            "to keep each in its earliest split and quarantine the rest)"
         )
     n_train = int((table["split"] == "train").sum())
     table = subsample_train(table, dataset["train_fraction"], seed)
@@ -225,6 +278,9 @@ def ingest_dataset(
     table = table[MANIFEST_COLUMNS]
     with atomic_path(manifest_path) as tmp:
         table.to_csv(tmp, index=False)
+    _write_duplicates(duplicates_path, pairs, table["path"])
+    if log is not None and len(pairs):
+        log.warning("%s: %d near-duplicate pair(s) across splits, see %s", name, len(pairs), duplicates_path)
     if log is not None:
         counts = table.groupby(["split", "label_name"]).size().to_dict()
         log.info("%s: classes %s; split x class counts %s", name, classes_of(table), counts)

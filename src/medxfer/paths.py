@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 DATASET = "datasets/{dataset}"
 MANIFEST = "datasets/{dataset}/manifest.csv"
 QUARANTINE = "datasets/{dataset}/quarantine.csv"
+DUPLICATES = "datasets/{dataset}/duplicates.csv"  # near-duplicate image pairs across splits
 IMAGES = "datasets/{dataset}/images_{size}.npy"
 SOURCE_OVERLAP = "datasets/{target}/source_overlap.json"
 PRETRAINED = "pretrain/{source}/{arch}"  # model.safetensors, model.json, log.csv

@@ -20,6 +20,7 @@ rule ingest_dataset:
     output:
         manifest=at(paths.MANIFEST),
         quarantine=at(paths.QUARANTINE),
+        duplicates=at(paths.DUPLICATES),
     log:
         f"{R}/logs/ingest_dataset/{{dataset}}.log",
     priority: PRETRAIN_FIRST

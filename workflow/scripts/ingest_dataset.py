@@ -1,4 +1,4 @@
-"""Snakemake adapter: ingest one raw data set into manifest.csv + quarantine.csv."""
+"""Snakemake adapter: ingest one raw data set into manifest.csv + quarantine.csv + duplicates.csv."""
 
 import sys
 from pathlib import Path
@@ -17,4 +17,5 @@ with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
         Path(sm.output.quarantine),
         seed=sm.params.seed,
         log=get_logger("medxfer.ingest", sm.log[0]),
+        duplicates_path=Path(sm.output.duplicates),
     )
