@@ -18,12 +18,18 @@ class IngestError(RuntimeError):
 @dataclass
 class Found:
     """What a reader found: candidate rows (path, label_name, patient_id, study_id, split[, source_id]), files it
-    rejected with a reason, and the class order the source itself defines (e.g. an npz `label_names`), if any."""
+    rejected with a reason, the class order the source itself defines (e.g. an npz `label_names`), if any, and
+    notes on files that are kept but worth a log line (e.g. withheld pydicom warnings)."""
 
     rows: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     classes: list[str] | None = None
+    notes: list[dict] = field(default_factory=list)
 
     def reject(self, path: str | Path, reason: str) -> None:
         """Record a file that will not be used, so quarantine.csv says why instead of a later stage crashing."""
         self.rejected.append({"path": str(path), "reason": reason})
+
+    def note(self, path: str | Path, text: str) -> None:
+        """Something ingest logs about a file it keeps; like a reason, the text must not quote header values."""
+        self.notes.append({"path": str(path), "note": text})
