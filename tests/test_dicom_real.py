@@ -98,17 +98,19 @@ def test_dicom_tree_without_manifest_labels_by_folder_and_patient_from_header(tm
     _tree(root, {"normal": ["RG1_UNCR.dcm", "RG1_J2KI.dcm", "MR2_UNCR.dcm"], "fracture": ["RG3_UNCR.dcm"]})
     _tree(root, {"fracture/series2": ["RG3_J2KI.dcm", "emri_small.dcm"]})
     (root / "normal" / "notes.dcm").write_text("not a dicom file")
-    ds = dicom_config(root, max_reject_fraction=0.5, val_fraction=0.3, test_fraction=0.3)
+    lookup = tmp_path / "private" / "paths.csv"  # DICOM paths are pseudonymous; this maps them back
+    ds = dicom_config(root, max_reject_fraction=0.5, val_fraction=0.3, test_fraction=0.3, path_lookup=str(lookup))
     out = tmp_path / "out"
     out.mkdir()
     table = ingest_dataset("tree", ds, out / "manifest.csv", out / "quarantine.csv", seed=3)
+    real = dict(pd.read_csv(lookup).to_numpy())
     assert sorted(table["label_name"]) == ["fracture", "fracture", "normal", "normal", "normal"]
     # one patient id per DICOM PatientID, so both RG1 files share a patient and thus a split
-    by_file = dict(zip(table["path"], table["patient_id"], strict=True))
+    by_file = dict(zip(table["path"].map(real), table["patient_id"], strict=True))
     assert by_file["normal/RG1_UNCR"] == by_file["normal/RG1_J2KI"] != by_file["fracture/RG3_UNCR"]
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     quarantine = pd.read_csv(out / "quarantine.csv")
-    reasons = dict(zip(quarantine["path"], quarantine["reason"], strict=True))
+    reasons = dict(zip(quarantine["path"].map(real), quarantine["reason"], strict=True))
     assert set(reasons) == {"normal/notes.dcm", "fracture/series2/emri_small"}
     assert "multi-frame" in reasons["fracture/series2/emri_small"]
     assert "not a readable DICOM" in reasons["normal/notes.dcm"]
@@ -126,6 +128,33 @@ def test_dicom_tree_unlabeled(tmp_path):
     _tree(root, {"a": ["RG1_UNCR.dcm", "693_UNCR.dcm"], "b/c": ["MR2_UNCR.dcm"]})
     out = tmp_path / "out"
     out.mkdir()
-    table = ingest_dataset("tree", dicom_config(root, labels="none"), out / "m.csv", out / "q.csv", seed=0)
+    ds = dicom_config(root, labels="none", pseudonymous_paths=False)
+    table = ingest_dataset("tree", ds, out / "m.csv", out / "q.csv", seed=0)
     assert sorted(table["path"]) == ["a/693_UNCR", "a/RG1_UNCR", "b/c/MR2_UNCR"]
     assert set(table["label_name"]) == {"none"}
+
+
+def test_tcga_manifest_without_patient_column_splits_by_header_patient(tmp_path):
+    """The TCGA CT slices (54 patients, up to 6 slices each) listed without a patient column: the header's
+    PatientID keeps every patient in one split, where one patient per slice spread patients over splits."""
+    from conftest import REPO, SHARED
+
+    from medxfer.config import load
+    from medxfer.ingest import pseudonymize, salt_of
+
+    if not (SHARED / "data" / "ct_tcga_contrast").is_dir():
+        pytest.skip("../shared/data/ct_tcga_contrast not found")
+    labels = pd.read_csv(SHARED / "data" / "ct_tcga_contrast" / "labels.csv")
+    labels[["file", "contrast"]].to_csv(tmp_path / "labels.csv", index=False)
+    ds = load(REPO / "config" / "ct_tcga.yaml")["datasets"]["ct_tcga"]
+    ds |= {"root": str(SHARED / "data" / "ct_tcga_contrast"), "manifest": str(tmp_path / "labels.csv"), "size": 16}
+    table = ingest_dataset("ct", ds, tmp_path / "manifest.csv", tmp_path / "quarantine.csv", seed=0)
+    assert len(table) == 100 and table["patient_id"].nunique() == 54
+    assert set(table["patient_id"]) == {pseudonymize(p, salt_of(ds)) for p in labels["patient_id"]}
+    assert table.groupby("patient_id")["split"].nunique().max() == 1
+    # main's behaviour, each slice its own patient, on the same slices and seed: patients spread over splits
+    labels.assign(patient_id=labels["file"])[["file", "contrast", "patient_id"]].to_csv(tmp_path / "each.csv")
+    each = ds | {"manifest": str(tmp_path / "each.csv"), "pseudonymous_paths": False, "leakage": "drop"}
+    per_slice = ingest_dataset("ct", each, tmp_path / "m2.csv", tmp_path / "q2.csv", seed=0)
+    true_patient = per_slice["path"].map(dict(zip(labels["file"], labels["patient_id"], strict=True)))
+    assert (per_slice.groupby(true_patient)["split"].nunique() > 1).sum() > 5

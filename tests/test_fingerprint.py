@@ -12,6 +12,7 @@ from medxfer.fingerprint import (
     fingerprint,
     generated_fingerprint,
     raw_paths,
+    sidecar_key,
     write_fingerprint,
 )
 
@@ -58,12 +59,12 @@ def test_sidecar_caches_hashes_by_size_and_mtime(tmp_path):
     assert len(cached) == 4
     # a wrong cached hash is trusted while size and mtime match: proof that unchanged files are not re-read
     name = str(raw / "a" / "1.png")
-    cached[name][2] = "0" * 64
+    cached[sidecar_key(name)][2] = "0" * 64
     sidecar.write_text(json.dumps(cached))
     assert fingerprint([raw], sidecar)["sha256"] != first["sha256"]
     os.utime(name, ns=(5, 5))  # a new mtime makes it re-hash the file: the true fingerprint again
     assert fingerprint([raw], sidecar) == first
-    assert json.loads(sidecar.read_text())[name][1] == 5
+    assert json.loads(sidecar.read_text())[sidecar_key(name)][1] == 5
 
 
 def test_missing_data_and_dataset_paths(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, SHARED
 from pydicom.data import get_testdata_file
 
-from medxfer.cache import cache_images
+from medxfer.cache import cache_images, image_files
 from medxfer.config import load
 from medxfer.imaging import ImageError, load_image, npz_array, read_image
 from medxfer.ingest import ingest_dataset
@@ -90,7 +90,8 @@ def test_tcga_ct_windows_patients_and_privacy(tmp_path):
     text = (tmp_path / "manifest.csv").read_text() + (tmp_path / "quarantine.csv").read_text()
     assert "TCGA-" not in text and not any(pid in text for pid in labels["patient_id"])
     # HU = raw * slope + intercept; each window [c, w] is one channel
-    path = Path(ds["root"]) / table.loc[0, "path"]
+    files = image_files(ds, list(table["path"]))  # DICOM paths are pseudonymous: found again by listing
+    path = files[0]
     ds_dcm = pydicom.dcmread(path)
     hu = ds_dcm.pixel_array * float(ds_dcm.RescaleSlope) + float(ds_dcm.RescaleIntercept)
     image = read_image(path, "ct", ds["windows"])
@@ -101,7 +102,7 @@ def test_tcga_ct_windows_patients_and_privacy(tmp_path):
     cache_images(ds | {"size": 32}, tmp_path / "manifest.csv", tmp_path / "images_32.npy", threads=2)
     cached = np.load(tmp_path / "images_32.npy")
     assert cached.shape == (100, 3, 32, 32)
-    assert np.array_equal(cached[7], load_image(Path(ds["root"]) / table.loc[7, "path"], "ct", ds["windows"], 32))
+    assert np.array_equal(cached[7], load_image(files[7], "ct", ds["windows"], 32))
 
 
 @pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])

@@ -11,9 +11,29 @@ from typing import Any
 import numpy as np
 
 from medxfer.config import channels
-from medxfer.imaging import load_image
+from medxfer.imaging import ImageError, load_image, withheld_note, withheld_warnings
 from medxfer.ingest import classes_of, read_manifest
 from medxfer.io import atomic_path
+from medxfer.privacy import path_id, private_paths, salt_of
+from medxfer.readers import READERS
+
+
+def image_files(dataset: Mapping[str, Any], paths: Sequence[str]) -> list[Path]:
+    """The files behind manifest paths. Pseudonymous paths are found by listing the data set again with its reader
+    and hashing each path as ingest did: the way back needs the raw data and the salt, never a file in results/."""
+    root = Path(dataset["root"])
+    if not private_paths(dataset):
+        return [root / p for p in paths]
+    salt = salt_of(dataset)
+    found = READERS[dataset["format"]](root, dataset)
+    files = {path_id(row["path"], salt): row["path"] for row in found.rows}
+    missing = [p for p in paths if p not in files]
+    if missing:
+        raise FileNotFoundError(
+            f"data set root {root}: {len(missing)} manifest path(s) match no file any more, e.g. {missing[:3]} "
+            "(files renamed or moved since ingest, or another privacy salt: ingest again)"
+        )
+    return [root / files[p] for p in paths]
 
 
 def cache_images(
@@ -23,24 +43,36 @@ def cache_images(
     if not Path(manifest_path).is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; ingest the data set first (a failed one leaves none)")
     manifest = read_manifest(manifest_path)
-    root = Path(dataset["root"])
     size, n_channels = dataset["size"], channels(dataset)
     windows = dataset.get("windows", [[40, 400]])
     shape = (len(manifest), n_channels, size, size)
-    paths = [root / p for p in manifest["path"]]
+    paths = image_files(dataset, list(manifest["path"]))
 
-    def decode(path: Path) -> np.ndarray:
-        return load_image(path, dataset["modality"], windows, size)
+    def decode(i: int) -> np.ndarray:
+        try:
+            return load_image(
+                paths[i],
+                dataset["modality"],
+                windows,
+                size,
+                min_side=dataset.get("min_image_side", 1),
+                assume_rescale=dataset.get("assume_rescale"),
+            )
+        except ImageError as err:  # named as the manifest names it: the real path may be private
+            name = manifest["path"][i]
+            raise ImageError(name, err.reason.replace(str(paths[i]), name)) from None
 
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, withheld_warnings() as caught:  # once around the pool: not thread-safe
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for i, image in enumerate(pool.map(decode, paths, chunksize=32)):
+            for i, image in enumerate(pool.map(decode, range(len(paths)), chunksize=32)):
                 if image.shape != shape[1:]:
-                    raise ValueError(f"{paths[i]}: decoded to {image.shape}, expected {shape[1:]}")
+                    raise ValueError(f"{manifest['path'][i]}: decoded to {image.shape}, expected {shape[1:]}")
                 array[i] = image
         array.flush()
         del array
+    if log is not None and caught:
+        log.warning("%s", withheld_note(caught, "decoding the images"))
     if log is not None:
         log.info("cached %d images as %s into %s", shape[0], shape[1:], out_path)
     return shape

@@ -11,6 +11,7 @@ import jsonschema
 import yaml
 
 from medxfer.io import read_text
+from medxfer.privacy import private_paths
 
 # Package data, so a wheel install validates configs too; workflow/schemas/config.schema.yaml links here.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -160,8 +161,22 @@ def _cross_check(config: dict[str, Any]) -> None:
             problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
         if ds["val_fraction"] + ds["test_fraction"] >= 1:
             problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
+        problems += _path_lookup_problems(name, ds, config["results"])
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _path_lookup_problems(name: str, ds: Mapping[str, Any], results: str) -> list[str]:
+    """The private lookup back to real paths must exist only where the user put it, never among the results."""
+    lookup = ds.get("path_lookup")
+    if not lookup:
+        return []
+    key = f"config key 'datasets.{name}.path_lookup'"
+    if not private_paths(ds):
+        return [f"{key}: set, but this data set's paths are not pseudonymous (pseudonymous_paths)"]
+    if Path(lookup).resolve().is_relative_to(Path(results).resolve()):
+        return [f"{key}: {lookup} is inside results ({results}); keep the way back to real paths outside it"]
+    return []
 
 
 def load(path: str | Path) -> dict[str, Any]:

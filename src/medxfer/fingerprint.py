@@ -3,7 +3,8 @@
 File times are no evidence of change: `dvc checkout` / `dvc pull`, `cp`, `rsync` and unpacking all reset them,
 and a folder's own time does not change when a file inside it is edited. The fingerprint is a digest over the
 sorted (relative path, size, sha256) of every file the data set reads. Each file's sha256 is kept in a sidecar
-keyed by (size, mtime_ns), so an unchanged tree costs one stat per file and a touched file is re-hashed once.
+keyed by (size, mtime_ns), so an unchanged tree costs one stat per file and a touched file is re-hashed once. The
+sidecar names files by a salted hash of their path only: folder names can identify patients (`DOE^JOHN/...`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medxfer.io import atomic_path, sha256_file, write_json
+from medxfer.privacy import salt_of
 
 ABSENT = "absent"
 SIDECAR_DIR = Path(".snakemake") / "medxfer" / "fingerprints"
@@ -62,23 +64,33 @@ def _load_sidecar(path: Path) -> dict[str, list]:
         return {}
 
 
-def fingerprint(paths: Iterable[str | os.PathLike], sidecar: str | os.PathLike | None = None) -> dict[str, Any]:
+def sidecar_key(name: str, salt: str = "") -> str:
+    """A file's key in the sidecar: a salted hash of its path, never the path itself."""
+    return hashlib.sha256(salt.encode() + b":" + os.fsencode(name)).hexdigest()[:32]  # the name's bytes, UTF-8 or not
+
+
+def fingerprint(
+    paths: Iterable[str | os.PathLike], sidecar: str | os.PathLike | None = None, key_salt: str = ""
+) -> dict[str, Any]:
     """{"sha256": digest, "files": n, "bytes": total} of the files under `paths`; "absent" if a path is missing.
 
-    `sidecar` (a JSON file) caches each file's hash by (size, mtime_ns); it is rewritten only when it changed.
+    `sidecar` (a JSON file) caches each file's hash by (size, mtime_ns) under `sidecar_key(path, key_salt)`; it is
+    rewritten only when it changed.
     """
     paths = [Path(p) for p in paths]
     if not all(p.exists() for p in paths):
         return {"sha256": ABSENT, "files": 0, "bytes": 0}
     cache = _load_sidecar(Path(sidecar)) if sidecar else {}
-    fresh: dict[str, list] = {}
+    fresh: dict[str, list] = {}  # by path, for the digest
+    stored: dict[str, list] = {}  # the same entries by key, for the sidecar
     for path in paths:
         for name, st in _files(path):
-            known = cache.get(name)
+            key = sidecar_key(name, key_salt)
+            known = cache.get(key)
             if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-                fresh[name] = known
+                fresh[name] = stored[key] = known
             else:
-                fresh[name] = [st.st_size, st.st_mtime_ns, sha256_file(name)]
+                fresh[name] = stored[key] = [st.st_size, st.st_mtime_ns, sha256_file(name)]
     digest = hashlib.sha256()
     for path in paths:
         base = str(path)
@@ -86,15 +98,16 @@ def fingerprint(paths: Iterable[str | os.PathLike], sidecar: str | os.PathLike |
             size, _, sha = fresh[name]
             rel = os.path.relpath(name, base) if name != base else path.name
             digest.update(os.fsencode(rel) + f"\t{size}\t{sha}\n".encode())  # a name's own bytes, UTF-8 or not
-    if sidecar and fresh != cache:
+    if sidecar and stored != cache:
         with atomic_path(sidecar) as tmp:
-            tmp.write_text(json.dumps(fresh))
+            tmp.write_text(json.dumps(stored))
     return {"sha256": digest.hexdigest(), "files": len(fresh), "bytes": sum(v[0] for v in fresh.values())}
 
 
 def dataset_fingerprint(name: str, dataset: Mapping[str, Any], cache_dir: str | os.PathLike = SIDECAR_DIR) -> str:
-    """The fingerprint digest of one configured data set, its per-file hashes cached under `cache_dir`."""
-    return fingerprint(raw_paths(dataset), Path(cache_dir) / f"{name}.json")["sha256"]
+    """The fingerprint digest of one configured data set, its per-file hashes cached under `cache_dir` (keyed by
+    path hashes salted with the data set's privacy salt)."""
+    return fingerprint(raw_paths(dataset), Path(cache_dir) / f"{name}.json", salt_of(dataset))["sha256"]
 
 
 def generated_fingerprint(

@@ -6,10 +6,13 @@ ingest, cache and tests share a single decoder (`read_image` / `load_image`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +36,43 @@ class ImageError(ValueError):
 
 
 def is_dicom(path: Path) -> bool:
+    """By extension, DICM preamble, or a bare data set (written without the 128-byte preamble) that starts with a
+    group 0002 or 0008 element. A cheap sniff: decoding decides whether it really is DICOM."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
     with open(path, "rb") as fh:
         head = fh.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return (len(head) == 132 and head[128:132] == b"DICM") or _bare_dicom_start(head)
+
+
+def _bare_dicom_start(head: bytes) -> bool:
+    """A little-endian first element of group 0002 (file meta) or 0008 (identification), explicit VR or implicit."""
+    if len(head) < 8 or int.from_bytes(head[:2], "little") not in (0x0002, 0x0008):
+        return False
+    vr = head[4:6]
+    return (vr.isalpha() and vr.isupper()) or int.from_bytes(head[4:8], "little") < 1 << 16
+
+
+@contextlib.contextmanager
+def withheld_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings raised in the block instead of printing them, and keep pydicom's log records from
+    reaching any handler: pydicom quotes header values in both, and a malformed UID can hold a patient's name.
+    Process-wide, so not for use inside threads: enter it once around a thread pool."""
+    pydicom_log = logging.getLogger("pydicom")
+    propagate = pydicom_log.propagate
+    pydicom_log.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        pydicom_log.propagate = propagate
+
+
+def withheld_note(caught: Sequence[warnings.WarningMessage], while_: str = "parsing") -> str:
+    """What a caller may log about withheld warnings: how many and of which kind, never their text."""
+    kinds = ", ".join(sorted({w.category.__name__ for w in caught}))
+    return f"{len(caught)} pydicom warning(s) of kind {kinds} while {while_}; values withheld"
 
 
 def npz_ref(file: str | Path, key: str, index: int) -> str:
@@ -90,13 +125,26 @@ def content_hash(path: str | Path) -> str:
     return sha256_file(path)
 
 
-def read_image(path: str | Path, modality: str, windows: Sequence[Sequence[float]] = ((40, 400),)) -> np.ndarray:
-    """Return a uint8 array (C, H, W) at native size: C=1 for radiographs, one channel per window for CT."""
-    return _decode(path, modality, windows, None)
+def read_image(
+    path: str | Path,
+    modality: str,
+    windows: Sequence[Sequence[float]] = ((40, 400),),
+    assume_rescale: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Return a uint8 array (C, H, W) at native size: C=1 for radiographs, one channel per window for CT.
+    `assume_rescale` ({slope, intercept}) stands in for a CT file's missing RescaleSlope/Intercept (the data set's
+    config says so); without it such a file is refused, since its values are not known to be HU."""
+    return _decode(path, modality, windows, None, assume_rescale=assume_rescale)
 
 
 def _decode(
-    path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int | None, min_side: int = 1
+    path: str | Path,
+    modality: str,
+    windows: Sequence[Sequence[float]],
+    size: int | None,
+    *,
+    min_side: int = 1,
+    assume_rescale: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """read_image; with `size`, rasters may come back already resized (the same pixels, fewer copies) and large
     ones decoded at reduced size. An image whose native height or width is below `min_side` is refused."""
@@ -110,7 +158,7 @@ def _decode(
             raise ImageError(path, "empty file (0 bytes)")
         if not is_dicom(path):
             return _read_raster(path, size, min_side)
-        image = _read_dicom(path, modality, windows)
+        image = _read_dicom(path, modality, windows, assume_rescale)
     _check_side(image.shape[-1], image.shape[-2], path, min_side)
     return image
 
@@ -214,14 +262,71 @@ def _grey_16bit(img: Image.Image, factor: int) -> np.ndarray:
     return np.concatenate(strips)
 
 
-def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -> np.ndarray:
+def _read_header(path: str | Path, **options: object) -> object:
+    """pydicom's dcmread, as an ImageError when it fails. A file without the 128-byte preamble and DICM prefix is
+    read again with force=True and kept only if that gives a real data set (identification elements, group 0008):
+    force makes pydicom accept almost any bytes."""
     import pydicom
-    from pydicom.pixels import apply_color_lut, apply_rescale, apply_voi_lut
+    from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path, **options)
+    except InvalidDicomError:
+        pass  # no preamble or DICM prefix: try as a bare data set below
     except Exception as err:  # pydicom raises many types for broken files
         raise ImageError(path, f"not a readable DICOM file ({err})") from None
+    try:
+        ds = pydicom.dcmread(path, force=True, **options)
+        real = any(tag.group == 0x0008 for tag in list(ds.keys()))  # tags only: no value is converted
+    except Exception as err:
+        raise ImageError(path, f"not a readable DICOM file (no DICM preamble; read without it: {err})") from None
+    if not real:
+        raise ImageError(path, "not a readable DICOM file (no DICM preamble, and no DICOM data set without it)")
+    _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds: object) -> None:
+    """A bare data set has no file meta: name the uncompressed syntax it was read in, which decoding needs."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+
+
+def _hounsfield(pixels: np.ndarray, ds: object, path: Path, assume: Mapping[str, float] | None) -> np.ndarray:
+    """HU from the file's Modality LUT or RescaleSlope/Intercept; a missing slope or intercept is taken from the
+    data set's `assume_rescale`, else the file is refused: raw stored values are not HU (often off by 1024)."""
+    from pydicom.pixels import apply_rescale
+
+    given = {key: ds.get(f"Rescale{key.title()}") for key in ("slope", "intercept")}
+    given = {key: value for key, value in given.items() if value is not None and str(value).strip()}
+    missing = [f"Rescale{key.title()}" for key in ("slope", "intercept") if key not in given]
+    if not missing or "ModalityLUTSequence" in ds:
+        return apply_rescale(pixels, ds).astype(np.float64)
+    if assume is None:
+        raise ImageError(
+            path,
+            f"CT image without {'/'.join(missing)}: its values are not known to be HU (set assume_rescale for "
+            "this data set if you know them, e.g. {slope: 1, intercept: -1024})",
+        )
+    slope, intercept = (float(given.get(key, assume[key])) for key in ("slope", "intercept"))
+    return pixels.astype(np.float64) * slope + intercept
+
+
+def _read_dicom(
+    path: Path, modality: str, windows: Sequence[Sequence[float]], assume_rescale: Mapping[str, float] | None = None
+) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, apply_rescale, apply_voi_lut
+
+    ds = _read_header(path)
     if "PixelData" not in ds:
         raise ImageError(path, "DICOM file has no pixel data")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -242,7 +347,7 @@ def _read_dicom(path: Path, modality: str, windows: Sequence[Sequence[float]]) -
     if pixels.ndim != 2:
         raise ImageError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
     if modality == "ct":
-        hu = apply_rescale(pixels, ds).astype(np.float64)
+        hu = _hounsfield(pixels, ds, path, assume_rescale)
         return np.stack([_to_uint8(hu, c - w / 2, c + w / 2) for c, w in windows])
     values = apply_voi_lut(apply_rescale(pixels, ds), ds).astype(np.float64)
     low, high = values.min(), values.max()
@@ -263,12 +368,7 @@ def _rgb_to_grey(pixels: np.ndarray) -> np.ndarray:
 def dicom_ids(path: str | Path) -> tuple[str, str]:
     """(PatientID, StudyInstanceUID) from a DICOM header, '' where absent; read without pixel data. Callers must
     pseudonymize them before they are written anywhere."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"])
-    except Exception as err:  # pydicom raises many types for broken files
-        raise ImageError(path, f"not a readable DICOM file ({err})") from None
+    ds = _read_header(path, stop_before_pixels=True)
     return str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
 
 
@@ -288,8 +388,14 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(
-    path: str | Path, modality: str, windows: Sequence[Sequence[float]], size: int, min_side: int = 1
+    path: str | Path,
+    modality: str,
+    windows: Sequence[Sequence[float]],
+    size: int,
+    *,
+    min_side: int = 1,
+    assume_rescale: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """The cached form of one manifest row: decoded and resized to (C, size, size) uint8. Ingest calls it with the
     data set's `min_image_side`, so an image it accepts is one the cache can decode."""
-    return resize(_decode(path, modality, windows, size, min_side), size)
+    return resize(_decode(path, modality, windows, size, min_side=min_side, assume_rescale=assume_rescale), size)

@@ -8,8 +8,7 @@ and the leakage checks in `medxfer.splits`; this module runs them in order and w
 
 from __future__ import annotations
 
-import hashlib
-import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,29 +17,16 @@ from typing import Any
 import pandas as pd
 
 from medxfer.duplicates import near_duplicates, perceptual_hash
-from medxfer.imaging import ImageError, content_hash, load_image, parse_npz_ref
+from medxfer.imaging import ImageError, content_hash, load_image, parse_npz_ref, withheld_note, withheld_warnings
 from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
+from medxfer.privacy import path_id, private_paths, pseudonymize, salt_of, write_path_lookup
 from medxfer.readers import READERS
 from medxfer.splits import assign_splits, describe_leaks, drop_leaked, leaked, subsample_train
 
 NEGATIVE_NAMES = ("normal", "negative", "no_finding", "0", "false", NO_LABEL)
-SALT_ENV = "MEDXFER_SALT"
-DEFAULT_SALT = "medxfer-default-salt"
 MANIFEST_COLUMNS = ["image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256", "mask"]
 LEAKS = {"patient_id": "patient(s)", "sha256": "identical image(s)", "phash": "perceptually identical image(s)"}
-
-
-def salt_of(dataset: Mapping[str, Any]) -> str:
-    """The pseudonymisation salt: config `privacy.salt` (top level or per data set), else $MEDXFER_SALT."""
-    salt = (dataset.get("privacy") or {}).get("salt")
-    return salt if salt else os.environ.get(SALT_ENV, DEFAULT_SALT)
-
-
-def pseudonymize(raw_id: str, salt: str | None = None) -> str:
-    """Salted hash of a patient or study id, so no real identifier reaches results/."""
-    salt = salt if salt is not None else os.environ.get(SALT_ENV, DEFAULT_SALT)
-    return hashlib.sha256(f"{salt}:{raw_id}".encode()).hexdigest()[:16]
 
 
 def _canonical_label(name: str, classes: list[str] | None) -> str | None:
@@ -96,13 +82,21 @@ def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found:
     accepted = []
     for row in rows:
         path = root / row["path"]
-        try:
-            image = load_image(path, dataset["modality"], windows, dataset["size"], dataset["min_image_side"])
-            digest = content_hash(path)
-        except ImageError as err:
-            found.reject(row["path"], err.reason)
-            continue
-        accepted.append(row | {"sha256": digest, "phash": perceptual_hash(image)})
+        with withheld_warnings() as caught:
+            try:
+                image = load_image(
+                    path,
+                    dataset["modality"],
+                    windows,
+                    dataset["size"],
+                    min_side=dataset["min_image_side"],
+                    assume_rescale=dataset.get("assume_rescale"),
+                )
+                accepted.append(row | {"sha256": content_hash(path), "phash": perceptual_hash(image)})
+            except ImageError as err:
+                found.reject(row["path"], err.reason)
+        if caught:
+            found.note(row["path"], withheld_note(caught))
     return accepted
 
 
@@ -157,6 +151,53 @@ def _label_and_split(
     table["label"] = table["label_name"].map({c: i for i, c in enumerate(order)}).astype(int)
     table["split"] = assign_splits(table, dataset["val_fraction"], dataset["test_fraction"], seed)
     return table
+
+
+def _hide_paths(root: Path, dataset: Mapping[str, Any], table: pd.DataFrame | None, found: Found) -> dict[str, str]:
+    """{real path: pseudonym} of every file ingest names (accepted and rejected) when the data set's paths are
+    pseudonymous, else {}. Renames the rejected files and notes in place, scrubbing the real path from reasons
+    (a decoder's message may quote it), and writes the user's private `path_lookup` if one is configured."""
+    if not private_paths(dataset):
+        return {}
+    salt = salt_of(dataset)
+    names = (list(table["path"]) if table is not None else []) + [r["path"] for r in found.rejected + found.notes]
+    pseudonyms = {name: path_id(name, salt) for name in names}
+    for item in found.rejected + found.notes:
+        real, hidden = item["path"], pseudonyms[item["path"]]
+        for key in ("reason", "note"):
+            if key in item:
+                for spelling in (str((root / real).resolve()), str(root / real)):
+                    item[key] = item[key].replace(spelling, hidden)
+                if item[key].startswith("leakage:"):  # names the copy that was kept
+                    item[key] = _scrub(item[key], pseudonyms)
+        item["path"] = hidden
+    if dataset.get("path_lookup"):
+        write_path_lookup(dataset["path_lookup"], ((hidden, real) for real, hidden in pseudonyms.items()))
+    return pseudonyms
+
+
+def _scrub(text: str, pseudonyms: Mapping[str, str]) -> str:
+    """`text` with every real path it quotes replaced by its pseudonym."""
+    for real, hidden in pseudonyms.items():
+        if real in text:
+            text = text.replace(real, hidden)
+    return text
+
+
+def _rename_files(table: pd.DataFrame, pseudonyms: Mapping[str, str], mask_dir: Path) -> pd.DataFrame:
+    """The manifest with pseudonymous paths. Masks mirror the real paths, so each is copied beside the manifest
+    as masks/<pseudonym>.png (explain reads it there); cache_images finds the images again by re-listing the data
+    set (medxfer.cache.image_files)."""
+    shutil.rmtree(mask_dir, ignore_errors=True)  # masks of an earlier ingest
+    masks = []
+    for real, mask in zip(table["path"], table["mask"], strict=True):
+        if mask:
+            copy = mask_dir / f"{pseudonyms[real]}.png"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mask, copy)
+            mask = str(copy)
+        masks.append(mask)
+    return table.assign(path=table["path"].map(pseudonyms), mask=masks)
 
 
 def _write_quarantine(path: Path, rejected: list[dict]) -> None:
@@ -244,6 +285,7 @@ def ingest_dataset(
     table = _label_and_split(accepted, dataset.get("classes") or found.classes, dataset, seed) if accepted else None
     table, leaks = _resolve_leakage(table, dataset, found) if table is not None else (None, "")
     total = (0 if table is None else len(table)) + len(found.rejected)
+    pseudonyms = _hide_paths(root, dataset, table, found)  # before anything is written or logged
     _write_quarantine(quarantine_path, found.rejected)
     if log is not None:
         log.info(
@@ -251,15 +293,22 @@ def ingest_dataset(
         )
         for item in found.rejected[:20]:
             log.warning("quarantined %s: %s", item["path"], item["reason"])
+        for item in found.notes[:20]:
+            log.warning("file %s: %s", item["path"], item["note"])
         if found.skipped:
-            shown = ", ".join(found.skipped[:20]) + (", ..." if len(found.skipped) > 20 else "")
-            log.info("%s: skipped %d hidden or system files (not images): %s", name, len(found.skipped), shown)
+            # base names only where paths are private: a folder may carry a patient's name
+            skipped = [Path(p).name for p in found.skipped] if pseudonyms else found.skipped
+            shown = ", ".join(skipped[:20]) + (", ..." if len(skipped) > 20 else "")
+            log.info("%s: skipped %d hidden or system files (not images): %s", name, len(skipped), shown)
     _check_rejections(name, dataset, len(found.rejected), total, found)
     _check_classes_present(name, dataset.get("classes"), table)
     _check_class_sizes(name, table["label_name"], dataset["min_class_size"], log)
     pairs = near_duplicates(table, dataset["near_duplicate_distance"])
+    if pseudonyms:
+        pairs = pairs.assign(path_a=pairs["path_a"].map(pseudonyms), path_b=pairs["path_b"].map(pseudonyms))
     if leaks:
-        _write_duplicates(duplicates_path, pairs, table["path"])
+        _write_duplicates(duplicates_path, pairs, table["path"].map(lambda p: pseudonyms.get(p, p)))
+        leaks = _scrub(leaks, pseudonyms)
         raise IngestError(
             f"data set '{name}': {leaks} (the given splits overlap; see {duplicates_path.name}; set leakage: drop "
             "to keep each in its earliest split and quarantine the rest)"
@@ -271,6 +320,8 @@ def ingest_dataset(
         fraction = dataset["train_fraction"]
         log.info("%s: train_fraction %.3g keeps %d of %d training images", name, fraction, kept, n_train)
     table["mask"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]]
+    if pseudonyms:
+        table = _rename_files(table, pseudonyms, manifest_path.parent / "masks")
     salt = salt_of(dataset)
     table["patient_id"] = table["patient_id"].map(lambda raw: pseudonymize(str(raw), salt))
     table["study_id"] = table["study_id"].map(lambda raw: pseudonymize(str(raw), salt))

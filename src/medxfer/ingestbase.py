@@ -19,17 +19,23 @@ class IngestError(RuntimeError):
 @dataclass
 class Found:
     """What a reader found: candidate rows (path, label_name, patient_id, study_id, split[, source_id]), files it
-    rejected with a reason, hidden and system files it skipped (logged, not counted), and the class order the
-    source itself defines (e.g. an npz `label_names`), if any."""
+    rejected with a reason, hidden and system files it skipped (logged, not counted), the class order the source
+    itself defines (e.g. an npz `label_names`), if any, and notes on files that are kept but worth a log line (e.g.
+    withheld pydicom warnings)."""
 
     rows: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     classes: list[str] | None = None
+    notes: list[dict] = field(default_factory=list)
 
     def reject(self, path: str | Path, reason: str) -> None:
         """Record a file that will not be used, so quarantine.csv says why instead of a later stage crashing."""
         self.rejected.append({"path": printable(path), "reason": reason})
+
+    def note(self, path: str | Path, text: str) -> None:
+        """Something ingest logs about a file it keeps; like a reason, the text must not quote header values."""
+        self.notes.append({"path": printable(path), "note": text})
 
 
 def printable(path: str | Path) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxfer.imaging import ImageError, dicom_ids, is_dicom, npz_array, npz_ref
+from medxfer.imaging import ImageError, dicom_ids, is_dicom, npz_array, npz_ref, withheld_note, withheld_warnings
 from medxfer.ingestbase import NO_LABEL, SPLITS, Found, IngestError, printable
 from medxfer.io import read_text
 
@@ -236,9 +236,11 @@ def _read_manifest(root: Path, dataset: Mapping[str, Any]) -> Found:
             _add_series(found, root_resolved, path, record, where)
         else:
             rel = str(path.relative_to(root_resolved))
-            patient = record.get("patient_id") or record["path"]
-            row = {"path": rel, "label_name": record["label"], "patient_id": patient}
-            row |= {"study_id": record.get("study_id") or patient, "split": split or None}
+            ids = _patient_and_study(found, path, rel, record, record["path"])
+            if ids is None:
+                continue
+            row = {"path": rel, "label_name": record["label"], "patient_id": ids[0], "study_id": ids[1]}
+            row |= {"split": split or None}
             found.rows.append(row | ({"source_id": record["image_id"]} if record.get("image_id") else {}))
     return found
 
@@ -248,15 +250,43 @@ def _add_series(found: Found, root: Path, folder: Path, record: dict, where: str
     files = _walk(folder, root, found)
     if not files:
         found.reject(folder.relative_to(root), f"{where}: folder has no files")
-    patient = record.get("patient_id") or record["path"]
-    study = record.get("study_id") or record["path"]
     for path in files:
         rel = path.relative_to(root)
         if not _looks_like_image(path):
-            found.reject(rel, f"{where}: not a DICOM or image file in series folder (no DICM preamble)")
+            found.reject(rel, f"{where}: not a DICOM or image file in series folder (no DICOM data set)")
             continue
-        row = {"path": str(rel), "label_name": record["label"], "patient_id": patient, "study_id": study}
-        found.rows.append(row | {"split": record.get("split") or None})
+        ids = _patient_and_study(found, path, str(rel), record, record["path"])
+        if ids is not None:
+            row = {"path": str(rel), "label_name": record["label"], "patient_id": ids[0], "study_id": ids[1]}
+            found.rows.append(row | {"split": record.get("split") or None})
+
+
+def _patient_and_study(found: Found, path: Path, rel: str, record: dict, fallback: str) -> tuple[str, str] | None:
+    """A manifest row's patient and study: the manifest's, else the DICOM header's (PatientID, StudyInstanceUID),
+    else `fallback` (the listed path: its own patient, the study being the patient). None when the DICOM header
+    cannot be read; the file is then rejected with the reason."""
+    patient, study = record.get("patient_id") or "", record.get("study_id") or ""
+    if (not patient or not study) and path.is_file() and path.stat().st_size and is_dicom(path):
+        header = _header_ids(found, path, rel)
+        if header is None:
+            return None
+        patient, study = patient or header[0], study or header[1]
+    patient = patient or fallback
+    return patient, study or patient
+
+
+def _header_ids(found: Found, path: Path, rel: str) -> tuple[str, str] | None:
+    """(PatientID, StudyInstanceUID) of a DICOM file; its pydicom warnings are noted by count only (they quote
+    header values). None, and the file rejected with the reason, when the header cannot be read."""
+    with withheld_warnings() as caught:
+        try:
+            ids = dicom_ids(path)
+        except ImageError as err:
+            found.reject(rel, err.reason)
+            ids = None
+    if caught:
+        found.note(rel, withheld_note(caught))
+    return ids
 
 
 def _npz_layout(keys: list[str], layout: str, file: Path) -> str:
@@ -361,14 +391,13 @@ def _read_dicom_tree(root: Path, dataset: Mapping[str, Any]) -> Found:
     for row in rows:
         path = root / row["path"]
         if not is_dicom(path):
-            found.reject(row["path"], "not a DICOM file (no DICM preamble); use format csv/imagefolder for PNG/JPEG")
+            reason = "not a DICOM file (no DICM preamble, no DICOM data set at the start); use format csv/imagefolder"
+            found.reject(row["path"], reason + " for PNG/JPEG")
             continue
-        try:
-            patient, study = dicom_ids(path)
-        except ImageError as err:
-            found.reject(row["path"], err.reason)
-            continue
-        found.rows.append(row | {"patient_id": patient or row["path"], "study_id": study or patient or row["path"]})
+        header = _header_ids(found, path, row["path"])
+        if header is not None:
+            patient, study = header
+            found.rows.append(row | {"patient_id": patient or row["path"], "study_id": study or patient or row["path"]})
     return found
 
 

@@ -24,13 +24,13 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from medxfer import models, runtime
-from medxfer.cache import load_cached
+from medxfer.cache import image_files, load_cached
 from medxfer.classifiers import load_classifier
 from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
 from medxfer.fusion import refit_fusion
 from medxfer.identity import read as read_identity
-from medxfer.imaging import load_image
+from medxfer.imaging import load_image, withheld_warnings
 from medxfer.ingest import read_manifest
 from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger, mark_work_start
@@ -95,8 +95,9 @@ def hu_shift(dataset: Mapping[str, Any], manifest: Path, image_ids: Sequence[str
         raise ValueError("a HU-window shift needs a CT data set (modality: ct)")
     table = read_manifest(manifest).set_index("image_id").loc[list(image_ids)]
     windows = [[center + shift, width] for center, width in dataset.get("windows", [[40, 400]])]
-    root = Path(dataset["root"])
-    images = [load_image(root / path, "ct", windows, dataset["size"]) for path in table["path"]]
+    size, assume, files = dataset["size"], dataset.get("assume_rescale"), image_files(dataset, list(table["path"]))
+    with withheld_warnings():  # pydicom quotes header values; ingest has logged these files' warnings already
+        images = [load_image(file, "ct", windows, size, assume_rescale=assume) for file in files]
     return np.stack(images) if images else np.zeros((0, len(windows), dataset["size"], dataset["size"]), np.uint8)
 
 
