@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/compare_results.py RESULTS_A RESULTS_B [--ignore-key identity]
 
-Prints JSON: how many files were compared, which differ and where. Timings (benchmark.csv's train_seconds) and the
-keys given with --ignore-key are left out, so a change that only adds metadata or runs faster still compares equal.
+Files pair up by the identity they record, so runs with different folder layouts compare (leave out path-valued keys
+such as `features` with --ignore-key). Prints JSON: how many files were compared, which differ and where. Timings
+(benchmark.csv's train_seconds) and the keys given with --ignore-key are left out, so a change that only adds
+metadata or runs faster still compares equal.
 Exit code 1 when a number differs or a file is missing on one side.
 """
 
@@ -38,26 +40,32 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where or '<top>'}: {a!r} != {b!r}"[:300]
 
 
-def _metrics_files(root: Path) -> set[Path]:
-    """Every metrics.json of this run, not of other runs kept inside it (results/benchmark-ct in results/)."""
+def _metrics_files(root: Path) -> dict[str, Path]:
+    """Every metrics.json of this run (not of other runs kept inside it, like results/benchmark-ct in results/), keyed
+    by the identity it records (medxfer.identity), else by its path: two layouts of the same results still pair up."""
     nested = {p.parent.parent for p in root.rglob("report/run.json")} - {root}
-    files = (p for p in root.rglob("metrics.json") if not any(n in p.parents for n in nested))
-    return {p.relative_to(root) for p in files}
+    files = {}
+    for path in root.rglob("metrics.json"):
+        if any(n in path.parents for n in nested):
+            continue
+        identity = json.loads(path.read_text()).get("identity")
+        files[json.dumps(identity, sort_keys=True) if identity else str(path.relative_to(root))] = path
+    return files
 
 
 def compare(a: Path, b: Path, ignored: set[str]) -> dict[str, Any]:
-    rel_a, rel_b = _metrics_files(a), _metrics_files(b)
+    files_a, files_b = _metrics_files(a), _metrics_files(b)
     differ = {}
-    for rel in sorted(rel_a & rel_b):
-        left = _strip(json.loads((a / rel).read_text()), ignored)
-        right = _strip(json.loads((b / rel).read_text()), ignored)
+    for key in sorted(files_a.keys() & files_b.keys()):
+        left = _strip(json.loads(files_a[key].read_text()), ignored)
+        right = _strip(json.loads(files_b[key].read_text()), ignored)
         if left != right:
-            differ[str(rel)] = _first_difference(left, right)
+            differ[str(files_a[key].relative_to(a))] = _first_difference(left, right)
     result: dict[str, Any] = {
-        "metrics_compared": len(rel_a & rel_b),
+        "metrics_compared": len(files_a.keys() & files_b.keys()),
         "metrics_differ": differ,
-        "only_in_a": sorted(map(str, rel_a - rel_b)),
-        "only_in_b": sorted(map(str, rel_b - rel_a)),
+        "only_in_a": sorted(str(files_a[k].relative_to(a)) for k in files_a.keys() - files_b.keys()),
+        "only_in_b": sorted(str(files_b[k].relative_to(b)) for k in files_b.keys() - files_a.keys()),
         "ignored_keys": sorted(ignored),
     }
     bench = Path("report", "benchmark.csv")

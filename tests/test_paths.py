@@ -4,15 +4,15 @@ import string
 
 from medxfer import paths
 
-WILDCARDS = {"dataset", "size", "target", "source", "arch", "init", "features", "clf"}
+WILDCARDS = {"dataset", "size", "target", "source", "arch", "init", "seed", "features", "clf"}
 
 
 def test_artifact_fills_the_wildcards_given_and_keeps_the_others():
     assert paths.artifact("results", paths.MODEL, "model.json", target="mura") == (
-        "results/finetune/mura/{init}/{arch}/model.json"
+        "results/finetune/mura/{init}/seed{seed}/{arch}/model.json"
     )
     assert paths.artifact("results/run", paths.FEATURES, arch="resnet18") == (
-        "results/run/features/{target}/{init}/resnet18.npz"
+        "results/run/features/{target}/{init}/seed{seed}/resnet18.npz"
     )
     assert paths.artifact("r", paths.IMAGES, dataset="ct", size=64) == "r/datasets/ct/images_64.npy"
 

@@ -95,12 +95,9 @@ def test_seeds_default_to_the_seed_and_name_their_init_folders():
     }
     conf = cfg.validate(base | {"seed": 4})
     assert conf["finetune"]["seeds"] == [4]
-    assert cfg.init_runs(conf) == ["scratch"]
+    assert cfg.run_name(conf, "scratch", 4) == "scratch"
     conf = cfg.validate(base | {"finetune": {"targets": ["t"], "inits": ["scratch"], "seeds": [3, 8]}})
-    assert cfg.init_runs(conf) == ["scratch", "scratch-seed8"]
-    assert cfg.init_runs(conf, first_seed_only=True) == ["scratch"]
-    assert cfg.parse_init_run(conf, "scratch") == ("scratch", 3)
-    assert cfg.parse_init_run(conf, "scratch-seed8") == ("scratch", 8)
+    assert [cfg.run_name(conf, "scratch", seed) for seed in (3, 8)] == ["scratch", "scratch-seed8"]
     assert "seeds" not in cfg.training_params(conf, "finetune")  # a new seed must not re-run the other seeds
     with pytest.raises(cfg.ConfigError, match="decision.threshold"):
         cfg.validate(base | {"decision": {"threshold": "youden"}})

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.workflow
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 TINY = yaml.safe_load((Path(__file__).parent / "workflow" / "tiny.yaml").read_text())
 TARGETS, INITS, ARCHS = (TINY["finetune"][k] for k in ("targets", "inits", "archs"))
+SEED = str(TINY.get("seed", 0))  # the tiny run's one training seed: its runs sit in <init>/seed<SEED>/
 SOURCE = TINY["pretrain"]["source"]
 SUMMARY = {("summarize_results", ""), ("all", "")}  # the report and the target rule: after any change
 FAITHFULNESS = {("summarize_faithfulness", "")}  # after any change to a fine-tuned model
@@ -48,7 +49,7 @@ def planned(snakemake, run_dir: Path) -> set[tuple[str, str]]:
 
 
 def jobs(rule: str, **wildcards: list[str] | str) -> set[tuple[str, str]]:
-    """Every combination of the given wildcard values, e.g. jobs("extract_features", target=["a"], init=INITS)."""
+    """Every combination of the given wildcard values: jobs("extract_features", target="a", init=INITS, seed="0")."""
     lists = [[v] if isinstance(v, str) else v for v in wildcards.values()]
     combos = itertools.product(*lists)
     return {(rule, ",".join(f"{k}={v}" for k, v in zip(wildcards, combo, strict=True))) for combo in combos}
@@ -59,11 +60,11 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
     fine-tuning and everything after it, and the summary."""
     return (
         jobs("check_source_overlap", target=target)
-        | jobs("finetune_model", target=target, init=INITS, arch=ARCHS)
-        | jobs("extract_features", target=target, init=INITS)
-        | jobs("explain_model", target=target, init=INITS)
-        | jobs("train_classifiers", target=target, init=INITS)
-        | jobs("assess_robustness", target=target, init=INITS)
+        | jobs("finetune_model", target=target, init=INITS, seed=SEED, arch=ARCHS)
+        | jobs("extract_features", target=target, init=INITS, seed=SEED)
+        | jobs("explain_model", target=target, init=INITS, seed=SEED)
+        | jobs("train_classifiers", target=target, init=INITS, seed=SEED)
+        | jobs("assess_robustness", target=target, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=target)
         | FAITHFULNESS
         | SUMMARY
@@ -152,9 +153,9 @@ def test_classifier_hyperparameters_rerun_the_classifier_jobs_only(run_dir, snak
         edit(config, "svm: {C: 1.0}", "svm: {C: 2.0}")
         got = planned(snakemake, run_dir)
     # the robustness sweep assesses the best fused classifier, so it reads every fused classifier's results
-    robustness = jobs("assess_robustness", target=TARGETS, init=INITS)
+    robustness = jobs("assess_robustness", target=TARGETS, init=INITS, seed=SEED)
     # one job per run fits every classifier (docs/reruns.md); nothing upstream of the classifiers runs again
-    assert got == jobs("train_classifiers", target=TARGETS, init=INITS) | robustness | SUMMARY
+    assert got == jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED) | robustness | SUMMARY
 
 
 def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_dir, snakemake):
@@ -165,12 +166,12 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
     new = ["resnet14t"]
     expected = (
         jobs("pretrain_model", source=SOURCE, arch=new)
-        | jobs("finetune_model", target=TARGETS, init=INITS, arch=new)
+        | jobs("finetune_model", target=TARGETS, init=INITS, seed=SEED, arch=new)
         # one feature job and one heatmap job per run cover every model: the old models' are redone too
-        | jobs("extract_features", target=TARGETS, init=INITS)
-        | jobs("explain_model", target=TARGETS, init=INITS)
-        | jobs("train_classifiers", target=TARGETS, init=INITS)
-        | jobs("assess_robustness", target=TARGETS, init=INITS)
+        | jobs("extract_features", target=TARGETS, init=INITS, seed=SEED)
+        | jobs("explain_model", target=TARGETS, init=INITS, seed=SEED)
+        | jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED)
+        | jobs("assess_robustness", target=TARGETS, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=TARGETS)
         | FAITHFULNESS
         | SUMMARY
@@ -184,11 +185,10 @@ def test_new_seed_runs_only_its_replicates_and_the_summary(run_dir, snakemake):
         old = "archs: [resnet10t, resnet18]\n  epochs: 2"
         edit(config, old, f"{old}\n  seeds: [0, 5]")  # the first seed, 0, is the one the tiny run used
         got = planned(snakemake, run_dir)
-    replicates = [f"{init}-seed5" for init in INITS]
     expected = (
-        jobs("finetune_model", target=TARGETS, init=replicates, arch=ARCHS)
-        | jobs("extract_features", target=TARGETS, init=replicates)
-        | jobs("train_classifiers", target=TARGETS, init=replicates)
+        jobs("finetune_model", target=TARGETS, init=INITS, seed="5", arch=ARCHS)
+        | jobs("extract_features", target=TARGETS, init=INITS, seed="5")
+        | jobs("train_classifiers", target=TARGETS, init=INITS, seed="5")
         | SUMMARY
     )
     assert got == expected

@@ -202,7 +202,7 @@ def test_cpu_only_override_runs_a_gpu_rule_without_a_gpu(slurm_run, run_dir, mon
     """MEDXFER_SLURM_CPU_ONLY=1: the same Snakefile on a cluster without GPUs; the GPU rule's job asks for none."""
     workdir, _ = slurm_run
     monkeypatch.setenv("MEDXFER_SLURM_CPU_ONLY", "1")
-    target = "results/features/demo_mura/scratch/resnet10t.npz"
+    target = "results/features/demo_mura/scratch/seed0/resnet10t.npz"
     args = [*submit_args(), target, "--forcerun", "extract_features"]  # --forcerun takes several values: last
     result = run_snakemake(workdir, *args, python=slurm_python(), timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -300,7 +300,7 @@ def test_cancelled_training_job_is_resubmitted_and_completes(slurm_run, run_dir)
     run (`retries:` in profiles/slurm) and costs at most its current epoch: the retry resumes after the last
     completed one, ends with the uninterrupted run's metrics, and downstream jobs only see its outputs."""
     workdir, _ = slurm_run
-    model = "demo_ct/scratch/resnet10t"
+    model = "demo_ct/scratch/seed0/resnet10t"
     target = f"results/features/{model}.npz"
     # one model to train again, and the run's feature job after it (--forcerun would retrain every model it reads)
     shutil.rmtree(workdir / f"results/finetune/{model}")
@@ -319,7 +319,7 @@ def test_cancelled_training_job_is_resubmitted_and_completes(slurm_run, run_dir)
 def test_rerun_after_a_failed_run_resumes_and_completes(slurm_run, run_dir):
     """Without retries the cancelled job fails the run; running the same command again redoes what is missing."""
     workdir, _ = slurm_run
-    model = "demo_ct/scratch/resnet18"
+    model = "demo_ct/scratch/seed0/resnet18"
     shutil.rmtree(workdir / f"results/finetune/{model}")  # one model to redo, and its features after it
     (workdir / f"results/features/{model}.npz").unlink()  # (a present target would not need the model)
     args = [f"results/features/{model}.npz", "--retries", "0"]

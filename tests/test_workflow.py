@@ -75,7 +75,7 @@ def test_finished_training_jobs_leave_no_resume_tree(run_dir):
 
 def test_checkpoints_load_and_describe_themselves(run_dir):
     checkpoints = sorted((run_dir / "results").glob("*/*/*/model.json")) + sorted(
-        (run_dir / "results").glob("finetune/*/*/*/model.json")
+        (run_dir / "results").glob("finetune/*/*/*/*/model.json")
     )
     assert len(checkpoints) == 2 + 2 * 2 * 2
     for meta_path in checkpoints:
@@ -83,7 +83,7 @@ def test_checkpoints_load_and_describe_themselves(run_dir):
         assert meta["arch"] in ("resnet10t", "resnet18")
         assert meta["input_size"][0] == meta["in_chans"] and len(meta["data_sha256"]) == 64
         assert model.num_classes == len(meta["classes"])
-    ct_meta = json.loads((run_dir / "results/finetune/demo_ct/indomain/resnet10t/model.json").read_text())
+    ct_meta = json.loads((run_dir / "results/finetune/demo_ct/indomain/seed0/resnet10t/model.json").read_text())
     assert ct_meta["in_chans"] == 2 and ct_meta["classes"] == ["normal", "lesion"]
 
 
@@ -92,18 +92,18 @@ def test_feature_matrices_have_expected_shapes(run_dir):
     counts = manifest["split"].value_counts()
     dims = {"resnet10t": 512, "resnet18": 512}
     for arch, dim in dims.items():
-        data = np.load(run_dir / f"results/features/demo_mura/indomain/{arch}.npz")
+        data = np.load(run_dir / f"results/features/demo_mura/indomain/seed0/{arch}.npz")
         for split in ("train", "val", "test"):
             assert data[f"X_{split}"].shape == (counts[split], dim)
             assert np.isfinite(data[f"X_{split}"]).all()
-    fused = np.load(run_dir / "results/fused/demo_mura/indomain/features.npz")
+    fused = np.load(run_dir / "results/fused/demo_mura/indomain/seed0/features.npz")
     assert fused["X_train"].shape == (counts["train"], sum(dims.values()))
 
 
 def test_metrics_are_valid_probabilities(run_dir):
-    files = list((run_dir / "results").glob("classify/*/*/*/*/metrics.json"))
+    files = list((run_dir / "results").glob("classify/*/*/*/*/*/metrics.json"))
     assert len(files) == 2 * 2 * 3 * 4
-    for path in files + list((run_dir / "results").glob("finetune/*/*/*/metrics.json")):
+    for path in files + list((run_dir / "results").glob("finetune/*/*/*/*/metrics.json")):
         metrics = json.loads(path.read_text())
         for key in ("accuracy", "f1", "balanced_accuracy"):
             assert 0.0 <= metrics[key] <= 1.0, (path, key)
@@ -127,7 +127,7 @@ def test_summary_compares_inits_features_and_classifiers(run_dir):
 def test_decisions_use_thresholds_chosen_on_validation_data(run_dir):
     """tiny.yaml sets decision.threshold: each binary model records the cut-off it chose and applies it on test."""
     results = run_dir / "results"
-    for path in [*results.glob("finetune/*/*/*/metrics.json"), *results.glob("classify/*/*/*/*/metrics.json")]:
+    for path in [*results.glob("finetune/*/*/*/*/metrics.json"), *results.glob("classify/*/*/*/*/*/metrics.json")]:
         metrics = json.loads(path.read_text())
         assert metrics["decision"]["rule"] == "balanced_accuracy", path
         threshold = metrics["decision"]["threshold"]
@@ -143,8 +143,8 @@ def test_cnns_and_classifiers_write_one_predictions_layout(run_dir):
     results = run_dir / "results"
     for target in ("demo_mura", "demo_ct"):
         paths = [
-            *results.glob(f"finetune/{target}/*/*/predictions.csv"),
-            *results.glob(f"classify/{target}/*/*/*/predictions.csv"),
+            *results.glob(f"finetune/{target}/*/*/*/predictions.csv"),
+            *results.glob(f"classify/{target}/*/*/*/*/predictions.csv"),
         ]
         layouts = {tuple(pd.read_csv(path, nrows=0).columns) for path in paths}
         assert len(paths) > 8 and len(layouts) == 1, (target, layouts)
@@ -168,7 +168,7 @@ def test_benchmark_table_covers_every_row_with_its_costs(run_dir):
 
 def test_heatmaps_open_and_show_every_method(run_dir):
     pngs = 0
-    for index_path in (run_dir / "results/explain").glob("*/*/*/index.csv"):
+    for index_path in (run_dir / "results/explain").glob("*/*/*/*/index.csv"):
         index = pd.read_csv(index_path)
         assert 1 <= len(index) <= 4 and index["outcome"].isin(["TP", "FP", "FN", "TN"]).all()
         for method in ("gradcam", "gradcampp", "lime"):
@@ -197,7 +197,7 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):
     for target, kinds in (("demo_mura", 6), ("demo_ct", 7)):
         for init in ("scratch", "indomain"):
-            table = pd.read_csv(run_dir / f"results/robustness/{target}/{init}.csv")
+            table = pd.read_csv(run_dir / f"results/robustness/{target}/{init}/seed0.csv")
             models_seen = set(table["model"])
             assert {"resnet10t", "resnet18"} < models_seen and len(models_seen) == 3
             fused = (models_seen - {"resnet10t", "resnet18"}).pop()
@@ -206,9 +206,9 @@ def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):
             assert table[["accuracy"]].stack().between(0, 1).all()
             # the clean row reproduces the CNN's own test accuracy from fine-tuning
             clean = table[(table["perturbation"] == "none") & (table["model"] == "resnet18")]["accuracy"].item()
-            own = json.loads((run_dir / f"results/finetune/{target}/{init}/resnet18/metrics.json").read_text())
+            own = json.loads((run_dir / f"results/finetune/{target}/{init}/seed0/resnet18/metrics.json").read_text())
             assert clean == pytest.approx(own["accuracy"], abs=1e-3)
-            with Image.open(run_dir / f"results/robustness/{target}/{init}.png") as img:
+            with Image.open(run_dir / f"results/robustness/{target}/{init}/seed0.png") as img:
                 assert img.size[0] > 600
 
 
@@ -268,18 +268,18 @@ def test_the_command_line_stages_write_what_the_workflow_jobs_wrote(run_dir, tmp
     same files (the ensemble aside, whose members come from the run)."""
     medxfer = Path(sys.executable).with_name("medxfer")
     target, init = "demo_mura", "scratch"
-    features = [f"results/features/{target}/{init}/{arch}.npz" for arch in ("resnet10t", "resnet18")]
+    features = [f"results/features/{target}/{init}/seed0/{arch}.npz" for arch in ("resnet10t", "resnet18")]
     fused = tmp_path / "fused" / "features.npz"
     done = subprocess.run(
         [medxfer, "fuse", "config/config.yaml", fused, *features], cwd=run_dir, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    with np.load(fused) as ours, np.load(run_dir / f"results/fused/{target}/{init}/features.npz") as job:
+    with np.load(fused) as ours, np.load(run_dir / f"results/fused/{target}/{init}/seed0/features.npz") as job:
         assert sorted(ours.files) == sorted(job.files)
         for key in job.files:
             np.testing.assert_array_equal(ours[key], job[key], err_msg=key)
     out = tmp_path / "svm"
-    job_features = f"results/fused/{target}/{init}/features.npz"  # metrics.json records the path it was given
+    job_features = f"results/fused/{target}/{init}/seed0/features.npz"  # metrics.json records the path it was given
     done = subprocess.run(
         [medxfer, "classify", "config/config.yaml", job_features, "svm", out],
         cwd=run_dir,
@@ -287,7 +287,7 @@ def test_the_command_line_stages_write_what_the_workflow_jobs_wrote(run_dir, tmp
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    job = run_dir / f"results/classify/{target}/{init}/fused/svm"
+    job = run_dir / f"results/classify/{target}/{init}/seed0/fused/svm"
     for name in ("metrics.json", "predictions.csv", "oof.csv", "roc.csv"):
         assert (out / name).read_bytes() == (job / name).read_bytes(), name
 

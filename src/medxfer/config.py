@@ -214,22 +214,12 @@ def pretrain_name(config: Mapping[str, Any]) -> str:
     return "+".join(pretrain_sources(config))
 
 
-SEED_SUFFIX = "-seed"
+def run_name(config: Mapping[str, Any], init: str, seed: int) -> str:
+    """How the report names one seed replicate of an init: the init itself for the first seed, `<init>-seed<k>` after.
 
-
-def init_runs(config: Mapping[str, Any], first_seed_only: bool = False) -> list[str]:
-    """The init folders of fine-tuning: each init for the first seed, then `<init>-seed<k>` for the other seeds."""
-    finetune = config["finetune"]
-    seeds = finetune["seeds"][:1] if first_seed_only else finetune["seeds"]
-    return [
-        init if i == 0 else f"{init}{SEED_SUFFIX}{seed}" for i, seed in enumerate(seeds) for init in finetune["inits"]
-    ]
-
-
-def parse_init_run(config: Mapping[str, Any], run: str) -> tuple[str, int]:
-    """An init folder name -> (init, training seed)."""
-    init, _, seed = run.partition(SEED_SUFFIX)
-    return init, int(seed) if seed else config["finetune"]["seeds"][0]
+    Folders name the seed on their own level (`<init>/seed<k>/`); this name is what tables and plots show.
+    """
+    return init if int(seed) == config["finetune"]["seeds"][0] else f"{init}-seed{int(seed)}"
 
 
 def channels(dataset: Mapping[str, Any]) -> int:

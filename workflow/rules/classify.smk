@@ -10,9 +10,9 @@ rule train_classifiers:
         roc_plot=reported("roc.png", "ROC curves"),
         confusion_plot=reported("confusion.png", "Confusion matrices"),
     log:
-        f"{R}/logs/train_classifiers/{{target}}/{{init}}.log",
+        f"{R}/logs/train_classifiers/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/train_classifiers/{{target}}/{{init}}.tsv"
+        f"{R}/benchmarks/train_classifiers/{{target}}/{{init}}/seed{{seed}}.tsv"
     priority: CHAIN_FIRST
     conda:
         "../../envs/sklearn.yaml"

@@ -1,4 +1,5 @@
 # Targets, input functions and wildcard constraints. No heavy logic: that lives in src/medxfer.
+import os
 import sys
 import time
 from pathlib import Path
@@ -6,8 +7,13 @@ from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-# This checkout's library, also where medxfer is not installed (workflow/scripts do the same for jobs).
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# This checkout's library, also where medxfer is not installed; jobs (workflow/scripts, in any conda env, on cluster
+# nodes too) inherit it through PYTHONPATH, so they run the code of the checkout that planned them.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (SRC, os.environ.get("PYTHONPATH")) if p
+)
 
 import medxfer.config
 import medxfer.fingerprint
@@ -39,8 +45,11 @@ FT = config["finetune"]
 ARCHS = FT["archs"]
 CLASSIFIERS = list(config["classifiers"])
 FEATURE_SETS = ARCHS + ["fused"]
-# Fine-tuning runs: each init for the first seed, `<init>-seed<k>` for the others (finetune.seeds)
-INIT_RUNS = medxfer.config.init_runs(config)
+INITS = FT["inits"]
+# Training seeds: every fine-tuning run is repeated per seed, each in its own folder level (<init>/seed<k>/).
+# Heatmaps and the robustness sweep use the first seed.
+SEEDS = FT["seeds"]
+FIRST_SEED = SEEDS[:1]
 # Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
 # not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
 PRETRAIN_FIRST = 10
@@ -56,7 +65,8 @@ wildcard_constraints:
     source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(paths.DEMO_SETS),
     arch="[a-z0-9_]+",
-    init="(scratch|imagenet|indomain)(-seed[0-9]+)?",
+    init="scratch|imagenet|indomain",
+    seed="[0-9]+",
     clf="|".join(CLASSIFIERS),
     features="[a-z0-9_]+",
     size="[0-9]+",
@@ -151,19 +161,18 @@ def demo_params(wildcards):
     return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
 
 
-def base_init(wildcards):
-    """The init of a run folder (`indomain-seed1` -> `indomain`)."""
-    return medxfer.config.parse_init_run(config, wildcards.init)[0]
-
-
 def run_seed(wildcards):
-    """The training seed of a run folder: the first of finetune.seeds, or k for `<init>-seed<k>`."""
-    return medxfer.config.parse_init_run(config, wildcards.init)[1]
+    return int(wildcards.seed)
+
+
+def run_name(wildcards):
+    """How the report names the job's seed replicate (`indomain`, `indomain-seed1`)."""
+    return medxfer.config.run_name(config, wildcards.init, wildcards.seed)
 
 
 def init_inputs(wildcards):
     """The weights a fine-tuning run starts from: none, a local ImageNet file, or a pretrain checkpoint."""
-    init = base_init(wildcards)
+    init = wildcards.init
     if init == "imagenet":
         return {"weights": FT["imagenet_weights"][wildcards.arch]}
     if init == "indomain":
@@ -197,29 +206,36 @@ def resume_dir(stage):
     """
 
     def path(wildcards):
-        keys = ("source", "target", "init", "arch")
-        parts = [getattr(wildcards, k) for k in keys if hasattr(wildcards, k)]
+        keys = ("source", "target", "init", "seed", "arch")
+        parts = [
+            f"seed{getattr(wildcards, k)}" if k == "seed" else getattr(wildcards, k)
+            for k in keys
+            if hasattr(wildcards, k)
+        ]
         return str(Path(RESUME_ROOT, stage, *parts))
 
     return path
 
 
 def model_files(name):
-    """Input function: the file `name` of every fine-tuned model (one per arch) of the job's target and init run."""
+    """Input function: the file `name` of every fine-tuned model (one per arch) of the job's target, init and seed."""
 
     def files(wildcards):
         w = wildcards
         return [
-            at(paths.MODEL, name, target=w.target, init=w.init, arch=a) for a in ARCHS
+            at(paths.MODEL, name, target=w.target, init=w.init, seed=w.seed, arch=a)
+            for a in ARCHS
         ]
 
     return files
 
 
-def features_file(target, init, features):
+def features_file(wildcards, features):
+    """One feature matrix of the job's run: a model's, or the fusion's (`features` = "fused")."""
+    w = wildcards
     if features == "fused":
-        return at(paths.FUSED, target=target, init=init)
-    return at(paths.FEATURES, target=target, init=init, arch=features)
+        return at(paths.FUSED, target=w.target, init=w.init, seed=w.seed)
+    return at(paths.FEATURES, target=w.target, init=w.init, seed=w.seed, arch=features)
 
 
 def ensemble_members():
@@ -248,11 +264,7 @@ def classifier_inputs(wildcards):
     One job fits every classifier on every feature set of a run: one process start-up instead of one per
     classifier, at the price of re-fitting all of a run's classifiers (seconds) when one classifier's settings change.
     """
-    return {
-        "features": [
-            features_file(wildcards.target, wildcards.init, f) for f in FEATURE_SETS
-        ]
-    }
+    return {"features": [features_file(wildcards, f) for f in FEATURE_SETS]}
 
 
 def classify_outputs(name):
@@ -266,7 +278,7 @@ def classify_outputs(name):
 
 def finetune_metrics(name="metrics.json"):
     return expand(
-        at(paths.MODEL, name), target=FT["targets"], init=INIT_RUNS, arch=ARCHS
+        at(paths.MODEL, name), target=FT["targets"], init=INITS, seed=SEEDS, arch=ARCHS
     )
 
 
@@ -274,7 +286,8 @@ def classify_metrics(name="metrics.json"):
     return expand(
         at(paths.CLASSIFIER, name),
         target=FT["targets"],
-        init=INIT_RUNS,
+        init=INITS,
+        seed=SEEDS,
         features=FEATURE_SETS,
         clf=CLASSIFIERS,
     )
@@ -286,7 +299,11 @@ HEATMAP_FILES = {"folder": paths.HEATMAPS, "faithfulness": paths.FAITHFULNESS}
 def explanations(kind="folder"):
     """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
     return expand(
-        at(HEATMAP_FILES[kind]), target=FT["targets"], init=FT["inits"], arch=ARCHS
+        at(HEATMAP_FILES[kind]),
+        target=FT["targets"],
+        init=INITS,
+        seed=FIRST_SEED,
+        arch=ARCHS,
     )
 
 
@@ -316,6 +333,7 @@ def fused_classifier(wildcards, clf, name):
         name,
         target=wildcards.target,
         init=wildcards.init,
+        seed=wildcards.seed,
         features="fused",
         clf=clf,
     )
@@ -330,7 +348,7 @@ def robustness_inputs(wildcards):
     inputs = {
         "weights": model_files("model.safetensors")(w),
         "metas": model_files("model.json")(w),
-        "features": [features_file(w.target, w.init, arch) for arch in ARCHS],
+        "features": [features_file(w, arch) for arch in ARCHS],
         "classifiers": [fused_classifier(w, c, "metrics.json") for c in CLASSIFIERS],
         "models": [fused_classifier(w, c, "model.skops") for c in CLASSIFIERS],
     }
@@ -350,7 +368,12 @@ def reported(name, category):
 
 
 def mark_report(path, caption, category, classifier, features):
-    labels = {"init": "{init}", "features": features, "classifier": classifier}
+    labels = {
+        "init": "{init}",
+        "seed": "{seed}",
+        "features": features,
+        "classifier": classifier,
+    }
     return report(
         path, caption=caption, category=category, subcategory="{target}", labels=labels
     )
@@ -371,7 +394,8 @@ def final_outputs():
         *expand(
             at(paths.ROBUSTNESS_PLOT),
             target=FT["targets"],
-            init=FT["inits"],
+            init=INITS,
+            seed=FIRST_SEED,
         ),
         *expand(at(paths.TRAINING_CURVES), target=FT["targets"]),
         *source_overlap_checks(),

@@ -8,9 +8,9 @@ rule explain_model:
         # outside the folders: the summary's input is then a file Snakemake checksums, not a folder's time
         faithfulness=explain_outputs("faithfulness"),
     log:
-        f"{R}/logs/explain_model/{{target}}/{{init}}.log",
+        f"{R}/logs/explain_model/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/explain_model/{{target}}/{{init}}.tsv"
+        f"{R}/benchmarks/explain_model/{{target}}/{{init}}/seed{{seed}}.tsv"
     priority: HEATMAPS_FIRST
     conda:
         "../../envs/torch.yaml"

@@ -8,9 +8,9 @@ rule extract_features:
         fused=at(paths.FUSED),
         report=at(paths.FUSION_REPORT),
     log:
-        f"{R}/logs/extract_features/{{target}}/{{init}}.log",
+        f"{R}/logs/extract_features/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/extract_features/{{target}}/{{init}}.tsv"
+        f"{R}/benchmarks/extract_features/{{target}}/{{init}}/seed{{seed}}.tsv"
     priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"

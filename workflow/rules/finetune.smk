@@ -9,9 +9,9 @@ rule finetune_model:
         metrics=at(paths.MODEL, "metrics.json"),
         predictions=at(paths.MODEL, "predictions.csv"),
     log:
-        f"{R}/logs/finetune_model/{{target}}/{{init}}/{{arch}}.log",
+        f"{R}/logs/finetune_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.log",
     benchmark:
-        f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/{{arch}}.tsv"
+        f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.tsv"
     priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"
@@ -24,7 +24,7 @@ rule finetune_model:
         train=finetune_params,
         resume=resume_dir("finetune"),
         resume_root=RESUME_ROOT,
-        init=base_init,
+        run=run_name,
         seed=run_seed,
         decision=config["decision"]["threshold"],
         device=config["device"],

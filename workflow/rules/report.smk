@@ -55,8 +55,15 @@ rule summarize_faithfulness:
 rule plot_training_curves:
     input:
         logs=lambda wildcards: [
-            at(paths.MODEL, "log.csv", target=wildcards.target, init=init, arch=arch)
-            for init in FT["inits"]
+            at(
+                paths.MODEL,
+                "log.csv",
+                target=wildcards.target,
+                init=init,
+                seed=FIRST_SEED[0],
+                arch=arch,
+            )
+            for init in INITS
             for arch in ARCHS
         ],
     output:

@@ -12,9 +12,9 @@ rule assess_robustness:
             labels={"init": "{init}"},
         ),
     log:
-        f"{R}/logs/assess_robustness/{{target}}/{{init}}.log",
+        f"{R}/logs/assess_robustness/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}.tsv"
+        f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}/seed{{seed}}.tsv"
     priority: CHAIN_FIRST
     conda:
         "../../envs/torch.yaml"

@@ -1,14 +1,12 @@
 """Snakemake adapter: pooled deep features of each fine-tuned model of one run, then their fusion."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.features import extract_features
 from medxfer.fusion import fuse_features
 from medxfer.log import get_logger, logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     features = [Path(p) for p in sm.output.features]

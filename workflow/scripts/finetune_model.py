@@ -1,15 +1,13 @@
 """Snakemake adapter: fine-tune one architecture from one init on one target."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.log import logged
 from medxfer.train import finetune_model
 
-init, weights = sm.params.init, sm.input.get("weights")  # the folder may name a seed replicate: indomain-seed1
+sm = snakemake  # noqa: F821 - injected by Snakemake
+
+init, weights = sm.wildcards.init, sm.input.get("weights")
 # imagenet: the weights file itself; indomain: the pretrain checkpoint folder; scratch: nothing
 init_path = None if weights is None else Path(weights).parent if init == "indomain" else Path(weights)
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
@@ -29,5 +27,5 @@ with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
         resume_root=Path(sm.params.resume_root),
         decision=sm.params.decision,
         target=sm.wildcards.target,
-        run=sm.wildcards.init,
+        run=sm.params.run,
     )

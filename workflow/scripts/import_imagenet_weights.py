@@ -1,14 +1,11 @@
 """Snakemake adapter: convert one architecture's packaged ImageNet weights to timm's key names."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-# scriptdir is workflow/rules/../scripts: resolve the "..", else parents[1] is workflow/rules
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in any job env
 
 from medxfer.log import get_logger, logged
 from medxfer.weights import import_packaged, packaged_file
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     arch = sm.wildcards.arch

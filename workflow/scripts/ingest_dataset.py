@@ -1,13 +1,11 @@
 """Snakemake adapter: ingest one raw data set into manifest.csv + quarantine.csv + duplicates.csv."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.ingest import ingest_dataset
 from medxfer.log import get_logger, logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     ingest_dataset(

@@ -1,13 +1,11 @@
 """Snakemake adapter: supervised in-domain pretraining of one architecture."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.log import logged
 from medxfer.train import pretrain_model
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     pretrain_model(

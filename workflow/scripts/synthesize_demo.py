@@ -1,14 +1,12 @@
 """Snakemake adapter: generate one demo data set under data/demo/."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.demo import synthesize_ct, synthesize_mura, synthesize_xray_source
 from medxfer.fingerprint import write_fingerprint
 from medxfer.log import logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 generators = {"xray_source": synthesize_xray_source, "mura": synthesize_mura, "ct": synthesize_ct}
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):

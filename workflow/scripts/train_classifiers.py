@@ -1,14 +1,12 @@
 """Snakemake adapter: select (by CV on train+val), fit and evaluate every classic classifier on each feature matrix of
 one run. Outputs are listed classifier by classifier (the ensemble last), feature set by feature set."""
 
-import sys
 from pathlib import Path
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-sys.path.insert(0, str(Path(sm.scriptdir).resolve().parents[1] / "src"))  # this checkout's medxfer, in every job env
 
 from medxfer.classify import train_classifier
 from medxfer.log import get_logger, logged
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
 
 log = get_logger("medxfer.classify", sm.log[0])
 feature_sets = list(sm.params.feature_sets)
