@@ -226,7 +226,7 @@ def test_any_format_can_ask_for_pseudonymous_paths(tmp_path):
     root = tmp_path / "raw"
     for i, name in enumerate(["DOE^JOHN", "ROE^JANE", "POE^EDGAR", "LOE^ANNA"]):
         (root / "normal" / name).mkdir(parents=True)
-        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / "normal" / name / "a.png")
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / "normal" / name / "a.png")
     ds = entry(root, format="imagefolder", pseudonymous_paths=True)
     assert not private_paths(entry(root, format="imagefolder"))  # auto: off outside DICOM
     table = ingest(tmp_path / "out", ds)

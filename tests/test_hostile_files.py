@@ -123,7 +123,7 @@ def _dicom_tree(root, outside):
             write_dicom(root / label / f"{i}.dcm", np.full((16, 16), 100.0 * k + i))
     write_dicom(outside / "x.dcm", np.full((16, 16), 9.0))
     (root / "b" / "x.dcm").symlink_to(outside / "x.dcm")
-    return {"format": "dicom"}, "b/x.dcm"
+    return {"format": "dicom", "pseudonymous_paths": False}, "b/x.dcm"  # real paths, to find the link's row
 
 
 def _dicom_series(root, outside):
@@ -135,7 +135,7 @@ def _dicom_series(root, outside):
     (root / "s0" / "IM9").symlink_to(outside / "x.dcm")
     labels = pd.DataFrame({"path": [f"s{k}" for k in range(6)], "label": ["a", "b"] * 3})
     labels.to_csv(root / "l.csv", index=False)
-    return {"format": "dicom", "manifest": str(root / "l.csv")}, "s0/IM9"
+    return {"format": "dicom", "manifest": str(root / "l.csv"), "pseudonymous_paths": False}, "s0/IM9"
 
 
 @pytest.mark.parametrize("layout", [_mura, _imagefolder, _csv, _dicom_tree, _dicom_series])

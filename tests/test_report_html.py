@@ -27,7 +27,7 @@ def test_report_holds_every_section_and_result(report_html):
     html = report_html.read_text()
     for section in SECTIONS:
         assert f'"{section}"' in html, section
-    for name in ("summary.html", "faithfulness.png", "gallery.png", "roc.png", "confusion.png", "indomain.png"):
+    for name in ("summary.html", "faithfulness.png", "gallery.png", "roc.png", "confusion.png", "robustness.png"):
         assert name in html, name
     assert html.count('"filename": "gallery.png"') == 8  # one gallery per fine-tuned model
     assert "Heatmap faithfulness" in html and "Summary table (test split)" in html

@@ -197,7 +197,7 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):
     for target, kinds in (("demo_mura", 6), ("demo_ct", 7)):
         for init in ("scratch", "indomain"):
-            table = pd.read_csv(run_dir / f"results/robustness/{target}/{init}/seed0.csv")
+            table = pd.read_csv(run_dir / f"results/robustness/{target}/{init}/seed0/robustness.csv")
             models_seen = set(table["model"])
             assert {"resnet10t", "resnet18"} < models_seen and len(models_seen) == 3
             fused = (models_seen - {"resnet10t", "resnet18"}).pop()
@@ -208,7 +208,7 @@ def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):
             clean = table[(table["perturbation"] == "none") & (table["model"] == "resnet18")]["accuracy"].item()
             own = json.loads((run_dir / f"results/finetune/{target}/{init}/seed0/resnet18/metrics.json").read_text())
             assert clean == pytest.approx(own["accuracy"], abs=1e-3)
-            with Image.open(run_dir / f"results/robustness/{target}/{init}/seed0.png") as img:
+            with Image.open(run_dir / f"results/robustness/{target}/{init}/seed0/robustness.png") as img:
                 assert img.size[0] > 600
 
 
