@@ -114,10 +114,14 @@ def cached(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 def result_identity(rel: str) -> dict:
     """{"identity": ...} as the workflow writes it into a result's metrics.json, for a test result at `rel`:
-    finetune/<target>/<run>/<arch> or classify/<target>/<run>/<features>/<classifier>."""
+    finetune/<target>/<init>/seed<k>/<arch> or classify/<target>/<init>/seed<k>/<features>/<classifier> (seed 0
+    first), or without the seed level, finetune/<target>/<run>/<arch> with `run` = <init>[-seed<k>]."""
     from medxfer.identity import identity
 
     stage, target, run, *rest = rel.strip("/").split("/")
+    if rest and rest[0].startswith("seed") and rest[0][4:].isdigit():
+        seed_level, rest = rest[0][4:], rest[1:]
+        run = run if seed_level == "0" else f"{run}-seed{seed_level}"
     init, _, seed = run.partition("-seed")
     features, classifier = (rest[0], "cnn") if stage == "finetune" else rest[:2]
     return {"identity": identity(target, init, int(seed or 0), run, features, classifier)}
