@@ -248,6 +248,8 @@ def fuse_features(
     `pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
     variance to keep). `select_k`: keep the k fused dimensions with the highest ANOVA F-score against the train
     labels (supervised selection, an alternative to PCA; the two cannot be combined).
+    Long on purpose: the order of steps (align, fit on train only, transform every split, record) is the
+    guarantee that nothing fitted here sees val or test rows, and it reads best in one place.
     """
     paths = [Path(p) for p in feature_paths]
     if not paths:

@@ -205,7 +205,7 @@ def benchmark_markdown(
 ) -> str:
     """The benchmark report: per target every row over seeds with intervals, costs, the paired comparisons, the
     published anchors beside them, each split's class shares and the check that no test image was a pretraining
-    image."""
+    image. Long because the page is one document read top to bottom; each part's numbers come from helpers."""
     report, overlaps, compositions = report or {}, overlaps or {}, compositions or {}
     anchors, notes = report.get("anchors", {}), report.get("notes", {})
     names = ["ACC", "balanced ACC", "F1", "kappa", "AUC"]

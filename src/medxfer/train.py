@@ -153,7 +153,8 @@ def fit(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Train with AdamW + one-cycle or cosine schedule; keep the weights of the epoch with the lowest validation
-    loss; stop after `patience` epochs without improvement.
+    loss; stop after `patience` epochs without improvement. One loop on purpose: resume must restore exactly the
+    state this function holds between epochs, which is easiest to check when it all sits here.
 
     With `resume_dir`, the complete state (weights, optimizer, scheduler, RNGs, best-so-far, log) is written there
     atomically after every epoch, and a later call with the same model, data, settings and seed continues after the
@@ -330,6 +331,7 @@ def finetune_model(
     run: str | None = None,
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
+    Long for its parameters: the job's whole sequence (init, fit, threshold on val, one look at test) stays in view.
 
     `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
     `target` (default: the manifest's folder, as ingest names it) and `run` (the seed replicate's name, default
