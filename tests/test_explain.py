@@ -11,18 +11,9 @@ from torch import nn
 
 from medxfer import models
 from medxfer.config import section_defaults
-from medxfer.explain import (
-    PANEL,
-    cam_maps,
-    choose_images,
-    deletion_insertion,
-    explain_model,
-    mask_iou,
-    outcomes,
-    pointing_hit,
-    random_maps,
-    segments,
-)
+from medxfer.explain import PANEL, cam_maps, choose_images, explain_model, outcomes, segments
+from medxfer.faithfulness import deletion_insertion
+from medxfer.localisation import LOCALISATION_COLUMNS, mask_iou, pointing_hit, random_maps
 from medxfer.train import finetune_model, pretrain_model
 
 PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment={})
@@ -128,11 +119,21 @@ def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trai
     with Image.open(tmp_path / "gallery.png") as img:
         assert img.size[0] > 200
     faith = pd.read_csv(tmp_path / "faithfulness.csv")
-    assert set(faith["method"]) == {"gradcam", "gradcampp", "lime", "random"}
+    assert set(faith["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre"}
     assert faith.groupby("method").size().eq(6).all()
     assert faith["has_mask"].all()  # images with a finding mask were chosen
-    assert faith["pointing_hit"].isin([0.0, 1.0]).all() and faith["iou"].between(0, 1).all()
-    assert faith[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+    assert faith[["pointing_hit", "pointing_hit_tol"]].stack().isin([0.0, 1.0]).all()
+    assert (faith["pointing_hit_tol"] >= faith["pointing_hit"]).all()
+    scores = faith[LOCALISATION_COLUMNS + ["deletion_auc", "insertion_auc"]]
+    assert scores.stack().dropna().between(0, 1).all()
+    # only energy in the box is undefined, for a map without positive heat (LIME may find no positive segment)
+    assert scores.drop(columns="energy_in_box").notna().all().all()
+    baselines = faith[faith["method"].isin(["random", "centre"])]
+    assert baselines["energy_in_box"].notna().all()
+    seconds = faith.groupby("method")["seconds_per_image"].agg(["min", "max"])
+    assert (seconds["min"] == seconds["max"]).all() and seconds.loc["lime", "min"] > seconds.loc["centre", "min"] > 0
+    centre = faith[faith["method"] == "centre"]
+    assert centre["deletion_auc"].notna().all()
 
 
 def test_gallery_outcomes_follow_the_threshold_the_model_carries(cached, tmp_path):

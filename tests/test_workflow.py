@@ -185,13 +185,14 @@ def test_heatmaps_open_and_show_every_method(run_dir):
 
 def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     means = pd.read_csv(run_dir / "results/report/faithfulness_summary.csv")
-    assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random"}
+    assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre"}
     assert set(means["target"]) == {"demo_mura", "demo_ct"}
     assert (means["n_masked"] == means["n_images"]).all()  # demo data: scored images all show a masked finding
-    for column in ("pointing_game", "iou", "deletion_auc", "insertion_auc"):
+    for column in ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc"):
         assert means[column].between(0, 1).all(), column
     per_model = pd.read_csv(run_dir / "results/report/faithfulness.csv")
-    assert len(per_model) == 8 * 4 and per_model["n_images"].between(1, 4).all()
+    assert len(per_model) == 8 * 5 and per_model["n_images"].between(1, 4).all()
+    assert per_model.loc[~per_model["method"].isin(["random", "centre"]), "beats_baselines_deletion_auc"].notna().all()
 
 
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):

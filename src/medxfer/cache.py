@@ -87,6 +87,7 @@ class Split:
     ids: np.ndarray
     studies: np.ndarray
     masks: np.ndarray
+    boxes: np.ndarray | None = None  # a finding's box mask per image where the data set gives one, else ''
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def load_cached(manifest_path: Path, images_path: Path) -> CachedDataset:
             ids=part["image_id"].to_numpy(str),
             studies=part["study_id"].to_numpy(str),
             masks=part["mask"].to_numpy(str),
+            boxes=part["box"].to_numpy(str) if "box" in part else None,
         )
     return CachedDataset(classes=classes_of(manifest), splits=splits)
 
@@ -153,5 +155,6 @@ def pool(datasets: Sequence[CachedDataset], names: Sequence[str]) -> CachedDatas
                 [np.char.add(p, part.studies.astype(str)) for p, part in zip(prefix, parts, strict=True)]
             ),
             masks=np.concatenate([part.masks for part in parts]),
+            boxes=np.concatenate([np.full(len(p.ids), "") if p.boxes is None else p.boxes for p in parts]),
         )
     return CachedDataset(classes=classes, splits=splits)

@@ -159,6 +159,8 @@ def _cross_check(config: dict[str, Any]) -> None:
             problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
         if ds["format"] == "npz" and "file" not in ds:
             problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
+        if "npz_masks" in ds and ds["format"] != "npz":
+            problems.append(f"config key 'datasets.{name}.npz_masks': only for format 'npz' (use masks: a folder)")
         if ds["val_fraction"] + ds["test_fraction"] >= 1:
             problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
         problems += _path_lookup_problems(name, ds, config["results"])

@@ -1,14 +1,8 @@
 """Grad-CAM, Grad-CAM++ and LIME heatmaps for a fine-tuned network, and how faithful they are.
 
 Overlays are saved at image size with the label, prediction and probability; the gallery shows true/false
-positives/negatives. Faithfulness is measured, not assumed, against a random-map baseline:
-- where a finding's mask is known (the generated demo data), the pointing game (is the heatmap's maximum inside
-  the mask?) and the IoU of the heatmap thresholded at half its maximum with the mask;
-- everywhere, deletion and insertion AUC (Petsiuk et al. 2018, RISE): the target-class probability as the most
-  salient pixels are removed (set to black) or inserted into a blurred copy, averaged over the fraction of
-  pixels. Lower deletion and higher insertion mean a heatmap that points at what the model uses.
-Heatmaps for faithfulness explain the true class of each image, so a positive image's map is compared with the
-finding it shows.
+positives/negatives. Faithfulness is measured, not assumed, against a smooth random map and a centre prior
+(medxfer.faithfulness: localisation where a finding mask is known, deletion and insertion AUC everywhere).
 """
 
 from __future__ import annotations
@@ -27,7 +21,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.ndimage import gaussian_filter
 
 from medxfer import models, runtime
-from medxfer.cache import Split, load_cached
+from medxfer.cache import load_cached
+from medxfer.faithfulness import FAITHFULNESS_COLUMNS, faithfulness
+from medxfer.faithfulness import model_device as _device_of
 from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz
@@ -35,24 +31,7 @@ from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import decide
 
 METHODS = ("gradcam", "gradcampp", "lime")
-BASELINE = "random"  # a smooth random map: what a heatmap must beat to mean anything
 CAMS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus}
-IOU_THRESHOLD = 0.5
-FAITHFULNESS_COLUMNS = [
-    "image_id",
-    "label",
-    "method",
-    "has_mask",
-    "pointing_hit",
-    "iou",
-    "deletion_auc",
-    "insertion_auc",
-]
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    """Where the model's weights live: every forward pass here runs there (pytorch-grad-cam does the same)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 def outcomes(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -92,16 +71,6 @@ def cam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int],
 def gradcam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int]) -> np.ndarray:
     """(N, H, W) Grad-CAM maps in [0, 1] for the given classes."""
     return cam_maps(model, images, targets, "gradcam")
-
-
-def random_maps(n: int, size: int, seed: int) -> np.ndarray:
-    """(n, size, size) smooth random maps in [0, 1]: blurred noise with blobs about as large as a CAM's cells."""
-    rng = np.random.default_rng(seed)
-    maps = np.stack([gaussian_filter(rng.random((size, size)), sigma=size / 16) for _ in range(n)])
-    if n:
-        low = maps.min(axis=(1, 2), keepdims=True)
-        maps = (maps - low) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-12)
-    return maps.astype(np.float32).reshape(n, size, size)
 
 
 def segments(image: np.ndarray, n_segments: int, seed: int) -> np.ndarray:
@@ -162,97 +131,6 @@ def lime_maps(
         heat = segment_weight[explanation.segments]
         maps[i] = heat / heat.max() if heat.max() > 0 else heat
     return maps
-
-
-def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
-    """Pointing game: the heatmap's maximum (first in raster order on ties) lies inside the mask."""
-    return bool(mask.ravel()[int(np.argmax(heat))])
-
-
-def mask_iou(heat: np.ndarray, mask: np.ndarray, threshold: float = IOU_THRESHOLD) -> float:
-    """IoU of the heatmap thresholded at `threshold` times its maximum with the mask."""
-    peak = float(heat.max())
-    region = heat >= threshold * peak if peak > 0 else np.zeros_like(mask, dtype=bool)
-    union = np.logical_or(region, mask).sum()
-    return float(np.logical_and(region, mask).sum() / union) if union else float("nan")
-
-
-def deletion_insertion(
-    model: torch.nn.Module, image: np.ndarray, heat: np.ndarray, target: int, steps: int = 16
-) -> tuple[float, float]:
-    """(deletion AUC, insertion AUC) of the target-class probability over the fraction of pixels changed.
-
-    Pixels go in order of decreasing heat; deletion sets them to black, insertion copies them into a blurred
-    copy of the image (sigma = 1/8 of the side). Both curves have steps + 1 points from 0 to all pixels.
-    """
-    channels, height, width = image.shape
-    order = np.argsort(-heat.ravel(), kind="stable")
-    blurred = np.stack([gaussian_filter(ch.astype(np.float64), sigma=width / 8) for ch in image])
-    blurred = np.clip(np.round(blurred), 0, 255).astype(np.uint8)
-    counts = np.round(np.linspace(0, height * width, steps + 1)).astype(np.int64)
-    deleted = np.repeat(image[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
-    inserted = np.repeat(blurred[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
-    flat = image.reshape(channels, -1)
-    for k, count in enumerate(counts):
-        top = order[:count]
-        deleted[k][:, top] = 0
-        inserted[k][:, top] = flat[:, top]
-    batch = np.concatenate([deleted, inserted]).reshape(2 * (steps + 1), channels, height, width)
-    proba = predict_proba(model, batch, _device_of(model))[:, target]
-    fractions = counts / counts[-1]
-    return float(np.trapezoid(proba[: steps + 1], fractions)), float(np.trapezoid(proba[steps + 1 :], fractions))
-
-
-def read_mask(path: str, size: int) -> np.ndarray | None:
-    """A finding mask resized to the cached image size (nearest), or None when the row has none."""
-    if not path:
-        return None
-    try:
-        with Image.open(path) as img:
-            mask = img.convert("L").resize((size, size), Image.Resampling.NEAREST)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the finding mask ({err})") from None
-    return np.asarray(mask) > 0
-
-
-def faithfulness(
-    model: torch.nn.Module,
-    split: Split,
-    methods: Sequence[str],
-    n_images: int,
-    lime_samples: int,
-    n_segments: int,
-    steps: int,
-    seed: int,
-) -> pd.DataFrame:
-    """Per image and method (plus the random baseline): pointing hit and IoU where a mask exists, deletion and
-    insertion AUC always. Images with a non-empty mask are preferred, so the demo measures localisation."""
-    size = split.images.shape[-1]
-    masks = [read_mask(m, size) for m in split.masks]
-    has_mask = np.array([m is not None and bool(m.any()) for m in masks])
-    pool = np.flatnonzero(has_mask) if has_mask.any() else np.arange(len(masks))
-    index = np.sort(np.random.default_rng(seed).permutation(pool)[:n_images])
-    images, targets = split.images[index], split.labels[index]
-    maps = {method: _maps(model, method, images, targets, lime_samples, n_segments, seed) for method in methods}
-    maps[BASELINE] = random_maps(len(index), size, seed)
-    rows = []
-    for method, heat in maps.items():
-        for k, i in enumerate(index):
-            deletion, insertion = deletion_insertion(model, images[k], heat[k], int(targets[k]), steps)
-            mask = masks[i] if has_mask[i] else None
-            rows.append(
-                {
-                    "image_id": split.ids[i],
-                    "label": int(targets[k]),
-                    "method": method,
-                    "has_mask": mask is not None,
-                    "pointing_hit": float(pointing_hit(heat[k], mask)) if mask is not None else float("nan"),
-                    "iou": mask_iou(heat[k], mask) if mask is not None else float("nan"),
-                    "deletion_auc": deletion,
-                    "insertion_auc": insertion,
-                }
-            )
-    return pd.DataFrame(rows, columns=FAITHFULNESS_COLUMNS)
 
 
 def _maps(
@@ -359,9 +237,11 @@ def explain_model(
     _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, f"{meta['arch']} ({meta['init']})")
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
-    faith = faithfulness(
-        model, test, methods, settings["n_faithfulness"], lime_samples, lime_segments, settings["deletion_steps"], seed
-    )
+
+    def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return _maps(model, method, images, targets, lime_samples, lime_segments, seed)
+
+    faith = faithfulness(model, test, methods, maps_of, settings["n_faithfulness"], settings["deletion_steps"], seed)
     if "identity" in meta:  # which model these rows score, for the summary (a pretraining checkpoint has none)
         ident = read_identity(meta, model_dir / models.META_FILE, "features")
         faith = pd.concat(
@@ -375,7 +255,7 @@ def explain_model(
         )
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
-    means = faith.groupby("method", sort=False)[["pointing_hit", "iou", "deletion_auc", "insertion_auc"]].mean()
+    means = faith.groupby("method", sort=False)[FAITHFULNESS_COLUMNS[4:]].mean()
     logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))
     return table
 

@@ -27,7 +27,7 @@ def raw_paths(dataset: Mapping[str, Any]) -> list[Path]:
     """What a data set entry reads: the .npz file, or the root folder plus a manifest / masks folder outside it."""
     root = Path(dataset["root"])
     if dataset["format"] == "npz":
-        return [root / dataset["file"]]
+        return [root / dataset["file"]] + ([root / dataset["npz_masks"]["file"]] if dataset.get("npz_masks") else [])
     paths = [root]
     for key in ("manifest", "masks"):
         extra = dataset.get(key)

@@ -17,7 +17,16 @@ from typing import Any
 import pandas as pd
 
 from medxfer.duplicates import near_duplicates, perceptual_hash
-from medxfer.imaging import ImageError, content_hash, load_image, parse_npz_ref, withheld_note, withheld_warnings
+from medxfer.imaging import (
+    ImageError,
+    content_hash,
+    load_image,
+    npz_array,
+    npz_ref,
+    parse_npz_ref,
+    withheld_note,
+    withheld_warnings,
+)
 from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
 from medxfer.privacy import path_id, private_paths, pseudonymize, salt_of, write_path_lookup
@@ -25,7 +34,10 @@ from medxfer.readers import READERS
 from medxfer.splits import assign_splits, describe_leaks, drop_leaked, leaked, subsample_train
 
 NEGATIVE_NAMES = ("normal", "negative", "no_finding", "0", "false", NO_LABEL)
-MANIFEST_COLUMNS = ["image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256", "mask"]
+MANIFEST_COLUMNS = [
+    *("image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256"),
+    *("mask", "box"),  # finding mask and box ('' without; a PNG path or an `<file>.npz#<key>[<index>]` entry)
+]
 LEAKS = {"patient_id": "patient(s)", "sha256": "identical image(s)", "phash": "perceptually identical image(s)"}
 
 
@@ -142,6 +154,37 @@ def _mask_for(masks: str | None, path: str) -> str:
     return str(mask) if mask.is_file() else ""
 
 
+def _npz_masks(root: Path, dataset: Mapping[str, Any], paths: pd.Series) -> tuple[list[str], list[str]]:
+    """(mask, box) refs `<file>.npz#<key>[<index>]` per row from the data set's `npz_masks` file, aligned with the
+    images array by index; '' for rows without a finding (not in `annotated`, or an empty mask)."""
+    spec, file = dataset["npz_masks"], root / dataset["npz_masks"]["file"]
+    try:
+        masks = npz_array(file, spec["key"])
+        n_images = len(npz_array(root / dataset["file"], "images"))
+        boxes = npz_array(file, spec["box_key"]) if spec.get("box_key") else None
+    except ImageError as err:
+        raise IngestError(f"cannot read the finding masks: {err}") from None
+    try:
+        annotated = npz_array(file, "annotated").astype(bool)
+    except ImageError:
+        annotated = None  # optional: then every non-empty mask marks a finding
+    if len(masks) != n_images:
+        raise IngestError(f"{file}: '{spec['key']}' has {len(masks)} masks but the images array has {n_images} images")
+    for key, array in (("box_key", boxes), ("annotated", annotated)):
+        if array is not None and len(array) != len(masks):
+            raise IngestError(f"{file}: '{key}' has {len(array)} entries but '{spec['key']}' has {len(masks)}")
+    mask_refs, box_refs = [], []
+    for path in paths:
+        ref = parse_npz_ref(path)
+        if ref is None or ref[1] != "images":
+            raise IngestError(f"{file}: npz_masks needs the flat npz layout (one 'images' array), got row {path}")
+        index = ref[2]
+        found = (annotated is None or annotated[index]) and bool(masks[index].any())
+        mask_refs.append(npz_ref(file, spec["key"], index) if found else "")
+        box_refs.append(npz_ref(file, spec["box_key"], index) if found and boxes is not None else "")
+    return mask_refs, box_refs
+
+
 def _label_and_split(
     rows: list[dict], classes: list[str] | None, dataset: Mapping[str, Any], seed: int
 ) -> pd.DataFrame:
@@ -191,7 +234,7 @@ def _rename_files(table: pd.DataFrame, pseudonyms: Mapping[str, str], mask_dir: 
     shutil.rmtree(mask_dir, ignore_errors=True)  # masks of an earlier ingest
     masks = []
     for real, mask in zip(table["path"], table["mask"], strict=True):
-        if mask:
+        if mask and not parse_npz_ref(mask):
             copy = mask_dir / f"{pseudonyms[real]}.png"
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(mask, copy)
@@ -319,7 +362,10 @@ def ingest_dataset(
         kept = int((table["split"] == "train").sum())
         fraction = dataset["train_fraction"]
         log.info("%s: train_fraction %.3g keeps %d of %d training images", name, fraction, kept, n_train)
-    table["mask"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]]
+    if dataset.get("npz_masks"):
+        table["mask"], table["box"] = _npz_masks(root, dataset, table["path"])
+    else:
+        table["mask"], table["box"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]], ""
     if pseudonyms:
         table = _rename_files(table, pseudonyms, manifest_path.parent / "masks")
     salt = salt_of(dataset)
@@ -364,9 +410,8 @@ def check_source_overlap(target_manifest: Path, source_manifests: Mapping[str, P
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """A manifest.csv with id columns kept as text, so ids such as '007' or 'NA' come back as written."""
-    return pd.read_csv(
-        path, dtype={"image_id": str, "patient_id": str, "study_id": str, "mask": str}, keep_default_na=False
-    )
+    text = {"image_id": str, "patient_id": str, "study_id": str, "mask": str, "box": str}
+    return pd.read_csv(path, dtype=text, keep_default_na=False)
 
 
 def classes_of(manifest: pd.DataFrame) -> list[str]:

@@ -401,6 +401,20 @@ def paired_bootstrap(
     }
 
 
+def paired_mean_difference(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = N_BOOTSTRAP, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float | None, float | None]:
+    """(mean of a - b, interval low, high) over cases scored both ways, resampling cases (paired percentile
+    bootstrap); cases where either is NaN are left out."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return float("nan"), None, None
+    weights = _resample_weights(None, diff.size, n_resamples, seed)
+    low, high = _interval(weights @ diff / diff.size, level)
+    return float(diff.mean()), low, high
+
+
 def roc_points(y_true: np.ndarray, proba: np.ndarray, class_names: Mapping[int, str] | list[str]) -> pd.DataFrame:
     """ROC curve points (class, fpr, tpr, threshold): the positive class for binary, one-vs-rest per class else."""
     from sklearn.metrics import roc_curve

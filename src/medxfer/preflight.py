@@ -40,6 +40,8 @@ def _dataset_problems(name: str, dataset: Mapping[str, Any]) -> list[str]:
         wanted.append(("file", root / dataset["file"], "file"))
     if dataset.get("masks"):
         wanted.append(("masks", Path(dataset["masks"]), "folder"))
+    if dataset.get("npz_masks"):
+        wanted.append(("npz_masks.file", root / dataset["npz_masks"]["file"], "file"))
     generated = paths.generated_demo_set(root) is not None
     return [
         f"config key 'datasets.{name}.{key}': {kind} {_shown(path)} not found"

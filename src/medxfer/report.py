@@ -15,6 +15,7 @@ import pandas as pd
 
 from medxfer.comparison import benchmark_table, compare_best, init_comparisons, split_composition
 from medxfer.io import atomic_path, read_json, write_json, write_text
+from medxfer.localisation import COMPARED, SCORES, versus_baselines
 from medxfer.metrics import METRICS, N_BOOTSTRAP
 from medxfer.plots import plot_faithfulness
 from medxfer.render import benchmark_markdown, headline, to_html, to_markdown
@@ -80,34 +81,36 @@ def summarize_results(
     return table
 
 
-FAITHFULNESS = ("pointing_hit", "iou", "deletion_auc", "insertion_auc")
-
-
 def summarize_faithfulness(
     faithfulness_files: Sequence[str | os.PathLike],
     out_csv: str | os.PathLike,
     out_means: str | os.PathLike,
     out_plot: str | os.PathLike,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Per model and method: pointing-game hit rate, mean IoU with the mask, deletion and insertion AUC; and the
-    means per target and method (Grad-CAM vs Grad-CAM++ vs LIME vs the random map) with a bar chart."""
+    """Per model and method: the mean of every score (localisation, deletion/insertion AUC, seconds per image) and,
+    for tolerant pointing, energy in the box and deletion AUC, the paired bootstrap interval of the method minus each
+    baseline with whether it beats both; and the means per target and method with a bar chart."""
     frames = []
     for path in map(Path, faithfulness_files):
         table = pd.read_csv(path)
         check_faithfulness_table(table, path)
         frames.append(table)
     images = pd.concat(frames, ignore_index=True)
+    scores = {m: (m, "mean") for m in SCORES if m in images}
+    keys = ["target", "init", "arch"]
     per_model = (
-        images.groupby(["target", "init", "arch", "method"], sort=False)
-        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **{m: (m, "mean") for m in FAITHFULNESS})
+        images.groupby([*keys, "method"], sort=False)
+        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
         .reset_index()
-        .rename(columns={"pointing_hit": "pointing_game"})
     )
+    if set(COMPARED) <= set(images.columns):
+        per_model = per_model.merge(versus_baselines(images, keys, n_bootstrap, seed), on=[*keys, "method"])
     means = (
         images.groupby(["target", "method"], sort=False)
-        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **{m: (m, "mean") for m in FAITHFULNESS})
+        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
         .reset_index()
-        .rename(columns={"pointing_hit": "pointing_game"})
     )
     with atomic_path(out_csv) as tmp:
         per_model.round(4).to_csv(tmp, index=False)

@@ -1,0 +1,124 @@
+"""How faithful a heatmap method is, per test image: localisation where a finding's mask is known, and deletion and
+insertion AUC everywhere, next to the two baselines every method must beat (localisation.BASELINES).
+
+Deletion and insertion AUC (Petsiuk et al. 2018, RISE): the target-class probability as the most salient pixels are
+removed (set to black) or inserted into a blurred copy, averaged over the fraction of pixels. Lower deletion and
+higher insertion mean a heatmap that points at what the model uses. Heatmaps here explain the true class of each
+image, so a positive image's map is compared with the finding it shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from medxfer.cache import Split
+from medxfer.imaging import ImageError, npz_entry, parse_npz_ref
+from medxfer.inference import predict_proba
+from medxfer.localisation import BASELINES, LOCALISATION_COLUMNS, SCORES, baseline_maps, localisation
+
+MapsOf = Callable[[str, np.ndarray, np.ndarray], np.ndarray]  # (method, images, targets) -> (N, H, W) maps
+FAITHFULNESS_COLUMNS = ["image_id", "label", "method", "has_mask", *SCORES]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights live: every forward pass here runs there (pytorch-grad-cam does the same)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def deletion_insertion(
+    model: torch.nn.Module, image: np.ndarray, heat: np.ndarray, target: int, steps: int = 16
+) -> tuple[float, float]:
+    """(deletion AUC, insertion AUC) of the target-class probability over the fraction of pixels changed.
+
+    Pixels go in order of decreasing heat; deletion sets them to black, insertion copies them into a blurred
+    copy of the image (sigma = 1/8 of the side). Both curves have steps + 1 points from 0 to all pixels.
+    """
+    channels, height, width = image.shape
+    order = np.argsort(-heat.ravel(), kind="stable")
+    blurred = np.stack([gaussian_filter(ch.astype(np.float64), sigma=width / 8) for ch in image])
+    blurred = np.clip(np.round(blurred), 0, 255).astype(np.uint8)
+    counts = np.round(np.linspace(0, height * width, steps + 1)).astype(np.int64)
+    deleted = np.repeat(image[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
+    inserted = np.repeat(blurred[None], steps + 1, axis=0).reshape(steps + 1, channels, -1)
+    flat = image.reshape(channels, -1)
+    for k, count in enumerate(counts):
+        top = order[:count]
+        deleted[k][:, top] = 0
+        inserted[k][:, top] = flat[:, top]
+    batch = np.concatenate([deleted, inserted]).reshape(2 * (steps + 1), channels, height, width)
+    proba = predict_proba(model, batch, model_device(model))[:, target]
+    fractions = counts / counts[-1]
+    return float(np.trapezoid(proba[: steps + 1], fractions)), float(np.trapezoid(proba[steps + 1 :], fractions))
+
+
+def read_mask(path: str, size: int) -> np.ndarray | None:
+    """A finding mask (PNG file or `<file>.npz#<key>[<index>]` entry) resized to the cached image size (nearest),
+    or None when the row has none."""
+    if not path:
+        return None
+    try:
+        if parse_npz_ref(path):
+            entry = np.asarray(npz_entry(path))
+            if entry.ndim != 2:
+                raise ValueError(f"a mask entry must be 2-D (H, W), got shape {entry.shape}")
+            img = Image.fromarray(((entry > 0) * 255).astype(np.uint8))
+        else:
+            img = Image.open(path)
+        with img:
+            mask = img.convert("L").resize((size, size), Image.Resampling.NEAREST)
+    except (OSError, ValueError, ImageError) as err:
+        raise ValueError(f"{path}: cannot read the finding mask ({err})") from None
+    return np.asarray(mask) > 0
+
+
+def choose_masked(has_mask: np.ndarray, n_images: int, seed: int) -> np.ndarray:
+    """Sorted indices of up to n images, seeded; only images with a finding mask when any has one."""
+    pool = np.flatnonzero(has_mask) if has_mask.any() else np.arange(len(has_mask))
+    return np.sort(np.random.default_rng(seed).permutation(pool)[:n_images])
+
+
+def faithfulness(
+    model: torch.nn.Module,
+    split: Split,
+    methods: Sequence[str],
+    maps_of: MapsOf,
+    n_images: int,
+    steps: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Per image and method (plus each baseline): localisation metrics where a mask exists (NaN elsewhere),
+    deletion and insertion AUC always, and the seconds per image the method took to draw its maps. Images with a
+    non-empty mask are preferred, so a data set with masks measures localisation."""
+    size = split.images.shape[-1]
+    masks = [read_mask(m, size) for m in split.masks]
+    has_mask = np.array([m is not None and bool(m.any()) for m in masks], dtype=bool)
+    index = choose_masked(has_mask, n_images, seed)
+    boxes = split.boxes if split.boxes is not None else np.full(len(masks), "")
+    images, targets = split.images[index], split.labels[index]
+    maps, seconds = {}, {}
+    for method in [*methods, *BASELINES]:
+        start = time.perf_counter()
+        if method in BASELINES:
+            maps[method] = baseline_maps(method, len(index), size, seed)
+        else:
+            maps[method] = maps_of(method, images, targets)
+        seconds[method] = (time.perf_counter() - start) / max(1, len(index))
+    nan = dict.fromkeys(LOCALISATION_COLUMNS, float("nan"))
+    rows = []
+    for method, heat in maps.items():
+        for k, i in enumerate(index):
+            deletion, insertion = deletion_insertion(model, images[k], heat[k], int(targets[k]), steps)
+            scores = localisation(heat[k], masks[i], read_mask(boxes[i], size)) if has_mask[i] else nan
+            rows.append(
+                {"image_id": split.ids[i], "label": int(targets[k]), "method": method, "has_mask": bool(has_mask[i])}
+                | scores
+                | {"deletion_auc": deletion, "insertion_auc": insertion, "seconds_per_image": seconds[method]}
+            )
+    return pd.DataFrame(rows, columns=FAITHFULNESS_COLUMNS)
