@@ -10,8 +10,9 @@ from PIL import Image
 from torch import nn
 
 from medxfer import models
+from medxfer.cams import cam_maps, segments
 from medxfer.config import section_defaults
-from medxfer.explain import PANEL, cam_maps, choose_images, explain_model, outcomes, segments
+from medxfer.explain import PANEL, choose_images, explain_model, outcomes
 from medxfer.faithfulness import deletion_insertion
 from medxfer.localisation import LOCALISATION_COLUMNS, mask_iou, pointing_hit, random_maps
 from medxfer.train import finetune_model, pretrain_model

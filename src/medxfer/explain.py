@@ -15,23 +15,19 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from scipy.ndimage import gaussian_filter
 
-from medxfer import models, runtime
+from medxfer import cams, heatmap_choice, models, runtime
 from medxfer.cache import load_cached
 from medxfer.faithfulness import FAITHFULNESS_COLUMNS, faithfulness
-from medxfer.faithfulness import model_device as _device_of
 from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
-from medxfer.io import atomic_path, save_npz
+from medxfer.io import atomic_path, save_npz, write_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import decide
 
-METHODS = ("gradcam", "gradcampp", "lime")
-CAMS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus}
+METHODS = tuple(cams.list_methods())
+CAMS = tuple(m for m in METHODS if cams.uses_layer(m))
 
 
 def outcomes(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -54,85 +50,6 @@ def choose_images(groups: np.ndarray, n_images: int, seed: int) -> np.ndarray:
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def cam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int], method: str = "gradcam") -> np.ndarray:
-    """(N, H, W) Grad-CAM or Grad-CAM++ maps in [0, 1] for the given classes.
-
-    The target layer is chosen per architecture from timm's feature_info (models.gradcam_layer).
-    """
-    if len(images) == 0:
-        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
-    inputs = models.normalize(torch.from_numpy(np.ascontiguousarray(images)))
-    layer = models.gradcam_layer(model, images.shape[-1])
-    with CAMS[method](model=model, target_layers=[layer]) as cam:
-        maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-    return np.nan_to_num(maps).astype(np.float32)
-
-
-def gradcam_maps(model: torch.nn.Module, images: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """(N, H, W) Grad-CAM maps in [0, 1] for the given classes."""
-    return cam_maps(model, images, targets, "gradcam")
-
-
-def segments(image: np.ndarray, n_segments: int, seed: int) -> np.ndarray:
-    """Superpixels for LIME on a (C, H, W) uint8 grey radiograph or multi-window CT slice.
-
-    SLIC on the image's own channels (not a false RGB) with a low compactness for intensities in [0, 1], so the
-    segments follow the edges of bones, lungs and lesions rather than a colour space grey images do not have.
-    """
-    from skimage.segmentation import slic
-
-    hwc = np.moveaxis(image, 0, -1).astype(np.float64) / 255.0
-    smooth = gaussian_filter(hwc, sigma=(1, 1, 0))
-    channel_axis = -1 if hwc.shape[-1] > 1 else None
-    pixels = smooth if channel_axis is not None else smooth[..., 0]
-    labels = slic(pixels, n_segments=n_segments, compactness=0.1, start_label=0, channel_axis=channel_axis)
-    del seed  # SLIC is deterministic; kept in the signature for segmenters that are not
-    return labels
-
-
-def lime_maps(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    targets: Sequence[int],
-    num_samples: int,
-    seed: int,
-    n_segments: int = 50,
-) -> np.ndarray:
-    """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1]."""
-    from lime import lime_image
-
-    n, channels = images.shape[:2]
-    if channels > 3:
-        raise ValueError(f"LIME needs at most 3 channels, got {channels}")
-
-    def classify(batch: np.ndarray) -> np.ndarray:
-        chw = np.moveaxis(batch[..., :channels], -1, 1)
-        return predict_proba(model, np.clip(np.round(chw * 255), 0, 255).astype(np.uint8), _device_of(model), 128)
-
-    maps = np.zeros((n, *images.shape[2:]), dtype=np.float32)
-    for i in range(n):
-        hwc = np.moveaxis(images[i], 0, -1).astype(np.float64) / 255.0
-        rgb = np.concatenate([hwc] + [hwc[..., :1]] * (3 - channels), axis=-1)
-        labels = segments(images[i], n_segments, seed)
-        explainer = lime_image.LimeImageExplainer(random_state=seed)
-        explanation = explainer.explain_instance(
-            rgb,
-            classify,
-            labels=(int(targets[i]),),
-            top_labels=None,
-            hide_color=0,
-            num_samples=num_samples,
-            batch_size=64,  # lime's default of 10 makes many small forward passes
-            segmentation_fn=lambda _image, labels=labels: labels,
-        )
-        segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)
-        for segment, weight in explanation.local_exp[int(targets[i])]:
-            segment_weight[segment] = max(weight, 0.0)
-        heat = segment_weight[explanation.segments]
-        maps[i] = heat / heat.max() if heat.max() > 0 else heat
-    return maps
-
-
 def _maps(
     model: torch.nn.Module,
     method: str,
@@ -142,9 +59,8 @@ def _maps(
     n_segments: int,
     seed: int,
 ) -> np.ndarray:
-    if method == "lime":
-        return lime_maps(model, images, targets, lime_samples, seed, n_segments)
-    return cam_maps(model, images, targets, method)
+    """Maps of a registry method; CAMs draw at the layer chosen on val (pinned on the model), else the default."""
+    return cams.heatmaps(method, model, images, targets, lime_samples=lime_samples, lime_segments=n_segments, seed=seed)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -190,15 +106,16 @@ def explain_model(
     log_path: Path | None = None,
     faithfulness_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Write `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and faithfulness.csv (in
-    out_dir, or at `faithfulness_path`: the workflow keeps it outside the folder so the summary reads a checksummed
-    file, not a folder whose time any copy or `dvc checkout` changes).
+    """Write selection.json, `<method>/<image_id>.png` overlays, heatmaps.npz, index.csv, gallery.png and
+    faithfulness.csv (in out_dir, or at `faithfulness_path`: the workflow keeps it outside the folder so the summary
+    reads a checksummed file, not a folder whose time any copy or `dvc checkout` changes).
 
     `settings`: the config's validated `explain` section (its defaults live in the schema only). The gallery images
     are spread over true/false positives/negatives, decided as the model decides (its validation-chosen threshold
     in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
     where the data set has masks) explain their true class. One function on purpose: gallery, overlays and the
-    faithfulness table share one model load and one pass over the test split.
+    faithfulness table share one model load and one pass over the test split. The method shown first and the CAM
+    layer of every CAM map are chosen on val images first (medxfer.heatmap_choice), recorded in selection.json.
     """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
@@ -210,8 +127,12 @@ def explain_model(
     dev = runtime.select_device(device)
     model, meta = models.load(model_dir, dev)
     classes = meta["classes"]
-    test = load_cached(manifest, images).splits["test"]
+    splits = load_cached(manifest, images).splits
+    test = splits["test"]
     mark_work_start()
+    selection = heatmap_choice.choose(model, splits["val"], settings, seed, logger)
+    write_json(out_dir / "selection.json", selection)
+    methods = [selection["method"], *(m for m in methods if m != selection["method"])]  # the chosen one first
     proba_all = predict_proba(model, test.images, dev)
     predicted_all = decide(proba_all, (meta.get("decision") or {}).get("threshold"))
     outcome_all = outcomes(test.labels, predicted_all, len(classes))
@@ -234,7 +155,8 @@ def explain_model(
         table[f"{method}_png"] = _write_overlays(out_dir, method, table, chosen, heatmaps[method], classes)
         logger.info("%s: %d %s overlays for %s", meta["arch"], len(table), method, model_dir)
     save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=chosen, **heatmaps)
-    _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, f"{meta['arch']} ({meta['init']})")
+    title = f"{meta['arch']} ({meta['init']}); chosen on val: {selection['method']}, CAM layer {selection['layer']}"
+    _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, title)
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
 
@@ -293,7 +215,7 @@ def _gallery(
         )
         for col, (method, maps) in enumerate(heatmaps.items(), start=1):
             axes[row, col].imshow(overlay(images[row], maps[row]))
-            axes[row, col].set_title(method, fontsize=7)
+            axes[row, col].set_title(method + (" (chosen)" if col == 1 else ""), fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

@@ -19,17 +19,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from medxfer.cache import Split
+from medxfer.cams import device_of
 from medxfer.imaging import ImageError, npz_entry, parse_npz_ref
 from medxfer.inference import predict_proba
 from medxfer.localisation import BASELINES, LOCALISATION_COLUMNS, SCORES, baseline_maps, localisation
 
 MapsOf = Callable[[str, np.ndarray, np.ndarray], np.ndarray]  # (method, images, targets) -> (N, H, W) maps
 FAITHFULNESS_COLUMNS = ["image_id", "label", "method", "has_mask", *SCORES]
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's weights live: every forward pass here runs there (pytorch-grad-cam does the same)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 def deletion_insertion(
@@ -53,7 +49,7 @@ def deletion_insertion(
         deleted[k][:, top] = 0
         inserted[k][:, top] = flat[:, top]
     batch = np.concatenate([deleted, inserted]).reshape(2 * (steps + 1), channels, height, width)
-    proba = predict_proba(model, batch, model_device(model))[:, target]
+    proba = predict_proba(model, batch, device_of(model))[:, target]
     fractions = counts / counts[-1]
     return float(np.trapezoid(proba[: steps + 1], fractions)), float(np.trapezoid(proba[steps + 1 :], fractions))
 

@@ -1,0 +1,246 @@
+"""One registry of heatmap methods behind one function, like timm's model registry.
+
+Every method takes (model, images (N, C, H, W) uint8 or float in [0, 1], target classes, layer name) and returns
+(N, H, W) float32 maps in [0, 1]. CAM methods (pytorch-grad-cam) draw at a target layer; LIME and occlusion perturb
+the input and ignore it. `heatmaps(name, ...)` is the one way to draw a map; `register` adds a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from medxfer import models
+from medxfer.inference import predict_proba
+
+Method = Callable[..., np.ndarray]
+_REGISTRY: dict[str, Method] = {}
+_LAYERED: set[str] = set()  # methods that draw at a target layer
+PINNED_LAYER = "medxfer_cam_layer"  # model attribute: the layer chosen on val, used by every later CAM call
+
+
+def register(name: str, uses_layer: bool) -> Callable[[Method], Method]:
+    """Decorator: add a heatmap method under `name`."""
+
+    def add(fn: Method) -> Method:
+        _REGISTRY[name] = fn
+        if uses_layer:
+            _LAYERED.add(name)
+        return fn
+
+    return add
+
+
+def list_methods() -> list[str]:
+    return list(_REGISTRY)
+
+
+def uses_layer(name: str) -> bool:
+    return name in _LAYERED
+
+
+def heatmaps(
+    name: str, model: nn.Module, images: np.ndarray, targets: Sequence[int], layer: str | None = None, **options
+) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of method `name`. options: seed, lime_samples, lime_segments (others ignore them)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown explanation method {name!r}; allowed: {list_methods()}")
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
+    return _REGISTRY[name](model, images, targets, layer, **options)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights live: every forward pass here runs there (pytorch-grad-cam does the same)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def candidate_layers(model: nn.Module, positions: Sequence[int]) -> list[str]:
+    """Names of timm feature_info stages at the given positions (-1 = last stage), deduplicated, in order."""
+    stages = model.feature_info
+    names = [stages[p]["module"] for p in positions if -len(stages) <= p < len(stages)]
+    return list(dict.fromkeys(names))
+
+
+def pin_layer(model: nn.Module, layer: str) -> None:
+    """Make `layer` the CAM target of every later call that names none (gallery and faithfulness alike)."""
+    model.get_submodule(layer)  # fails now, with the name, if the model has no such module
+    setattr(model, PINNED_LAYER, layer)
+
+
+def target_layer(model: nn.Module, layer: str | None, size: int) -> nn.Module:
+    """The named layer, else the pinned one, else models.gradcam_layer (deepest stage >= 4 cells wide)."""
+    layer = layer or getattr(model, PINNED_LAYER, None)
+    return model.get_submodule(layer) if layer else models.gradcam_layer(model, size)
+
+
+def _unit(images: np.ndarray) -> torch.Tensor:
+    """Float (N, C, H, W) in [0, 1] from uint8 or float [0, 1] images."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+
+
+def _uint8(images: np.ndarray) -> np.ndarray:
+    return images if images.dtype == np.uint8 else np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+
+
+def _cam(cam_class: type) -> Method:
+    def draw(model: nn.Module, images: np.ndarray, targets: Sequence[int], layer: str | None, **_) -> np.ndarray:
+        inputs = models.standardize(_unit(images))
+        target = target_layer(model, layer, images.shape[-1])
+        with cam_class(model=model, target_layers=[target]) as cam:
+            maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        return np.nan_to_num(maps).astype(np.float32)
+
+    draw.__doc__ = f"{cam_class.__name__} maps at the target layer."
+    return draw
+
+
+for _name, _class in [
+    ("gradcam", GradCAM),
+    ("gradcampp", GradCAMPlusPlus),
+    ("hirescam", HiResCAM),
+    ("layercam", LayerCAM),
+    ("eigencam", EigenCAM),  # class-agnostic: the first principal component of the activations
+]:
+    register(_name, uses_layer=True)(_cam(_class))
+
+
+def cam_maps(model: nn.Module, images: np.ndarray, targets: Sequence[int], method: str = "gradcam") -> np.ndarray:
+    """(N, H, W) maps of a CAM method at the pinned or default layer."""
+    return heatmaps(method, model, images, targets)
+
+
+@register("occlusion", uses_layer=False)
+def occlusion_maps(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    layer: str | None = None,
+    patch: int | None = None,
+    batch_size: int = 256,
+    **_,
+) -> np.ndarray:
+    """Occlusion (Zeiler and Fergus 2014): the drop of the target probability when a black patch covers a pixel.
+
+    Patch = 1/8 of the side, stride = patch/2, so about 15 x 15 forward passes per image at any size; each pixel's
+    heat is the mean drop over the patches covering it, scaled to [0, 1].
+    """
+    del layer
+    n, _channels, height, width = images.shape
+    patch = patch or max(2, height // 8)
+    stride = max(1, patch // 2)
+    rows, cols = _starts(height, patch, stride), _starts(width, patch, stride)
+    device = device_of(model)
+    unit = _unit(images)
+    maps = np.zeros((n, height, width), dtype=np.float32)
+    coverage = torch.zeros(height, width)
+    for r in rows:
+        for c in cols:
+            coverage[r : r + patch, c : c + patch] += 1
+    with torch.no_grad():
+        for i in range(n):
+            target = int(targets[i])
+            base = torch.softmax(model(models.standardize(unit[i : i + 1]).to(device)), dim=1)[0, target].cpu()
+            heat = torch.zeros(height, width)
+            boxes = [(r, c) for r in rows for c in cols]
+            for start in range(0, len(boxes), batch_size):
+                chunk = boxes[start : start + batch_size]
+                batch = unit[i].repeat(len(chunk), 1, 1, 1)
+                for k, (r, c) in enumerate(chunk):
+                    batch[k, :, r : r + patch, c : c + patch] = 0.0
+                proba = torch.softmax(model(models.standardize(batch).to(device)), dim=1)[:, target].cpu()
+                for (r, c), drop in zip(chunk, (base - proba).clamp(min=0), strict=True):
+                    heat[r : r + patch, c : c + patch] += drop
+            heat = heat / coverage
+            maps[i] = (heat / heat.max() if heat.max() > 0 else heat).numpy()
+    return maps
+
+
+def _starts(side: int, patch: int, stride: int) -> list[int]:
+    """Patch offsets along one side with the last patch flush with the edge, so every pixel is covered."""
+    starts = list(range(0, max(side - patch, 0) + 1, stride))
+    if starts[-1] + patch < side:
+        starts.append(side - patch)
+    return starts
+
+
+def segments(image: np.ndarray, n_segments: int, seed: int) -> np.ndarray:
+    """Superpixels for LIME on a (C, H, W) uint8 grey radiograph or multi-window CT slice.
+
+    SLIC on the image's own channels (not a false RGB) with a low compactness for intensities in [0, 1], so the
+    segments follow the edges of bones, lungs and lesions rather than a colour space grey images do not have.
+    """
+    from skimage.segmentation import slic
+
+    hwc = np.moveaxis(image, 0, -1).astype(np.float64) / 255.0
+    smooth = gaussian_filter(hwc, sigma=(1, 1, 0))
+    channel_axis = -1 if hwc.shape[-1] > 1 else None
+    pixels = smooth if channel_axis is not None else smooth[..., 0]
+    labels = slic(pixels, n_segments=n_segments, compactness=0.1, start_label=0, channel_axis=channel_axis)
+    del seed  # SLIC is deterministic; kept in the signature for segmenters that are not
+    return labels
+
+
+@register("lime", uses_layer=False)
+def _lime(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    layer: str | None = None,
+    lime_samples: int = 150,
+    lime_segments: int = 50,
+    seed: int = 0,
+    **_,
+) -> np.ndarray:
+    del layer
+    return lime_maps(model, _uint8(images), targets, lime_samples, seed, lime_segments)
+
+
+def lime_maps(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    num_samples: int,
+    seed: int,
+    n_segments: int = 50,
+) -> np.ndarray:
+    """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1]."""
+    from lime import lime_image
+
+    n, channels = images.shape[:2]
+    if channels > 3:
+        raise ValueError(f"LIME needs at most 3 channels, got {channels}")
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        chw = np.moveaxis(batch[..., :channels], -1, 1)
+        return predict_proba(model, np.clip(np.round(chw * 255), 0, 255).astype(np.uint8), device_of(model), 128)
+
+    maps = np.zeros((n, *images.shape[2:]), dtype=np.float32)
+    for i in range(n):
+        hwc = np.moveaxis(images[i], 0, -1).astype(np.float64) / 255.0
+        rgb = np.concatenate([hwc] + [hwc[..., :1]] * (3 - channels), axis=-1)
+        labels = segments(images[i], n_segments, seed)
+        explainer = lime_image.LimeImageExplainer(random_state=seed)
+        explanation = explainer.explain_instance(
+            rgb,
+            classify,
+            labels=(int(targets[i]),),
+            top_labels=None,
+            hide_color=0,
+            num_samples=num_samples,
+            batch_size=64,  # lime's default of 10 makes many small forward passes
+            segmentation_fn=lambda _image, labels=labels: labels,
+        )
+        segment_weight = np.zeros(explanation.segments.max() + 1, dtype=np.float32)
+        for segment, weight in explanation.local_exp[int(targets[i])]:
+            segment_weight[segment] = max(weight, 0.0)
+        heat = segment_weight[explanation.segments]
+        maps[i] = heat / heat.max() if heat.max() > 0 else heat
+    return maps

@@ -1,0 +1,145 @@
+"""Which heatmap method and CAM layer a model's gallery shows: chosen on validation images, never on test.
+
+Each configured method is drawn at each candidate layer (timm feature_info stages; LIME and occlusion have none) on
+`explain.choose_on_val` val images, and scored by deletion AUC (lower = the map points at what the model uses).
+A model-randomisation sanity check (Adebayo et al. 2018) re-initialises the head and the last feature stage: a map
+that barely changes (Spearman correlation above `explain.sanity_threshold`) does not explain the model, and is not
+chosen while another candidate passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from medxfer import cams, models
+from medxfer.cache import Split
+from medxfer.faithfulness import deletion_insertion
+
+
+def val_index(split: Split, n_images: int, seed: int) -> np.ndarray:
+    """Up to n seeded val image indices, sorted."""
+    return np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n_images])
+
+
+def candidates(model: nn.Module, methods: Sequence[str], positions: Sequence[int]) -> list[tuple[str, str | None]]:
+    """(method, layer name) pairs: every CAM method at every candidate stage, other methods once (layer None)."""
+    layers = cams.candidate_layers(model, positions)
+    return [(m, layer) for m in methods for layer in (layers if cams.uses_layer(m) else [None])]
+
+
+def mean_deletion(model: nn.Module, images: np.ndarray, targets: np.ndarray, maps: np.ndarray, steps: int) -> float:
+    """Mean deletion AUC of the maps for the target classes."""
+
+    pairs = zip(images, maps, targets, strict=True)
+    scores = [deletion_insertion(model, image, heat, int(target), steps)[0] for image, heat, target in pairs]
+    return float(np.mean(scores))
+
+
+def randomised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
+    """A copy with the head and the last feature stage re-initialised (seeded); the names of what was reset."""
+    copied = copy.deepcopy(model)
+    tops = [copied.feature_info[-1]["module"], models.head_prefix(copied)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in tops:
+            for module in copied.get_submodule(name).modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return copied.eval(), tops
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the Spearman correlation of two (N, H, W) map stacks; a constant map counts as 0."""
+    values = []
+    for x, y in zip(a, b, strict=True):
+        rho = spearmanr(x.ravel(), y.ravel()).statistic if x.std() > 0 and y.std() > 0 else 0.0
+        values.append(float(np.nan_to_num(rho)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int, logger: Any = None) -> dict[str, Any]:
+    """Score every (method, layer) candidate on val, run the sanity check, pin the chosen CAM layer on the model.
+
+    Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val and, per
+    candidate, its val deletion AUC, its Spearman correlation with the randomised model's map and its flag.
+    """
+    index = val_index(val, settings["choose_on_val"], seed)
+    if len(index) == 0:
+        raise ValueError("the val split is empty: the heatmap method and layer are chosen on val images")
+    images, targets = val.images[index], val.labels[index]
+    options = dict(seed=seed, lime_samples=settings["lime_samples"], lime_segments=settings["lime_segments"])
+    threshold = settings["sanity_threshold"]
+    random_model, reset = randomised(model, seed)
+    rows = []
+    for method, layer in candidates(model, settings["methods"], settings["layers"]):
+        trained = cams.heatmaps(method, model, images, targets, layer, **options)
+        shuffled = cams.heatmaps(method, random_model, images, targets, layer, **options)
+        rho = rank_correlation(trained, shuffled)
+        rows.append(
+            {
+                "method": method,
+                "layer": layer,
+                "val_deletion_auc": mean_deletion(model, images, targets, trained, settings["deletion_steps"]),
+                "spearman_vs_random_model": rho,
+                "flagged": bool(rho > threshold),
+            }
+        )
+    passing = [r for r in rows if not r["flagged"]] or rows
+    best = min(passing, key=lambda r: r["val_deletion_auc"])
+    layered = [r for r in passing if r["layer"] is not None] or [r for r in rows if r["layer"] is not None]
+    cam_layer = best["layer"] or (min(layered, key=lambda r: r["val_deletion_auc"])["layer"] if layered else None)
+    if cam_layer:
+        cams.pin_layer(model, cam_layer)
+    selection = {
+        "method": best["method"],
+        "layer": cam_layer,
+        "n_val": len(index),
+        "chosen_on": "val",
+        "candidates": rows,
+        "sanity": {
+            "threshold": threshold,
+            "randomised_modules": reset,
+            "seed": seed,
+            "spearman": {_key(r): r["spearman_vs_random_model"] for r in rows},
+            "flagged": [_key(r) for r in rows if r["flagged"]],
+        },
+    }
+    if logger is not None:
+        _log(logger, selection)
+    return selection
+
+
+def _key(row: Mapping[str, Any]) -> str:
+    return row["method"] if row["layer"] is None else f"{row['method']}@{row['layer']}"
+
+
+def _log(logger: Any, selection: Mapping[str, Any]) -> None:
+    for row in selection["candidates"]:
+        logger.info(
+            "val deletion AUC %.3f, Spearman vs randomised model %.2f: %s",
+            row["val_deletion_auc"],
+            row["spearman_vs_random_model"],
+            _key(row),
+        )
+    for key in selection["sanity"]["flagged"]:
+        logger.warning(
+            "sanity check: %s barely changes when the top layers are randomised (Spearman > %.2f); it does not "
+            "explain this model",
+            key,
+            selection["sanity"]["threshold"],
+        )
+    if len(selection["sanity"]["flagged"]) == len(selection["candidates"]):
+        logger.warning("every heatmap candidate failed the sanity check; the chosen one does not explain the model")
+    logger.info(
+        "heatmap chosen on %d val images: %s (CAM layer %s)",
+        selection["n_val"],
+        selection["method"],
+        selection["layer"],
+    )

@@ -1,0 +1,180 @@
+"""Heatmap registry, the (method, layer) choice on val and the model-randomisation sanity check, on a real tiny
+timm network trained for a few steps on the demo radiographs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medxfer import cams, heatmap_choice, models
+from medxfer.cache import load_cached
+from medxfer.config import SCHEMA_PATH, section_defaults
+from medxfer.explain import explain_model
+
+SETTINGS = section_defaults("explain") | dict(
+    methods=["gradcam", "gradcampp"], n_images=2, n_faithfulness=2, deletion_steps=8, choose_on_val=8
+)
+
+
+@pytest.fixture(scope="module")
+def xray(cached):
+    return cached["xray_source"]
+
+
+@pytest.fixture(scope="module")
+def trained(xray, tmp_path_factory):
+    """resnet10t trained for 40 Adam steps on the demo radiographs (4 classes), saved as a checkpoint folder."""
+    data = load_cached(*xray)
+    train = data.splits["train"]
+    torch.manual_seed(0)
+    model = models.create("resnet10t", num_classes=len(data.classes), in_chans=train.images.shape[1])
+    models.init_head(model)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(40):
+        batch = rng.choice(len(train.labels), 32, replace=False)
+        inputs = models.normalize(torch.from_numpy(train.images[batch]))
+        loss = torch.nn.functional.cross_entropy(model(inputs), torch.from_numpy(train.labels[batch]))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    out = tmp_path_factory.mktemp("cams_model")
+    meta = dict(arch="resnet10t", classes=data.classes, in_chans=train.images.shape[1], input_size=64, init="scratch")
+    models.save(out, model, meta)
+    return out
+
+
+def test_schema_allows_exactly_the_registry():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    allowed = schema["properties"]["explain"]["properties"]["methods"]["items"]["enum"]
+    assert set(allowed) == set(cams.list_methods()) == {
+        "gradcam", "gradcampp", "hirescam", "layercam", "eigencam", "occlusion", "lime"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("method", cams.list_methods())
+def test_every_method_returns_finite_maps_of_the_image_size(method):
+    torch.manual_seed(0)
+    model = models.create("resnet10t", num_classes=2, in_chans=1).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
+    layer = cams.candidate_layers(model, [-2])[0] if cams.uses_layer(method) else None
+    for batch in (images, images.astype(np.float32) / 255):  # uint8 and float in [0, 1] alike
+        maps = cams.heatmaps(method, model, batch, [1, 0], layer, lime_samples=20, seed=0)
+        assert maps.shape == (2, 64, 64) and maps.dtype == np.float32 and np.isfinite(maps).all()
+        assert 0 <= maps.min() <= maps.max() <= 1 and maps.std() > 0
+    with pytest.raises(ValueError, match="unknown explanation method 'nope'"):
+        cams.heatmaps("nope", model, images, [1, 0])
+
+
+def test_occlusion_points_at_the_patch_the_model_reads():
+    """A network whose positive logit is the brightness of one square: occlusion's heat lies on that square."""
+
+    class Square(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            inside = x[:, 0, 40:56, 8:24].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(inside), self.scale * inside], dim=1)
+
+    images = np.full((1, 1, 64, 64), 200, np.uint8)
+    heat = cams.heatmaps("occlusion", Square(), images, [1])[0]
+    assert heat[40:56, 8:24].mean() > 0.5 and heat[:32, 32:].max() == 0.0
+
+
+def test_candidate_layers_are_timm_stages():
+    model = models.create("resnet10t", num_classes=2, in_chans=1)
+    assert cams.candidate_layers(model, [-1, -2, -1, 99]) == ["layer4", "layer3"]
+    pairs = heatmap_choice.candidates(model, ["gradcam", "lime"], [-1, -2])
+    assert pairs == [("gradcam", "layer4"), ("gradcam", "layer3"), ("lime", None)]
+
+
+def _invert_test_split(xray, tmp_path):
+    """The same cache with every test image inverted: a test split that scores the candidates differently."""
+    manifest, images = xray
+    arr = np.load(images)
+    test = pd.read_csv(manifest)["split"].to_numpy() == "test"
+    arr[test] = 255 - arr[test]
+    out = tmp_path / "images_64.npy"
+    np.save(out, arr)
+    return manifest, out
+
+
+def test_layer_choice_uses_val_images_only(xray, trained, tmp_path):
+    settings = SETTINGS | dict(methods=["gradcam", "layercam"])
+    explain_model(trained, *xray, tmp_path / "a", settings, seed=0)
+    inverted = _invert_test_split(xray, tmp_path)
+    explain_model(trained, *inverted, tmp_path / "b", settings, seed=0)
+    first = json.loads((tmp_path / "a" / "selection.json").read_text())
+    second = json.loads((tmp_path / "b" / "selection.json").read_text())
+    assert first == second  # a different test split changes nothing
+    assert first["n_val"] == min(8, len(load_cached(*xray).splits["val"].labels)) and first["chosen_on"] == "val"
+    assert first["layer"] in ("layer3", "layer4")
+    assert {(c["method"], c["layer"]) for c in first["candidates"]} == {
+        (m, layer) for m in ("gradcam", "layercam") for layer in ("layer4", "layer3")
+    }
+    # the same choice run on the (inverted) test images would have scored differently: the test split was not read
+    model, _ = models.load(trained)
+    on_test = heatmap_choice.choose(model, load_cached(*inverted).splits["test"], settings, seed=0)
+    scores = [c["val_deletion_auc"] for c in first["candidates"]]
+    assert [c["val_deletion_auc"] for c in on_test["candidates"]] != scores
+    # the chosen method is shown first: its overlays, the first heatmap column and the gallery title
+    table = pd.read_csv(tmp_path / "a" / "index.csv")
+    assert [c for c in table.columns if c.endswith("_png")][0] == f"{first['method']}_png"
+
+
+def test_chosen_layer_is_used_by_every_cam_map(xray, trained):
+    model, _ = models.load(trained)
+    val = load_cached(*xray).splits["val"]
+    selection = heatmap_choice.choose(model, val, SETTINGS, seed=0)
+    images, targets = val.images[:2], val.labels[:2]
+    pinned = cams.heatmaps("gradcam", model, images, targets)
+    assert np.array_equal(pinned, cams.heatmaps("gradcam", model, images, targets, selection["layer"]))
+    other = "layer3" if selection["layer"] == "layer4" else "layer4"
+    assert not np.array_equal(pinned, cams.heatmaps("gradcam", model, images, targets, other))
+
+
+def _intensity(model, images, targets, layer=None, **_):
+    """A 'heatmap' that ignores the model: the image's own brightness."""
+    unit = images[:, 0].astype(np.float32)
+    return unit / np.maximum(unit.max(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def test_sanity_check_flags_a_map_that_ignores_the_model(xray, trained, monkeypatch):
+    monkeypatch.setitem(cams._REGISTRY, "intensity", _intensity)
+    model, _ = models.load(trained)
+    val = load_cached(*xray).splits["val"]
+    settings = SETTINGS | dict(methods=["intensity", "eigencam", "gradcam"], layers=[-2])
+    selection = heatmap_choice.choose(model, val, settings, seed=0)
+    rho = selection["sanity"]["spearman"]
+    assert rho["intensity"] == pytest.approx(1.0)
+    # EigenCAM reads layer3's activations only, which the randomisation (layer4 and the head) leaves untouched
+    assert rho["eigencam@layer3"] == pytest.approx(1.0)
+    assert selection["sanity"]["flagged"] == ["intensity", "eigencam@layer3"]
+    assert rho["gradcam@layer3"] < 0.5  # Grad-CAM of the trained model changes once its top layers are random
+    assert selection["method"] == "gradcam"  # the flagged method is skipped while gradcam passes
+    assert selection["sanity"]["randomised_modules"] == ["layer4", "fc"]
+
+
+def test_randomised_copy_is_seeded_and_leaves_the_model_alone(trained):
+    model, _ = models.load(trained)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first, reset = heatmap_choice.randomised(model, seed=3)
+    second, _ = heatmap_choice.randomised(model, seed=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(first.fc.weight, second.fc.weight) and not torch.equal(first.fc.weight, model.fc.weight)
+    assert torch.equal(first.layer3[0].conv1.weight, model.layer3[0].conv1.weight)  # below the top: kept
+    assert not torch.equal(first.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
+
+
+def test_rank_correlation_of_maps():
+    a = np.random.default_rng(0).random((3, 8, 8))
+    assert heatmap_choice.rank_correlation(a, a) == pytest.approx(1.0)
+    assert heatmap_choice.rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert heatmap_choice.rank_correlation(a, np.zeros_like(a)) == 0.0  # a constant map shares no ranking
