@@ -31,3 +31,9 @@ def test_synthesize_then_ingest_through_the_cli(tmp_path):
     result = medxfer("ingest", str(config), "m", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "manifest.csv").read_text().count("\n") > 8
+
+
+def test_a_stage_command_names_a_target_the_config_does_not_have():
+    result = medxfer("classify", "config/config.yaml", "--target", "nope", "--init", "scratch")
+    assert result.returncode == 1
+    assert "config/config.yaml: 'nope' is not under finetune.targets" in result.stderr

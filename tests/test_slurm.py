@@ -232,7 +232,7 @@ def wait_for(what: str, probe, timeout_s: float = 600, poll_s: float = 0.2):
 
 
 def resume_state(workdir: Path, model: str) -> Path:
-    """The per-epoch resume state of a fine-tuning run (workflow/rules/common.smk: resume_dir)."""
+    """The per-epoch resume state of a fine-tuning run (medxfer.jobs.resume_dir)."""
     return workdir / "results" / "resume" / "finetune" / model / RESUME_FILE
 
 

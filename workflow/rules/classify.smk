@@ -18,11 +18,11 @@ rule train_classifiers:
         "../../envs/sklearn.yaml"
     threads: config["threads"]["train_classifiers"]
     params:
-        classifiers=lambda wildcards: {c: config["classifiers"][c] for c in fit_order()},
-        feature_sets=FEATURE_SETS,
-        ensemble_members=ensemble_members() if "ensemble" in CLASSIFIERS else [],
+        classifiers=CLASSIFY["classifiers"],
+        feature_sets=CLASSIFY["feature_sets"],
+        ensemble_members=CLASSIFY["ensemble_members"],
         seed=run_seed,
-        decision=config["decision"]["threshold"],
-        pca_components=config["classify"]["pca_components"],
+        decision=CLASSIFY["decision"],
+        pca_components=CLASSIFY["pca_components"],
     script:
         "../scripts/train_classifiers.py"

@@ -18,6 +18,7 @@ os.environ.update(
 
 import medxfer.config
 import medxfer.fingerprint
+import medxfer.jobs as jobs
 import medxfer.paths as paths
 import medxfer.runrecord
 
@@ -45,7 +46,9 @@ DATASETS = config["datasets"]
 FT = config["finetune"]
 ARCHS = FT["archs"]
 CLASSIFIERS = list(config["classifiers"])
-FEATURE_SETS = ARCHS + ["fused"]
+FEATURE_SETS = jobs.feature_sets(config)
+# train_classifiers' settings (this also checks the ensemble's members)
+CLASSIFY = jobs.classify_params(config)
 INITS = FT["inits"]
 # Training seeds: every fine-tuning run is repeated per seed, each in its own folder level (<init>/seed<k>/).
 # Heatmaps and the robustness sweep use the first seed.
@@ -128,28 +131,20 @@ def raw_fingerprint(wildcards):
 
 
 def manifest_of(name):
-    return at(paths.MANIFEST, dataset=name)
+    return jobs.manifest_of(config, name)
 
 
 def cache_of(name):
-    return at(paths.IMAGES, dataset=name, size=DATASETS[name]["size"])
+    return jobs.cache_of(config, name)
 
 
-def dataset_inputs(name):
-    return {"manifest": manifest_of(name), "images": cache_of(name)}
-
-
+# What the stage jobs read and are given: medxfer.jobs, which `medxfer <stage>` calls too.
 def source_inputs(wildcards):
-    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches."""
-    names = wildcards.source.split("+")
-    return {
-        "manifest": [manifest_of(n) for n in names],
-        "images": [cache_of(n) for n in names],
-    }
+    return jobs.source_inputs(config, wildcards)
 
 
 def target_inputs(wildcards):
-    return dataset_inputs(wildcards.target)
+    return jobs.target_inputs(config, wildcards)
 
 
 def demo_params(wildcards):
@@ -162,27 +157,15 @@ def demo_params(wildcards):
     return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
 
 
-def run_seed(wildcards):
-    return int(wildcards.seed)
+run_seed = jobs.run_seed
 
 
 def run_name(wildcards):
-    """How the report names the job's seed replicate (`indomain`, `indomain-seed1`)."""
-    return medxfer.config.run_name(config, wildcards.init, wildcards.seed)
+    return jobs.run_name(config, wildcards)
 
 
 def init_inputs(wildcards):
-    """The weights a fine-tuning run starts from: none, a local ImageNet file, or a pretrain checkpoint."""
-    init = wildcards.init
-    if init == "imagenet":
-        return {"weights": FT["imagenet_weights"][wildcards.arch]}
-    if init == "indomain":
-        source = medxfer.config.pretrain_name(config)
-        return {
-            name: at(paths.PRETRAINED, file, source=source, arch=wildcards.arch)
-            for name, file in (("weights", "model.safetensors"), ("meta", "model.json"))
-        }
-    return {}
+    return jobs.init_inputs(config, wildcards)
 
 
 def indomain_sources():
@@ -191,72 +174,24 @@ def indomain_sources():
 
 
 def finetune_params(wildcards):
-    return medxfer.config.training_params(config, "finetune", wildcards.target)
+    return jobs.finetune_params(config, wildcards)
 
 
 def pretrain_params(wildcards):
-    names = wildcards.source.split("+")
-    return medxfer.config.training_params(
-        config, "pretrain", names[0] if len(names) == 1 else None
-    )
+    return jobs.pretrain_params(config, wildcards)
 
 
 def resume_dir(stage):
-    """Where a training job keeps its per-epoch resume state: outside its declared outputs, so Snakemake's
-    clean-up of a failed job's outputs leaves it for the re-run; the job removes it when it succeeds.
-    """
-
-    def path(wildcards):
-        keys = ("source", "target", "init", "seed", "arch")
-        parts = [
-            f"seed{getattr(wildcards, k)}" if k == "seed" else getattr(wildcards, k)
-            for k in keys
-            if hasattr(wildcards, k)
-        ]
-        return str(Path(RESUME_ROOT, stage, *parts))
-
-    return path
+    return lambda wildcards: jobs.resume_dir(R, stage, wildcards)
 
 
 def model_files(name):
     """Input function: the file `name` of every fine-tuned model (one per arch) of the job's target, init and seed."""
-
-    def files(wildcards):
-        w = wildcards
-        return [
-            at(paths.MODEL, name, target=w.target, init=w.init, seed=w.seed, arch=a)
-            for a in ARCHS
-        ]
-
-    return files
+    return lambda wildcards: jobs.model_files(config, name, wildcards)
 
 
 def features_file(wildcards, features):
-    """One feature matrix of the job's run: a model's, or the fusion's (`features` = "fused")."""
-    w = wildcards
-    if features == "fused":
-        return at(paths.FUSED, target=w.target, init=w.init, seed=w.seed)
-    return at(paths.FEATURES, target=w.target, init=w.init, seed=w.seed, arch=features)
-
-
-def ensemble_members():
-    """The classifiers the soft-voting ensemble combines: as configured, or every other one."""
-    others = [c for c in CLASSIFIERS if c != "ensemble"]
-    members = config["classifiers"].get("ensemble", {}).get("members") or others
-    missing = [m for m in members if m not in others]
-    if missing or len(members) < 2:
-        raise ValueError(
-            f"config key 'classifiers.ensemble.members': {members} must name at least two other configured "
-            f"classifiers (configured: {others}); missing: {missing}"
-        )
-    return members
-
-
-def fit_order():
-    """The configured classifiers, the ensemble last: it votes over the others' fitted models."""
-    return [c for c in CLASSIFIERS if c != "ensemble"] + [
-        c for c in CLASSIFIERS if c == "ensemble"
-    ]
+    return jobs.features_file(R, wildcards, features)
 
 
 def classifier_inputs(wildcards):
@@ -265,16 +200,11 @@ def classifier_inputs(wildcards):
     One job fits every classifier on every feature set of a run: one process start-up instead of one per
     classifier, at the price of re-fitting all of a run's classifiers (seconds) when one classifier's settings change.
     """
-    return {"features": [features_file(wildcards, f) for f in FEATURE_SETS]}
+    return jobs.classifier_inputs(config, wildcards)
 
 
 def classify_outputs(name):
-    """One file per (classifier, feature set) of a run, classifiers in fit_order(), feature sets in FEATURE_SETS."""
-    return [
-        at(paths.CLASSIFIER, name, features=f, clf=c)
-        for c in fit_order()
-        for f in FEATURE_SETS
-    ]
+    return jobs.classify_outputs(config, R, name)
 
 
 def finetune_metrics(name="metrics.json"):
@@ -294,13 +224,10 @@ def classify_metrics(name="metrics.json"):
     )
 
 
-HEATMAP_FILES = {"folder": paths.HEATMAPS, "faithfulness": paths.FAITHFULNESS}
-
-
 def explanations(kind="folder"):
     """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
     return expand(
-        at(HEATMAP_FILES[kind]),
+        at(jobs.HEATMAP_FILES[kind]),
         target=FT["targets"],
         init=INITS,
         seed=FIRST_SEED,
@@ -310,7 +237,7 @@ def explanations(kind="folder"):
 
 def explain_outputs(kind):
     """One run's heatmap folders (each in the HTML report) or faithfulness tables, one per arch."""
-    files = [at(HEATMAP_FILES[kind], arch=arch) for arch in ARCHS]
+    files = jobs.explain_outputs(config, R, kind)
     if kind == "faithfulness":
         return files
     return [reported_folder(path, arch) for path, arch in zip(files, ARCHS)]
@@ -361,7 +288,7 @@ def robustness_inputs(wildcards):
 def reported(name, category):
     """classify_outputs(name), each marked for the HTML report under `category`, labelled by classifier and features."""
     caption = f"../report/{name.split('.')[0]}.rst"
-    pairs = [(c, f) for c in fit_order() for f in FEATURE_SETS]
+    pairs = [(c, f) for c in jobs.fit_order(config) for f in FEATURE_SETS]
     return [
         mark_report(p, caption, category, c, f)
         for (c, f), p in zip(pairs, classify_outputs(name))

@@ -2,14 +2,13 @@
 
 from pathlib import Path
 
+from medxfer.jobs import init_path
 from medxfer.log import logged
 from medxfer.train import finetune_model
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 
-init, weights = sm.wildcards.init, sm.input.get("weights")
-# imagenet: the weights file itself; indomain: the pretrain checkpoint folder; scratch: nothing
-init_path = None if weights is None else Path(weights).parent if init == "indomain" else Path(weights)
+init = sm.wildcards.init
 with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
     finetune_model(
         Path(sm.input.manifest),
@@ -18,7 +17,7 @@ with logged(sm.log[0], sm.rule, dict(sm.wildcards.items()), sm.threads):
         init,
         sm.params.train,
         Path(sm.output.weights).parent,
-        init_path=init_path,
+        init_path=init_path(init, sm.input.get("weights")),
         threads=sm.threads,
         seed=sm.params.seed,
         device=sm.params.device,

@@ -1,0 +1,186 @@
+"""What each workflow job reads, writes and is given: pure functions of the validated config and the job's wildcards.
+
+The rules' input functions and params (workflow/rules/common.smk) and `medxfer <stage>` both call these, so the
+command line redoes a job with that job's inputs, settings and output paths. `wildcards` is any object with the
+job's wildcards as attributes (Snakemake's, or the namespace the command line builds). Inputs sit under the config's
+`results` folder; outputs under `results`, given separately (the config's, or the command line's --out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medxfer import config as cfg
+from medxfer import paths
+
+
+def run_fields(wildcards: Any) -> dict[str, str]:
+    """The wildcards naming one fine-tuning run (target, init, seed) of the job."""
+    return {k: str(getattr(wildcards, k)) for k in ("target", "init", "seed")}
+
+
+def manifest_of(config: Mapping[str, Any], name: str) -> str:
+    return paths.artifact(config["results"], paths.MANIFEST, dataset=name)
+
+
+def cache_of(config: Mapping[str, Any], name: str) -> str:
+    return paths.artifact(config["results"], paths.IMAGES, dataset=name, size=config["datasets"][name]["size"])
+
+
+def dataset_inputs(config: Mapping[str, Any], name: str) -> dict[str, str]:
+    return {"manifest": manifest_of(config, name), "images": cache_of(config, name)}
+
+
+def target_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, str]:
+    return dataset_inputs(config, wildcards.target)
+
+
+def source_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, list[str]]:
+    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches."""
+    names = wildcards.source.split("+")
+    return {"manifest": [manifest_of(config, n) for n in names], "images": [cache_of(config, n) for n in names]}
+
+
+def pretrain_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """A single source set's own augment keys apply; pooled sets share the stage's."""
+    names = wildcards.source.split("+")
+    return cfg.training_params(config, "pretrain", names[0] if len(names) == 1 else None)
+
+
+def run_seed(wildcards: Any) -> int:
+    return int(wildcards.seed)
+
+
+def run_name(config: Mapping[str, Any], wildcards: Any) -> str:
+    """How the report names the job's seed replicate (`indomain`, `indomain-seed1`)."""
+    return cfg.run_name(config, wildcards.init, wildcards.seed)
+
+
+def init_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, str]:
+    """The weights a fine-tuning run starts from: none, a local ImageNet file, or a pretrain checkpoint."""
+    if wildcards.init == "imagenet":
+        return {"weights": config["finetune"]["imagenet_weights"][wildcards.arch]}
+    if wildcards.init == "indomain":
+        checkpoint = paths.artifact(
+            config["results"], paths.PRETRAINED, source=cfg.pretrain_name(config), arch=wildcards.arch
+        )
+        return {"weights": f"{checkpoint}/model.safetensors", "meta": f"{checkpoint}/model.json"}
+    return {}
+
+
+def init_path(init: str, weights: str | None) -> Path | None:
+    """What finetune_model starts from: the ImageNet file itself, the pretrain checkpoint folder, or nothing."""
+    if weights is None:
+        return None
+    return Path(weights).parent if init == "indomain" else Path(weights)
+
+
+def resume_dir(results: str, stage: str, wildcards: Any) -> str:
+    """Where a training job keeps its per-epoch resume state: outside its declared outputs, so Snakemake's
+    clean-up of a failed job's outputs leaves it for the re-run; the job removes it when it succeeds."""
+    keys = ("source", "target", "init", "seed", "arch")
+    parts = [
+        f"seed{getattr(wildcards, k)}" if k == "seed" else getattr(wildcards, k) for k in keys if hasattr(wildcards, k)
+    ]
+    return str(Path(results, paths.RESUME, stage, *parts))
+
+
+def finetune_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    return cfg.training_params(config, "finetune", wildcards.target)
+
+
+def model_files(config: Mapping[str, Any], name: str, wildcards: Any) -> list[str]:
+    """The file `name` of every fine-tuned model (one per arch) of the job's target, init and seed."""
+    run = run_fields(wildcards)
+    return [paths.artifact(config["results"], paths.MODEL, name, arch=a, **run) for a in config["finetune"]["archs"]]
+
+
+def feature_sets(config: Mapping[str, Any]) -> list[str]:
+    """Each model's features, then their fusion."""
+    return [*config["finetune"]["archs"], "fused"]
+
+
+def features_file(results: str, wildcards: Any, features: str) -> str:
+    """One feature matrix of the job's run: a model's, or the fusion's (`features` = "fused")."""
+    run = run_fields(wildcards)
+    if features == "fused":
+        return paths.artifact(results, paths.FUSED, **run)
+    return paths.artifact(results, paths.FEATURES, arch=features, **run)
+
+
+def extract_outputs(config: Mapping[str, Any], results: str, wildcards: Any) -> dict[str, Any]:
+    """extract_features' outputs: one feature file per arch, the fused features and the fusion report."""
+    run = run_fields(wildcards)
+    return {
+        "features": [features_file(results, wildcards, arch) for arch in config["finetune"]["archs"]],
+        "fused": paths.artifact(results, paths.FUSED, **run),
+        "report": paths.artifact(results, paths.FUSION_REPORT, **run),
+    }
+
+
+def classifier_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, list[str]]:
+    """Every feature file of one run: each model's and the fusion."""
+    return {"features": [features_file(config["results"], wildcards, f) for f in feature_sets(config)]}
+
+
+def ensemble_members(config: Mapping[str, Any]) -> list[str]:
+    """The classifiers the soft-voting ensemble combines: as configured, or every other one."""
+    others = [c for c in config["classifiers"] if c != "ensemble"]
+    members = config["classifiers"].get("ensemble", {}).get("members") or others
+    missing = [m for m in members if m not in others]
+    if missing or len(members) < 2:
+        raise ValueError(
+            f"config key 'classifiers.ensemble.members': {members} must name at least two other configured "
+            f"classifiers (configured: {others}); missing: {missing}"
+        )
+    return members
+
+
+def fit_order(config: Mapping[str, Any]) -> list[str]:
+    """The configured classifiers, the ensemble last: it votes over the others' fitted models."""
+    names = list(config["classifiers"])
+    return [c for c in names if c != "ensemble"] + [c for c in names if c == "ensemble"]
+
+
+def classify_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """train_classifiers' settings, the same for every run: hyperparameters in fit order, the feature sets, ..."""
+    return {
+        "classifiers": {c: config["classifiers"][c] for c in fit_order(config)},
+        "feature_sets": feature_sets(config),
+        "ensemble_members": ensemble_members(config) if "ensemble" in config["classifiers"] else [],
+        "decision": config["decision"]["threshold"],
+        "pca_components": config["classify"]["pca_components"],
+    }
+
+
+CLASSIFY_FILES = {  # train_classifiers' outputs per (classifier, feature set), by the rule's output names
+    "model": "model.skops",
+    "predictions": "predictions.csv",
+    "oof": "oof.csv",
+    "metrics": "metrics.json",
+    "roc": "roc.csv",
+    "roc_plot": "roc.png",
+    "confusion_plot": "confusion.png",
+}
+
+
+def classify_outputs(config: Mapping[str, Any], results: str, name: str, wildcards: Any = None) -> list[str]:
+    """One file per (classifier, feature set) of a run, classifiers in fit_order(), feature sets in feature_sets();
+    without `wildcards`, the rule's patterns."""
+    run = run_fields(wildcards) if wildcards is not None else {}
+    return [
+        paths.artifact(results, paths.CLASSIFIER, name, features=f, clf=c, **run)
+        for c in fit_order(config)
+        for f in feature_sets(config)
+    ]
+
+
+HEATMAP_FILES = {"folder": paths.HEATMAPS, "faithfulness": paths.FAITHFULNESS}
+
+
+def explain_outputs(config: Mapping[str, Any], results: str, kind: str, wildcards: Any = None) -> list[str]:
+    """One run's heatmap folders or faithfulness tables, one per arch; without `wildcards`, the rule's patterns."""
+    run = run_fields(wildcards) if wildcards is not None else {}
+    return [paths.artifact(results, HEATMAP_FILES[kind], arch=a, **run) for a in config["finetune"]["archs"]]
