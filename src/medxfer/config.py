@@ -81,6 +81,11 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     return read_yaml(path)
 
 
+def known_inits() -> list[str]:
+    """The inits the schema allows (`finetune.inits`): the workflow's `init` wildcard takes exactly these."""
+    return load_schema()["properties"]["finetune"]["properties"]["inits"]["items"]["enum"]
+
+
 def section_defaults(name: str) -> dict[str, Any]:
     """The schema's defaults of one top-level config section (e.g. `explain`), for callers outside the workflow."""
     section: dict[str, Any] = {}

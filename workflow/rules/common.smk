@@ -69,7 +69,7 @@ wildcard_constraints:
     source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(paths.DEMO_SETS),
     arch="[a-z0-9_]+",
-    init="scratch|imagenet|indomain",
+    init="|".join(medxfer.config.known_inits()),
     seed="[0-9]+",
     clf="|".join(CLASSIFIERS),
     features="[a-z0-9_]+",
