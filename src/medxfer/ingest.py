@@ -303,6 +303,43 @@ def _check_rejections(name: str, dataset: Mapping[str, Any], n_rejected: int, to
         )
 
 
+def _log_found(log: Any, name: str, found: Found, total: int, private: bool) -> None:
+    """Counts, the first quarantined files and notes, and the skipped files, each once."""
+    log.info("%s: %d files, %d accepted, %d quarantined", name, total, total - len(found.rejected), len(found.rejected))
+    for item in found.rejected[:20]:
+        log.warning("quarantined %s: %s", item["path"], item["reason"])
+    for item in found.notes[:20]:
+        log.warning("file %s: %s", item["path"], item["note"])
+    if found.skipped:
+        # base names only where paths are private: a folder may carry a patient's name
+        skipped = [Path(p).name for p in found.skipped] if private else found.skipped
+        shown = ", ".join(skipped[:20]) + (", ..." if len(skipped) > 20 else "")
+        log.info("%s: skipped %d hidden or system files (not images): %s", name, len(skipped), shown)
+
+
+def _manifest_rows(
+    name: str,
+    table: pd.DataFrame,
+    dataset: Mapping[str, Any],
+    root: Path,
+    pseudonyms: Mapping[str, str],
+    mask_dir: Path,
+) -> pd.DataFrame:
+    """The manifest as written: finding masks and boxes, pseudonymous paths where private, hashed patient and study
+    ids, and image ids in manifest order."""
+    if dataset.get("npz_masks"):
+        table["mask"], table["box"] = _npz_masks(root, dataset, table["path"])
+    else:
+        table["mask"], table["box"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]], ""
+    if pseudonyms:
+        table = _rename_files(table, pseudonyms, mask_dir)
+    salt = salt_of(dataset)
+    table["patient_id"] = table["patient_id"].map(lambda raw: pseudonymize(str(raw), salt))
+    table["study_id"] = table["study_id"].map(lambda raw: pseudonymize(str(raw), salt))
+    table["image_id"] = [f"{name}-{i:06d}" for i in range(len(table))]
+    return table[MANIFEST_COLUMNS]
+
+
 def ingest_dataset(
     name: str,
     dataset: Mapping[str, Any],
@@ -331,18 +368,7 @@ def ingest_dataset(
     pseudonyms = _hide_paths(root, dataset, table, found)  # before anything is written or logged
     _write_quarantine(quarantine_path, found.rejected)
     if log is not None:
-        log.info(
-            "%s: %d files, %d accepted, %d quarantined", name, total, total - len(found.rejected), len(found.rejected)
-        )
-        for item in found.rejected[:20]:
-            log.warning("quarantined %s: %s", item["path"], item["reason"])
-        for item in found.notes[:20]:
-            log.warning("file %s: %s", item["path"], item["note"])
-        if found.skipped:
-            # base names only where paths are private: a folder may carry a patient's name
-            skipped = [Path(p).name for p in found.skipped] if pseudonyms else found.skipped
-            shown = ", ".join(skipped[:20]) + (", ..." if len(skipped) > 20 else "")
-            log.info("%s: skipped %d hidden or system files (not images): %s", name, len(skipped), shown)
+        _log_found(log, name, found, total, private=bool(pseudonyms))
     _check_rejections(name, dataset, len(found.rejected), total, found)
     _check_classes_present(name, dataset.get("classes"), table)
     _check_class_sizes(name, table["label_name"], dataset["min_class_size"], log)
@@ -362,17 +388,7 @@ def ingest_dataset(
         kept = int((table["split"] == "train").sum())
         fraction = dataset["train_fraction"]
         log.info("%s: train_fraction %.3g keeps %d of %d training images", name, fraction, kept, n_train)
-    if dataset.get("npz_masks"):
-        table["mask"], table["box"] = _npz_masks(root, dataset, table["path"])
-    else:
-        table["mask"], table["box"] = [_mask_for(dataset.get("masks"), p) for p in table["path"]], ""
-    if pseudonyms:
-        table = _rename_files(table, pseudonyms, manifest_path.parent / "masks")
-    salt = salt_of(dataset)
-    table["patient_id"] = table["patient_id"].map(lambda raw: pseudonymize(str(raw), salt))
-    table["study_id"] = table["study_id"].map(lambda raw: pseudonymize(str(raw), salt))
-    table["image_id"] = [f"{name}-{i:06d}" for i in range(len(table))]
-    table = table[MANIFEST_COLUMNS]
+    table = _manifest_rows(name, table, dataset, root, pseudonyms, manifest_path.parent / "masks")
     with atomic_path(manifest_path) as tmp:
         table.to_csv(tmp, index=False)
     _write_duplicates(duplicates_path, pairs, table["path"])
