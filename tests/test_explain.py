@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from medxfer import models
-from medxfer.cams import cam_maps, segments
+from medxfer.cams import heatmaps, segments
 from medxfer.config import section_defaults
 from medxfer.explain import PANEL, choose_images, explain_model, outcomes
 from medxfer.faithfulness import deletion_insertion
@@ -94,7 +94,7 @@ def test_cam_target_layer_is_found_for_timm_cnns(arch):
     model = models.create(arch, num_classes=2, in_chans=1).eval()
     images = np.random.default_rng(0).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
     for method in ("gradcam", "gradcampp"):
-        maps = cam_maps(model, images, [1, 0], method)
+        maps = heatmaps(method, model, images, [1, 0])
         assert maps.shape == (2, 64, 64) and 0 <= maps.min() <= maps.max() <= 1
 
 

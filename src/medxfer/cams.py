@@ -112,11 +112,6 @@ for _name, _class in [
     register(_name, uses_layer=True)(_cam(_class))
 
 
-def cam_maps(model: nn.Module, images: np.ndarray, targets: Sequence[int], method: str = "gradcam") -> np.ndarray:
-    """(N, H, W) maps of a CAM method at the pinned or default layer."""
-    return heatmaps(method, model, images, targets)
-
-
 @register("occlusion", uses_layer=False)
 def occlusion_maps(
     model: nn.Module,

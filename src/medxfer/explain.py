@@ -27,7 +27,6 @@ from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import decide
 
 METHODS = tuple(cams.list_methods())
-CAMS = tuple(m for m in METHODS if cams.uses_layer(m))
 
 
 def outcomes(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
