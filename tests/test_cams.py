@@ -177,4 +177,8 @@ def test_rank_correlation_of_maps():
     a = np.random.default_rng(0).random((3, 8, 8))
     assert heatmap_choice.rank_correlation(a, a) == pytest.approx(1.0)
     assert heatmap_choice.rank_correlation(a, -a) == pytest.approx(-1.0)
-    assert heatmap_choice.rank_correlation(a, np.zeros_like(a)) == 0.0  # a constant map shares no ranking
+    partly_constant = a.copy()
+    partly_constant[1] = 0.0
+    # a constant map has no ranks: its pair is left out (not averaged in as 0), and with no pair left, no value
+    assert heatmap_choice.rank_correlation(a, partly_constant) == pytest.approx(1.0)
+    assert heatmap_choice.rank_correlation(a, np.zeros_like(a)) is None

@@ -9,9 +9,9 @@ def medxfer(*args):
     return subprocess.run([sys.executable, "-m", "medxfer.cli", *args], capture_output=True, text=True, cwd=REPO)
 
 
-def test_validate_config_prints_defaults():
+def test_validate_config_prints_defaults():  # lime_segments: a schema default config.yaml leaves unset
     result = medxfer("validate-config", "config/config.yaml")
-    assert result.returncode == 0 and '"lime_samples": 150' in result.stdout
+    assert result.returncode == 0 and '"lime_segments": 50' in result.stdout
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

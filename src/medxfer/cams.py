@@ -209,6 +209,8 @@ def lime_maps(
     """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1]."""
     from lime import lime_image
 
+    # lime 0.2.0.1 draws a tqdm bar per image into the job's log and has no switch (its later progress_bar=False)
+    lime_image.tqdm = _without_progress_bar
     n, channels = images.shape[:2]
     if channels > 3:
         raise ValueError(f"LIME needs at most 3 channels, got {channels}")
@@ -239,3 +241,7 @@ def lime_maps(
         heat = segment_weight[explanation.segments]
         maps[i] = heat / heat.max() if heat.max() > 0 else heat
     return maps
+
+
+def _without_progress_bar(iterable, **_):
+    return iterable

@@ -55,13 +55,15 @@ def randomised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
     return copied.eval(), tops
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of the Spearman correlation of two (N, H, W) map stacks; a constant map counts as 0."""
-    values = []
-    for x, y in zip(a, b, strict=True):
-        rho = spearmanr(x.ravel(), y.ravel()).statistic if x.std() > 0 and y.std() > 0 else 0.0
-        values.append(float(np.nan_to_num(rho)))
-    return float(np.mean(values)) if values else float("nan")
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Mean over images of the Spearman correlation of two (N, H, W) map stacks, or None when no pair compares.
+
+    A constant map (a CAM of a randomised model is often all zero) has no ranks: its pair is left out rather than
+    counted as 0, which would pass the check without testing anything.
+    """
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if min(x.std(), y.std()) > 0]
+    values = [float(spearmanr(x.ravel(), y.ravel()).statistic) for x, y in pairs]
+    return float(np.mean(values)) if values else None
 
 
 def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int, logger: Any = None) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int,
                 "layer": layer,
                 "val_deletion_auc": mean_deletion(model, images, targets, trained, settings["deletion_steps"]),
                 "spearman_vs_random_model": rho,
-                "flagged": bool(rho > threshold),
+                "flagged": rho is not None and rho > threshold,
             }
         )
     passing = [r for r in rows if not r["flagged"]] or rows
@@ -109,6 +111,7 @@ def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int,
             "seed": seed,
             "spearman": {_key(r): r["spearman_vs_random_model"] for r in rows},
             "flagged": [_key(r) for r in rows if r["flagged"]],
+            "not_comparable": [_key(r) for r in rows if r["spearman_vs_random_model"] is None],
         },
     }
     if logger is not None:
@@ -122,11 +125,10 @@ def _key(row: Mapping[str, Any]) -> str:
 
 def _log(logger: Any, selection: Mapping[str, Any]) -> None:
     for row in selection["candidates"]:
+        rho = row["spearman_vs_random_model"]
+        shown = "not comparable (constant maps)" if rho is None else f"{rho:.2f}"
         logger.info(
-            "val deletion AUC %.3f, Spearman vs randomised model %.2f: %s",
-            row["val_deletion_auc"],
-            row["spearman_vs_random_model"],
-            _key(row),
+            "val deletion AUC %.3f, Spearman vs randomised model %s: %s", row["val_deletion_auc"], shown, _key(row)
         )
     for key in selection["sanity"]["flagged"]:
         logger.warning(

@@ -58,7 +58,7 @@ def logged(
 ) -> Iterator[None]:
     """Append any exception's traceback to the rule's log file before it propagates, so failures are on record;
     with `rule`, end the log with the job's timing record (process start, imports done, work start, end, CPU time)."""
-    ready = time.time()
+    ready, started = time.time(), process_start()  # now: the clock may be stepped while the job runs
     status = "failed"
     try:
         yield
@@ -70,7 +70,7 @@ def logged(
         raise
     finally:
         if rule is not None:
-            record = job_record(rule, dict(wildcards or {}), threads, ready, status)
+            record = job_record(rule, dict(wildcards or {}), threads, started, ready, status)
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a") as fh:
                 fh.write(JOB_RECORD_TAG + json.dumps(record, sort_keys=True) + "\n")
@@ -89,7 +89,9 @@ def process_start() -> float:
         return psutil.Process().create_time()
 
 
-def job_record(rule: str, wildcards: dict[str, str], threads: int | None, ready: float, status: str) -> dict[str, Any]:
+def job_record(
+    rule: str, wildcards: dict[str, str], threads: int | None, started: float, ready: float, status: str
+) -> dict[str, Any]:
     """This process's timing: start (from the OS), imports done (`ready`), work start, end, and CPU seconds used
     by it and its children (data loader workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -99,7 +101,7 @@ def job_record(rule: str, wildcards: dict[str, str], threads: int | None, ready:
         "threads": threads,
         "host": platform.node(),
         "status": status,
-        "process_start": process_start(),
+        "process_start": started,
         "ready": ready,
         "work_start": max(_work_start or ready, ready),
         "end": time.time(),
