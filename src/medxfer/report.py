@@ -100,9 +100,10 @@ def summarize_faithfulness(
     images = pd.concat(frames, ignore_index=True)
     scores = {m: (m, "mean") for m in SCORES if m in images}
     keys = ["target", "init", "arch"]
+    checks = {c: (c, "first") for c in ("chosen", "sanity") if c in images}  # per model and method, from selection.json
     per_model = (
         images.groupby([*keys, "method"], sort=False)
-        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
+        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **checks, **scores)
         .reset_index()
     )
     if set(COMPARED) <= set(images.columns):

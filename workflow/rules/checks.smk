@@ -3,7 +3,7 @@ rule check_source_overlap:
         target=at(paths.MANIFEST, dataset="{target}"),
         sources=lambda wildcards: [manifest_of(s) for s in indomain_sources()],
     output:
-        at(paths.SOURCE_OVERLAP),
+        overlap=at(paths.SOURCE_OVERLAP),
     log:
         f"{R}/logs/check_source_overlap/{{target}}.log",
     priority: PRETRAIN_FIRST  # it stops the run when it fails: better before the training than after
@@ -12,4 +12,4 @@ rule check_source_overlap:
     params:
         sources=indomain_sources(),
     script:
-        "../scripts/check_source_overlap.py"
+        "../scripts/run_stage.py"

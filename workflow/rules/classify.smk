@@ -25,4 +25,4 @@ rule train_classifiers:
         decision=CLASSIFY["decision"],
         pca_components=CLASSIFY["pca_components"],
     script:
-        "../scripts/train_classifiers.py"
+        "../scripts/run_stage.py"

@@ -53,7 +53,7 @@ INITS = FT["inits"]
 # Training seeds: every fine-tuning run is repeated per seed, each in its own folder level (<init>/seed<k>/).
 # Heatmaps and the robustness sweep use the first seed.
 SEEDS = FT["seeds"]
-FIRST_SEED = SEEDS[:1]
+FIRST_SEED = [jobs.first_seed(config)]
 # Pretraining and every job it needs run before fine-tuning, so in-domain runs are not a chain at the end. Priorities do
 # not pass to a job's inputs: each rule upstream of pretrain_model sets this one itself.
 PRETRAIN_FIRST = 10
@@ -85,11 +85,7 @@ def invocation_cores():
 
 
 def dataset_root(wildcards):
-    """The raw input: the array file for npz data sets, else the root folder."""
-    ds = DATASETS[wildcards.dataset]
-    if ds["format"] == "npz":
-        return str(Path(ds["root"]) / ds["file"])
-    return ds["root"]
+    return jobs.dataset_root(config, wildcards.dataset)
 
 
 def ancient_raw(wildcards):
@@ -169,8 +165,7 @@ def init_inputs(wildcards):
 
 
 def indomain_sources():
-    """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
-    return medxfer.config.pretrain_sources(config) if "indomain" in FT["inits"] else []
+    return jobs.indomain_sources(config)
 
 
 def finetune_params(wildcards):
@@ -207,32 +202,9 @@ def classify_outputs(name):
     return jobs.classify_outputs(config, R, name)
 
 
-def finetune_metrics(name="metrics.json"):
-    return expand(
-        at(paths.MODEL, name), target=FT["targets"], init=INITS, seed=SEEDS, arch=ARCHS
-    )
-
-
-def classify_metrics(name="metrics.json"):
-    return expand(
-        at(paths.CLASSIFIER, name),
-        target=FT["targets"],
-        init=INITS,
-        seed=SEEDS,
-        features=FEATURE_SETS,
-        clf=CLASSIFIERS,
-    )
-
-
 def explanations(kind="folder"):
     """Every model's heatmap folder, or its faithfulness table (kept beside the folders, see explain.smk)."""
-    return expand(
-        at(jobs.HEATMAP_FILES[kind]),
-        target=FT["targets"],
-        init=INITS,
-        seed=FIRST_SEED,
-        arch=ARCHS,
-    )
+    return jobs.explanations(config, kind)
 
 
 def explain_outputs(kind):
@@ -255,33 +227,20 @@ def reported_folder(path, arch):
     )
 
 
-def fused_classifier(wildcards, clf, name):
-    return at(
-        paths.CLASSIFIER,
-        name,
-        target=wildcards.target,
-        init=wildcards.init,
-        seed=wildcards.seed,
-        features="fused",
-        clf=clf,
-    )
+def job_params(builder):
+    """A rule's params from a medxfer.jobs builder, one input function per key, so each is its own re-run trigger
+    as a literal param would be (the keys are the builder's for the first target)."""
+    keys = builder(config, SimpleNamespace(target=FT["targets"][0])).keys()
+    return {
+        key: (lambda wildcards, key=key: builder(config, wildcards)[key])
+        for key in keys
+    }
 
 
 def robustness_inputs(wildcards):
-    """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers
-    (the best by out-of-fold val AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU
-    again).
-    """
-    w = wildcards
-    inputs = {
-        "weights": model_files("model.safetensors")(w),
-        "metas": model_files("model.json")(w),
-        "features": [features_file(w, arch) for arch in ARCHS],
-        "classifiers": [fused_classifier(w, c, "metrics.json") for c in CLASSIFIERS],
-        "models": [fused_classifier(w, c, "model.skops") for c in CLASSIFIERS],
-    }
-    if DATASETS[w.target].get("modality") == "ct":
-        inputs["raw"] = ancient_raw(SimpleNamespace(dataset=w.target))
+    inputs = jobs.robustness_inputs(config, wildcards)
+    if "raw" in inputs:  # time ignored, as for ingest (DVC resets times)
+        inputs["raw"] = ancient(inputs["raw"])
     return inputs
 
 
@@ -308,10 +267,7 @@ def mark_report(path, caption, category, classifier, features):
 
 
 def source_overlap_checks():
-    """Per target, the check that no test image is a copy of a pretraining image (only with in-domain init)."""
-    return expand(
-        at(paths.SOURCE_OVERLAP), target=FT["targets"] if indomain_sources() else []
-    )
+    return jobs.source_overlap_checks(config)
 
 
 def final_outputs():

@@ -11,7 +11,7 @@ rule synthesize_demo:
     params:
         demo=demo_params,
     script:
-        "../scripts/synthesize_demo.py"
+        "../scripts/run_stage.py"
 
 
 rule ingest_dataset:
@@ -32,7 +32,7 @@ rule ingest_dataset:
         # content, not file times, decides whether the raw data changed (README: re-running only what changed)
         fingerprint=raw_fingerprint,
     script:
-        "../scripts/ingest_dataset.py"
+        "../scripts/run_stage.py"
 
 
 rule cache_images:
@@ -51,4 +51,4 @@ rule cache_images:
         dataset=lambda wildcards: DATASETS[wildcards.dataset]
         | {"size": int(wildcards.size)},
     script:
-        "../scripts/cache_images.py"
+        "../scripts/run_stage.py"

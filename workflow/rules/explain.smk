@@ -24,4 +24,4 @@ rule explain_model:
         seed=config["seed"],
         device=config["device"],
     script:
-        "../scripts/explain_model.py"
+        "../scripts/run_stage.py"

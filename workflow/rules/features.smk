@@ -26,4 +26,4 @@ rule extract_features:
         fusion=config["fusion"],
         seed=run_seed,
     script:
-        "../scripts/extract_features.py"
+        "../scripts/run_stage.py"

@@ -29,4 +29,4 @@ rule finetune_model:
         decision=config["decision"]["threshold"],
         device=config["device"],
     script:
-        "../scripts/finetune_model.py"
+        "../scripts/run_stage.py"

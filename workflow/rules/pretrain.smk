@@ -24,4 +24,4 @@ rule pretrain_model:
         seed=config["seed"],
         device=config["device"],
     script:
-        "../scripts/pretrain_model.py"
+        "../scripts/run_stage.py"

@@ -1,21 +1,14 @@
 rule summarize_results:
     input:
-        finetune=finetune_metrics(),
-        classify=classify_metrics(),
-        # read beside each metrics.json: bootstrap intervals for the CNN rows, the paired comparison
-        cnn_predictions=finetune_metrics("predictions.csv"),
-        predictions=classify_metrics("predictions.csv"),
-        overlap=source_overlap_checks(),
-        manifests=[manifest_of(target) for target in FT["targets"]],
+        **jobs.summary_inputs(config),
     output:
-        summary=f"{R}/report/summary.csv",
-        metrics=f"{R}/report/metrics.json",
-        table=f"{R}/report/summary.md",
-        headline=f"{R}/report/headline.csv",
-        benchmark_md=f"{R}/report/benchmark.md",
-        benchmark_csv=f"{R}/report/benchmark.csv",
+        **{
+            key: at(paths.REPORT, name)
+            for key, name in jobs.SUMMARY_FILES.items()
+            if key != "html"
+        },
         html=report(
-            f"{R}/report/summary.html",
+            at(paths.REPORT, jobs.SUMMARY_FILES["html"]),
             caption="../report/summary.rst",
             category="Summary",
             labels={"table": "all models and classifiers"},
@@ -25,21 +18,19 @@ rule summarize_results:
     conda:
         "../../envs/sklearn.yaml"
     params:
-        seed=config["seed"],
-        report=config["report"],
-        targets=FT["targets"],
+        **jobs.summary_params(config),
     script:
-        "../scripts/summarize_results.py"
+        "../scripts/run_stage.py"
 
 
 rule summarize_faithfulness:
     input:
         faithfulness=explanations("faithfulness"),
     output:
-        table=f"{R}/report/faithfulness.csv",
-        means=f"{R}/report/faithfulness_summary.csv",
+        table=at(paths.REPORT, jobs.FAITHFULNESS_SUMMARY_FILES["table"]),
+        means=at(paths.REPORT, jobs.FAITHFULNESS_SUMMARY_FILES["means"]),
         plot=report(
-            f"{R}/report/faithfulness.png",
+            at(paths.REPORT, jobs.FAITHFULNESS_SUMMARY_FILES["plot"]),
             caption="../report/faithfulness.rst",
             category="Summary",
             labels={"table": "heatmap faithfulness"},
@@ -49,25 +40,14 @@ rule summarize_faithfulness:
     conda:
         "../../envs/sklearn.yaml"
     script:
-        "../scripts/summarize_faithfulness.py"
+        "../scripts/run_stage.py"
 
 
 rule plot_training_curves:
     input:
-        logs=lambda wildcards: [
-            at(
-                paths.MODEL,
-                "log.csv",
-                target=wildcards.target,
-                init=init,
-                seed=FIRST_SEED[0],
-                arch=arch,
-            )
-            for init in INITS
-            for arch in ARCHS
-        ],
+        logs=lambda wildcards: jobs.training_logs(config, wildcards),
     output:
-        report(
+        plot=report(
             at(paths.TRAINING_CURVES),
             caption="../report/training.rst",
             category="Training curves",
@@ -78,4 +58,4 @@ rule plot_training_curves:
     conda:
         "../../envs/sklearn.yaml"
     script:
-        "../scripts/plot_training_curves.py"
+        "../scripts/run_stage.py"

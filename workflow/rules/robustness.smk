@@ -24,11 +24,6 @@ rule assess_robustness:
         mem_mb=4000,
         runtime=60,
     params:
-        dataset=lambda wildcards: DATASETS[wildcards.target],
-        robustness=config["robustness"],
-        fusion=config["fusion"],
-        features=config["features"],
-        seed=config["seed"],
-        device=config["device"],
+        **job_params(jobs.robustness_params),
     script:
-        "../scripts/assess_robustness.py"
+        "../scripts/run_stage.py"

@@ -2,7 +2,7 @@
 # config["results"]: the file depends on the architecture only, so every config shares it.
 rule import_imagenet_weights:
     output:
-        paths.IMPORTED_WEIGHTS,
+        weights=paths.IMPORTED_WEIGHTS,
     log:
         f"{R}/logs/import_imagenet_weights/{{arch}}.log",
     conda:
@@ -11,4 +11,4 @@ rule import_imagenet_weights:
         mem_mb=2000,
         runtime=10,
     script:
-        "../scripts/import_imagenet_weights.py"
+        "../scripts/run_stage.py"
