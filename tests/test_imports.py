@@ -26,6 +26,8 @@ def loaded_after(code: str) -> set[str]:
         ("import medxfer.features", {"sklearn", "skops", "matplotlib"}),
         # plotting and the selection rule: matplotlib only once a figure is drawn, never torch
         ("import medxfer.plots, medxfer.selection", {"torch", "matplotlib"}),
+        # every job's script and the rules' job specs: a stage imports its own library only when it runs
+        ("import medxfer.stages, medxfer.jobs", {"torch", "sklearn", "timm", "PIL", "matplotlib"}),
         # what every DAG build imports (a no-op `snakemake` stays short)
         ("import medxfer.config, medxfer.fingerprint, medxfer.runrecord", {"torch", "sklearn", "timm", "PIL"}),
         # the pipeline stages never load the demo-data generators

@@ -267,7 +267,13 @@ def test_finetune_removes_its_resume_state_and_the_empty_folders_it_leaves(cache
     finetune_model(
         manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, resume_root=root
     )
-    assert (tmp_path / "out/metrics.json").is_file()
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    calibration = metrics["calibration"]  # a temperature fitted on val, its effect on test and val
+    assert calibration["temperature"] > 0 and calibration["fitted_on"] == "val"
+    for split in ("test", "val"):
+        assert {"ece", "brier", "reliability"} <= set(calibration[split]["after"])
+    meta = json.loads((tmp_path / "out/model.json").read_text())
+    assert meta["calibration"]["temperature"] == calibration["temperature"]
     assert not resume.parent.exists(), "its own empty folder stays behind"
     assert (sibling / "state.pt").read_bytes() == b"another run, still going"
     clear_resume(sibling, root)  # the last run: nothing of the tree is left, the folder above the root is kept

@@ -124,6 +124,14 @@ def test_summary_compares_inits_features_and_classifiers(run_dir):
     assert "## demo_mura" in table and "## demo_ct" in table and "cohen_kappa" in table
     nested = json.loads((run_dir / "results/report/metrics.json").read_text())
     assert 0 <= nested["demo_ct"]["indomain"]["fused"]["svm"]["accuracy"] <= 1
+    # each CNN's test calibration before and after its temperature (fitted on val); classifiers have none
+    cnn = summary["classifier"] == "cnn"
+    assert summary.loc[cnn, ["temperature", "ece", "ece_scaled", "brier", "brier_scaled"]].notna().all().all()
+    assert summary.loc[~cnn, "temperature"].isna().all() and (summary.loc[cnn, "temperature"] > 0).all()
+    assert "Calibration of the CNNs on test" in table
+    for model in (run_dir / "results/finetune").glob("*/*/*/*"):
+        with Image.open(model / "reliability.png") as img:
+            assert img.size[0] > 200
 
 
 def test_decisions_use_thresholds_chosen_on_validation_data(run_dir):

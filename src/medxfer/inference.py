@@ -24,5 +24,9 @@ def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, b
 
 def predict_proba(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (softmax) for uint8 (N, C, H, W) images."""
-    logits = predict_logits(model, images, device, batch_size)
+    return softmax_proba(predict_logits(model, images, device, batch_size))
+
+
+def softmax_proba(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities of float32 logits, as every reader of a model computes them."""
     return torch.softmax(logits, dim=1).numpy() if len(logits) else np.zeros((0, 0), dtype=np.float32)

@@ -53,6 +53,27 @@ def plot_roc(roc: pd.DataFrame, auc: float, path: str | os.PathLike, title: str)
     save_figure(fig, path)
 
 
+def plot_reliability(split: dict[str, Any], temperature: float, path: str | os.PathLike, title: str) -> None:
+    """Reliability diagram of one split before and after temperature scaling (medxfer.calibration's bins): mean
+    confidence against accuracy per bin, the diagonal where they agree, ECE in the legend."""
+    fig, ax = new_figure()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for key, label, marker in (("before", "raw", "o"), ("after", f"T = {temperature:.2f}", "s")):
+        bins = [b for b in split[key]["reliability"] if b["n"]]
+        ece = split[key]["ece"]
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker=marker,
+            markersize=3,
+            label=f"{label}, ECE {ece:.3f}" if ece is not None else label,
+        )
+    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=6, loc="upper left")
+    save_figure(fig, path)
+
+
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike, title: str) -> None:
     """Confusion matrix counts (rows true, columns predicted)."""
     fig, ax = new_figure()

@@ -92,8 +92,23 @@ def to_markdown(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]] | No
         lines += [
             f"| {init} | {r.accuracy:.3f} | {r.cohen_kappa:.3f} | {r.roc_auc:.3f} |" for init, r in by_init.iterrows()
         ]
+        lines += _calibration_table(rows)
         lines.append("")
     return "\n".join(lines)
+
+
+def _calibration_table(rows: pd.DataFrame) -> list[str]:
+    """The CNNs' test ECE and Brier score before and after temperature scaling (T fitted on val)."""
+    cnn = rows[rows["temperature"].notna()] if "temperature" in rows else rows.iloc[:0]
+    if cnn.empty:
+        return []
+    lines = ["", "Calibration of the CNNs on test (temperature T fitted on val; ECE over 15 confidence bins):", ""]
+    lines += ["| init | model | T | ECE | ECE scaled | Brier | Brier scaled |", "|---|---|---|---|---|---|---|"]
+    return lines + [
+        f"| {r.init} | {r.features} | {r.temperature:.2f} | {r.ece:.3f} | {r.ece_scaled:.3f} | {r.brier:.3f}"
+        f" | {r.brier_scaled:.3f} |"
+        for r in cnn.itertuples()
+    ]
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:

@@ -74,7 +74,22 @@ def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     row["replicate_of"] = row.pop("replicate_of")  # the column order of earlier summaries
     row["num_parameters"] = metrics.get("num_parameters")
     row["train_seconds"] = _training_seconds(path.with_name("log.csv")) if row["classifier"] == "cnn" else None
-    return row
+    return row | _calibration(metrics)
+
+
+def _calibration(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Test ECE and Brier score before and after temperature scaling, and the temperature (CNN rows; None else)."""
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return dict.fromkeys(("temperature", "ece", "ece_scaled", "brier", "brier_scaled"))
+    test = calibration["test"]
+    return {
+        "temperature": calibration["temperature"],
+        "ece": test["before"]["ece"],
+        "ece_scaled": test["after"]["ece"],
+        "brier": test["before"]["brier"],
+        "brier_scaled": test["after"]["brier"],
+    }
 
 
 def _training_seconds(log_csv: Path) -> float | None:

@@ -22,12 +22,14 @@ from medxfer import models, runtime
 from medxfer.augment import BatchAugment, build_augment
 from medxfer.batches import prepare_batch, train_loader
 from medxfer.cache import CachedDataset, load_cached, pool
+from medxfer.calibration import N_BINS, calibration_report, fit_temperature
 from medxfer.identity import identity
-from medxfer.inference import predict_proba
+from medxfer.inference import predict_logits, softmax_proba
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import choose_threshold, classification_metrics, write_predictions
 from medxfer.objectives import MultiLabel, SimCLR, Supervised
+from medxfer.plots import plot_reliability
 from medxfer.resume import clear_resume, load_resume, resume_fingerprint, save_resume
 from medxfer.runtime import autocast
 
@@ -360,7 +362,9 @@ def finetune_model(
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
     test, val = data.splits["test"], data.splits["val"]
-    proba, val_proba = predict_proba(model, test.images, dev), predict_proba(model, val.images, dev)
+    logits, val_logits = predict_logits(model, test.images, dev), predict_logits(model, val.images, dev)
+    proba, val_proba = softmax_proba(logits), softmax_proba(val_logits)
+    temperature = fit_temperature(val_logits.numpy(), val.labels)
     threshold = None if decision == "argmax" else choose_threshold(val.labels, val_proba, decision)
     metrics = classification_metrics(test.labels, proba, threshold)
     metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
@@ -375,13 +379,25 @@ def finetune_model(
         "epochs_trained": len(history),
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
         "num_parameters": models.num_parameters(model),
+        "calibration": {
+            "temperature": temperature,
+            "fitted_on": "val",
+            "n_bins": N_BINS,
+            **{
+                name: calibration_report(split.labels, z.numpy(), temperature)
+                for name, z, split in (("test", logits, test), ("val", val_logits, val))
+            },
+        },
     }
     test_arrays = {"ids_test": test.ids, "study_test": test.studies, "y_test": test.labels, "classes": data.classes}
     write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
     meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"], "identity": ident}
+    meta["calibration"] = {"temperature": temperature, "fitted_on": "val"}  # readers may scale the logits by it
     models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)
+    title = f"{arch} ({ident['run']}) on {ident['target']}: test"
+    plot_reliability(metrics["calibration"]["test"], temperature, out_dir / "reliability.png", title)
     clear_resume(resume_dir, resume_root)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})
     return metrics

@@ -8,6 +8,13 @@ rule finetune_model:
         log_csv=at(paths.MODEL, "log.csv"),
         metrics=at(paths.MODEL, "metrics.json"),
         predictions=at(paths.MODEL, "predictions.csv"),
+        reliability=report(
+            at(paths.MODEL, "reliability.png"),
+            caption="../report/reliability.rst",
+            category="Calibration",
+            subcategory="{target}",
+            labels={"init": "{init}", "seed": "{seed}", "model": "{arch}"},
+        ),
     log:
         f"{R}/logs/finetune_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.log",
     benchmark:
