@@ -61,7 +61,9 @@ import sys
 import medxfer, medxfer.config
 assert medxfer.__file__.startswith({str(tmp_path / "venv")!r}), medxfer.__file__
 conf = medxfer.config.load({str(ROOT / "config/config.yaml")!r})
-assert conf["explain"] == medxfer.config.section_defaults("explain") and conf["explain"]["n_images"] >= 1
+defaults = {{name: medxfer.config.section_defaults(name) for name in ("fusion", "explain")}}
+assert conf["fusion"] == defaults["fusion"]  # a section config.yaml leaves out: the schema's defaults only
+assert conf["explain"]["n_images"] == defaults["explain"]["n_images"] >= 1  # filled in beside the keys it sets
 try:
     medxfer.config.load({str(bad)!r})
 except medxfer.config.ConfigError as err:
