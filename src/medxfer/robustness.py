@@ -154,6 +154,7 @@ def assess_robustness(
         if list(meta["classes"]) != data.classes:
             raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {data.classes}")
     fusion = dict(fusion or {})
+    mark_work_start()  # refitting the fusion (scaler, PCA) on the train rows is work, not loading
     fused = refit_fusion(
         feature_paths,
         standardize=fusion.get("standardize", True),
@@ -162,7 +163,6 @@ def assess_robustness(
         select_k=fusion.get("select_k"),
     )
     n_classes = len(data.classes)
-    mark_work_start()
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))
     best_identity = read_identity(read_json(best), best, "features", "classifier")
