@@ -29,7 +29,14 @@ def _run(rule: str, args: argparse.Namespace, inputs: dict, outputs: dict, param
     """The workflow job `rule`, rebuilt from medxfer.jobs, run by the stage body the workflow's script runs."""
     from medxfer.stages import Job, Named, run
 
-    job = Job(rule, Named(**inputs), Named(**outputs), Named(**params), Named(**wildcards), threads=args.threads or 1)
+    job = Job(
+        rule,
+        Named(**inputs),
+        Named(**outputs),
+        Named(**params),
+        Named(**wildcards),
+        threads=getattr(args, "threads", None) or 1,
+    )
     run(job)
 
 
@@ -71,8 +78,11 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     _, dataset, out = _dataset(args)
-    outputs = {key: out / name for key, name in (("manifest", "manifest.csv"), ("quarantine", "quarantine.csv"))}
-    outputs["duplicates"] = out / "duplicates.csv"
+    outputs = {
+        "manifest": out / "manifest.csv",
+        "quarantine": out / "quarantine.csv",
+        "duplicates": out / "duplicates.csv",
+    }
     _run("ingest_dataset", args, {}, outputs, {"dataset": dataset, "seed": args.seed}, dataset=args.dataset)
 
 
@@ -186,7 +196,6 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace, files: dict[str, str]) -> tuple[dict, dict[str, str]]:
     conf = cfg.load(args.config)
-    args.threads = 1
     return conf, {key: paths.artifact(args.out or conf["results"], paths.REPORT, name) for key, name in files.items()}
 
 
