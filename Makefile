@@ -14,7 +14,7 @@ SLURM_STAMP := $(SLURM_VENV)/installed.stamp
 $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[workflow,test]"
+	$(BIN)/pip install -e ".[workflow,test,onnx]"
 	touch $@
 
 setup: $(BIN)/snakemake

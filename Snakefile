@@ -21,6 +21,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/robustness.smk"
+include: "workflow/rules/bundle.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -7,8 +7,10 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from medxfer.calibration import (
     brier_score,
     calibration_report,
+    choose_recalibration,
     expected_calibration_error,
     fit_temperature,
+    recalibrated,
     reliability_bins,
     scaled_proba,
 )
@@ -62,3 +64,32 @@ def test_ece_brier_and_bins_on_known_cases():
     assert brier_score(np.array([0, 2]), three) == pytest.approx(
         ((0.3**2 + 0.2**2 + 0.1**2) + (0.2**2 + 0.5**2 + 0.7**2)) / 2
     )
+
+
+def test_recalibration_is_chosen_out_of_fold_and_fixes_a_distorted_classifier():
+    """Out-of-fold probabilities pushed towards 0 and 1 (p^3 odds): Platt or isotonic is chosen and lowers the
+    Brier score on fresh cases; calibrated probabilities are left as they are."""
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        truth = rng.uniform(0.05, 0.95, n)
+        labels = (rng.uniform(size=n) < truth).astype(int)
+        odds = (truth / (1 - truth)) ** 3
+        distorted = odds / (1 + odds)
+        return labels, np.column_stack([1 - distorted, distorted]), np.column_stack([1 - truth, truth])
+
+    labels, oof, _ = sample(600)
+    mapping, report = choose_recalibration(labels, oof, seed=0)
+    assert report["method"] in ("platt", "isotonic") and mapping["method"] == report["method"]
+    assert report["cv_brier"][report["method"]] < report["cv_brier"]["none"]
+    test_labels, test_proba, _ = sample(2000)
+    assert brier_score(test_labels, recalibrated(mapping, test_proba)) < brier_score(test_labels, test_proba) - 0.01
+    if mapping["method"] == "platt":
+        assert mapping["slope"] == pytest.approx(1 / 3, rel=0.2)  # undoes the cube of the odds
+
+    labels, _, honest = sample(600)
+    mapping, _ = choose_recalibration(labels, honest, seed=0)
+    test_labels, _, test_honest = sample(2000)
+    harm = brier_score(test_labels, recalibrated(mapping, test_honest)) - brier_score(test_labels, test_honest)
+    assert harm < 0.005  # whatever it chose for calibrated probabilities costs next to nothing on fresh cases
+    assert choose_recalibration(labels, np.full((600, 3), 1 / 3), seed=0)[0] is None  # multi-class: left alone

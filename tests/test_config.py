@@ -51,3 +51,26 @@ def test_defaults_are_not_shared_between_calls():
     first = validate(minimal())
     first["finetune"]["augment"]["hflip"] = 0.0
     assert validate(minimal())["finetune"]["augment"]["hflip"] == 0.5
+
+
+def test_bundle_choice_and_predictions_must_name_trained_models():
+    conf = minimal() | {
+        "bundle": {"features": "vgg16", "classifier": "xgboost"},
+        "predict": {"new_week": {"input": "x", "target": "b", "init": "imagenet"}},
+    }
+    with pytest.raises(ConfigError) as err:
+        validate(conf)
+    message = str(err.value)
+    for expected in (
+        "bundle.features': 'vgg16'",
+        "bundle.classifier': 'xgboost'",
+        "predict.new_week.target': 'b'",
+        "predict.new_week.init': 'imagenet'",
+    ):
+        assert expected in message
+    assert validate(minimal() | {"predict": {"new_week": {"input": "x", "target": "a", "init": "scratch"}}})
+
+
+def test_prediction_names_are_folder_and_wildcard_safe():
+    with pytest.raises(ConfigError, match="predict"):
+        validate(minimal() | {"predict": {"../up": {"input": "x", "target": "a", "init": "scratch"}}})

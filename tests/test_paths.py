@@ -4,7 +4,7 @@ import string
 
 from medxfer import paths
 
-WILDCARDS = {"dataset", "size", "target", "source", "arch", "init", "seed", "features", "clf"}
+WILDCARDS = {"dataset", "size", "target", "source", "arch", "init", "seed", "features", "clf", "prediction"}
 
 
 def test_artifact_fills_the_wildcards_given_and_keeps_the_others():

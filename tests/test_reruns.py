@@ -27,6 +27,14 @@ SEED = str(TINY.get("seed", 0))  # the tiny run's one training seed: its runs si
 SOURCE = TINY["pretrain"]["source"]
 SUMMARY = {("summarize_results", ""), ("all", "")}  # the report and the target rule: after any change
 FAITHFULNESS = {("summarize_faithfulness", "")}  # after any change to a fine-tuned model
+PREDICTIONS = TINY["predict"]  # name -> its entry: each reads one (target, init) bundle
+
+
+def bundles_and_predictions(target: str, inits: list[str]) -> set[tuple[str, str]]:
+    """The bundles of a target's runs (they choose among its models and classifiers) and the predictions that read
+    them."""
+    reading = [name for name, entry in PREDICTIONS.items() if entry["target"] == target and entry["init"] in inits]
+    return jobs("export_bundle", target=target, init=inits) | jobs("predict", prediction=reading)
 
 
 def planned(snakemake, run_dir: Path) -> set[tuple[str, str]]:
@@ -66,6 +74,7 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
         | jobs("train_classifiers", target=target, init=INITS, seed=SEED)
         | jobs("assess_robustness", target=target, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=target)
+        | bundles_and_predictions(target, INITS)
         | FAITHFULNESS
         | SUMMARY
     )
@@ -155,7 +164,8 @@ def test_classifier_hyperparameters_rerun_the_classifier_jobs_only(run_dir, snak
     # the robustness sweep assesses the best fused classifier, so it reads every fused classifier's results
     robustness = jobs("assess_robustness", target=TARGETS, init=INITS, seed=SEED)
     # one job per run fits every classifier (docs/reruns.md); nothing upstream of the classifiers runs again
-    assert got == jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED) | robustness | SUMMARY
+    bundles = set().union(*(bundles_and_predictions(t, INITS) for t in TARGETS))
+    assert got == jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED) | robustness | bundles | SUMMARY
 
 
 def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_dir, snakemake):
@@ -173,6 +183,7 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
         | jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED)
         | jobs("assess_robustness", target=TARGETS, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=TARGETS)
+        | set().union(*(bundles_and_predictions(t, INITS) for t in TARGETS))
         | FAITHFULNESS
         | SUMMARY
     )

@@ -391,6 +391,31 @@ def test_cli_redoes_an_assess_robustness_job(run_dir, tmp_path):
     assert_same_bytes(ours, run_dir / "results")
 
 
+def test_cli_redoes_an_export_bundle_job(run_dir, tmp_path):
+    """The same bundle, file for file (weights and classifier copies, the card), but the refitted fusion: a skops
+    file stamps its members with the time, so it (and its digest in bundle.json) is compared by its fitted values."""
+    from medxfer.classifiers import load_sklearn_objects
+
+    ours = cli_redo(run_dir, tmp_path, "export-bundle", "--target", "demo_ct", "--init", "indomain")
+    results, rel = run_dir / "results", "bundles/demo_ct/indomain"
+    theirs = [str(p.relative_to(results)) for p in (results / rel).rglob("[!.]*") if p.is_file()]  # not Snakemake's
+    assert sorted(ours) == sorted([*theirs, f"{rel}.json"])
+    assert_same_bytes(ours, results, skip=("fusion.skops", "bundle.json", f"{rel}.json"))
+    metas = [json.loads(p.read_text()) for p in (ours[f"{rel}/bundle.json"], results / rel / "bundle.json")]
+    for meta in metas:
+        meta["files"].pop("fusion.skops", None)
+    assert metas[0] == metas[1]
+    if f"{rel}/fusion.skops" in ours:
+        fusions = [load_sklearn_objects(p) for p in (ours[f"{rel}/fusion.skops"], results / rel / "fusion.skops")]
+        for ours_scaler, their_scaler in zip(fusions[0]["scalers"], fusions[1]["scalers"], strict=True):
+            np.testing.assert_array_equal(ours_scaler.mean_, their_scaler.mean_)
+            np.testing.assert_array_equal(ours_scaler.scale_, their_scaler.scale_)
+        for key in ("kept", "pca"):
+            assert (fusions[0][key] is None) == (fusions[1][key] is None)
+        if fusions[0]["pca"] is not None:
+            np.testing.assert_array_equal(fusions[0]["pca"].components_, fusions[1]["pca"].components_)
+
+
 def test_cli_redoes_the_checks_curves_and_summaries(run_dir, tmp_path):
     """check_source_overlap, plot_training_curves, summarize_results and summarize_faithfulness: the same files."""
     ours = {}

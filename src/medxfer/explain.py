@@ -88,7 +88,7 @@ def annotated(image: np.ndarray, heatmap: np.ndarray, caption: str) -> np.ndarra
     return np.asarray(canvas)
 
 
-def _save_png(path: Path, rgb: np.ndarray) -> None:
+def save_png(path: Path, rgb: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
@@ -194,7 +194,7 @@ def _write_overlays(
             f"{method} | label {classes[record.label]} | pred {classes[record.prediction]}"
             f" p={record.probability:.2f} ({record.outcome})"
         )
-        _save_png(path, annotated(image, heat, caption))
+        save_png(path, annotated(image, heat, caption))
         paths.append(str(path.relative_to(out_dir)))
     return paths
 

@@ -19,7 +19,7 @@ from medxfer.log import get_logger, mark_work_start
 from medxfer.runtime import autocast, to_device
 
 
-def _forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled penultimate layer (with stages=2 also the global-average-pooled output of the stage before it) and the
     logits, which timm's classifier computes from that same penultimate layer."""
     if stages == 1:
@@ -49,7 +49,7 @@ def features_and_proba(
     for start in range(0, len(images), batch_size):
         batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
         with autocast(device):
-            feats, logits = _forward_pooled(model, models.normalize(batch), stages)
+            feats, logits = forward_pooled(model, models.normalize(batch), stages)
         feature_chunks.append(feats.float().flatten(1).cpu().numpy())
         proba_chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(feature_chunks).astype(np.float32), np.concatenate(proba_chunks)

@@ -372,6 +372,11 @@ def dicom_ids(path: str | Path) -> tuple[str, str]:
     return str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
 
 
+def dicom_modality(path: str | Path) -> str:
+    """The header's Modality (CT, CR, DX, ...), '' where absent; read without pixel data."""
+    return str(_read_header(path, stop_before_pixels=True).get("Modality", "") or "")
+
+
 def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from medxfer import config as cfg
@@ -318,3 +319,57 @@ def summary_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def summary_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"seed": config["seed"], "report": config["report"], "targets": config["finetune"]["targets"]}
+
+
+def bundle_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """What export_bundle chooses from and copies: the first seed's CNNs, their features (the fusion is refitted on
+    their train rows) and every classifier, the target's manifest (the card's data) and the robustness sweep."""
+    first = SimpleNamespace(target=wildcards.target, init=wildcards.init, seed=first_seed(config))
+    run = run_fields(first)
+    return {
+        "cnn": model_files(config, "metrics.json", first),
+        "weights": model_files(config, "model.safetensors", first),
+        "metas": model_files(config, "model.json", first),
+        "features": [features_file(config["results"], first, a) for a in config["finetune"]["archs"]],
+        "classifiers": [
+            paths.artifact(config["results"], paths.CLASSIFIER, "metrics.json", features=f, clf=c, **run)
+            for f in feature_sets(config)
+            for c in config["classifiers"]
+        ],
+        "models": [
+            paths.artifact(config["results"], paths.CLASSIFIER, "model.skops", features=f, clf=c, **run)
+            for f in feature_sets(config)
+            for c in config["classifiers"]
+        ],
+        "manifest": manifest_of(config, wildcards.target),
+        "robustness": paths.artifact(config["results"], paths.ROBUSTNESS_TABLE, **run),
+    }
+
+
+def bundle_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    return {
+        "dataset": config["datasets"][wildcards.target],
+        "choose": config["bundle"],
+        "fusion": config["fusion"],
+        "stages": config["features"]["stages"],
+        "seed": first_seed(config),  # the run's: the fusion is refitted as extract_features fitted it
+        "bootstrap_seed": config["seed"],
+    }
+
+
+def bundles(config: Mapping[str, Any]) -> list[str]:
+    """Every target's and init's bundle folder."""
+    ft = config["finetune"]
+    return [
+        paths.artifact(config["results"], paths.BUNDLE, target=t, init=i) for t in ft["targets"] for i in ft["inits"]
+    ]
+
+
+def predict_bundle(config: Mapping[str, Any], wildcards: Any, template: str = paths.BUNDLE) -> str:
+    """The bundle a configured prediction reads (`template` BUNDLE_RECORD: its record, the rule's input)."""
+    entry = config["predict"][wildcards.prediction]
+    return paths.artifact(config["results"], template, target=entry["target"], init=entry["init"])
+
+
+def predictions(config: Mapping[str, Any]) -> list[str]:
+    return [paths.artifact(config["results"], paths.PREDICTIONS, prediction=n) for n in config["predict"]]

@@ -34,7 +34,7 @@ MANIFEST_FIELDS = ("path", "label", "patient_id", "study_id", "split", "image_id
 NPZ_CLASS_KEYS = ("label_names", "classes")
 
 
-def _looks_like_image(path: Path) -> bool:
+def looks_like_image(path: Path) -> bool:
     """By extension or DICOM preamble only: the real check is decoding, done once for all formats at ingest."""
     return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
@@ -43,7 +43,7 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name.lower() in SKIPPED_NAMES or name.split(".")[0].lower() in SKIPPED_STEMS
 
 
-def _walk(folder: Path, root: Path, found: Found) -> list[Path]:
+def walk_files(folder: Path, root: Path, found: Found) -> list[Path]:
     """Files under `folder`, sorted, the one walk of every reader. Links that stay inside root are followed, links
     that leave it, broken links, link loops and names that are not UTF-8 are quarantined; hidden and system files
     (Thumbs.db, README, .DS_Store, DICOMDIR) are noted in `found.skipped`."""
@@ -103,7 +103,7 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def _inside(root: Path, relative: str | Path, what: str) -> Path:
+def inside_root(root: Path, relative: str | Path, what: str) -> Path:
     """`root / relative`, refused if it escapes root, so a config cannot pull in files from elsewhere."""
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
@@ -116,7 +116,7 @@ def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
     found = Found()
     parts = {p.upper() for p in dataset.get("body_parts", [])}
     for split_dir, split in MURA_SPLITS.items():
-        for path in _walk(root / split_dir, root, found):
+        for path in walk_files(root / split_dir, root, found):
             rel = path.relative_to(root)
             if parts and len(rel.parts) > 2 and rel.parts[1].upper() not in parts:
                 continue
@@ -150,9 +150,9 @@ def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
     With `labels: none`, every image anywhere under root, labelled 'none' (for self-supervised pretraining)."""
     found = Found()
     if dataset.get("labels") == "none":
-        for path in _walk(root, root, found):
+        for path in walk_files(root, root, found):
             rel = str(path.relative_to(root))
-            if _looks_like_image(path):
+            if looks_like_image(path):
                 row = {"path": rel, "label_name": NO_LABEL, "patient_id": rel, "study_id": rel, "split": None}
                 found.rows.append(row)
             else:
@@ -164,12 +164,12 @@ def _read_imagefolder(root: Path, dataset: Mapping[str, Any]) -> Found:
     by_split = bool(tops) and all(d.name.lower() in FOLDER_SPLITS for d in tops)
     bases = [(d, FOLDER_SPLITS[d.name.lower()]) for d in tops] if by_split else [(root, None)]
     for base, split in bases:
-        for path in _walk(base, root, found):
+        for path in walk_files(base, root, found):
             rel = path.relative_to(root)
             depth = len(path.relative_to(base).parts)
             if depth < 2:
                 found.reject(rel, f"not inside a class folder of {base}")
-            elif not _looks_like_image(path):
+            elif not looks_like_image(path):
                 found.reject(rel, f"not an image file (extension '{path.suffix}', no DICOM preamble)")
             else:
                 label = path.relative_to(base).parts[0]
@@ -247,12 +247,12 @@ def _read_manifest(root: Path, dataset: Mapping[str, Any]) -> Found:
 
 def _add_series(found: Found, root: Path, folder: Path, record: dict, where: str) -> None:
     """Every image file of a series folder becomes a row with the folder's label, patient and study."""
-    files = _walk(folder, root, found)
+    files = walk_files(folder, root, found)
     if not files:
         found.reject(folder.relative_to(root), f"{where}: folder has no files")
     for path in files:
         rel = path.relative_to(root)
-        if not _looks_like_image(path):
+        if not looks_like_image(path):
             found.reject(rel, f"{where}: not a DICOM or image file in series folder (no DICOM data set)")
             continue
         ids = _patient_and_study(found, path, str(rel), record, record["path"])
@@ -338,7 +338,7 @@ def _npz_class_names(dataset: Mapping[str, Any], meta: dict, labels: list[np.nda
 def _read_npz(root: Path, dataset: Mapping[str, Any]) -> Found:
     """MedMNIST layout ({split}_images/{split}_labels, splits kept) or flat layout (images, labels, optional
     patient_ids, image_ids, split). Rows address images as `<file>#<key>[<index>]`."""
-    file = _inside(root, dataset["file"], "npz file")
+    file = inside_root(root, dataset["file"], "npz file")
     rel = file.relative_to(root.resolve())
     try:
         with np.load(file, allow_pickle=False) as data:

@@ -98,17 +98,30 @@ def to_markdown(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]] | No
 
 
 def _calibration_table(rows: pd.DataFrame) -> list[str]:
-    """The CNNs' test ECE and Brier score before and after temperature scaling (T fitted on val)."""
-    cnn = rows[rows["temperature"].notna()] if "temperature" in rows else rows.iloc[:0]
-    if cnn.empty:
+    """Test ECE and Brier score before and after calibration: the CNNs' temperature scaling (T fitted on val) and the
+    fused classifiers' recalibration (none, Platt or isotonic, chosen on out-of-fold predictions)."""
+    if "temperature" not in rows:
         return []
-    lines = ["", "Calibration of the CNNs on test (temperature T fitted on val; ECE over 15 confidence bins):", ""]
-    lines += ["| init | model | T | ECE | ECE scaled | Brier | Brier scaled |", "|---|---|---|---|---|---|---|"]
-    return lines + [
-        f"| {r.init} | {r.features} | {r.temperature:.2f} | {r.ece:.3f} | {r.ece_scaled:.3f} | {r.brier:.3f}"
-        f" | {r.brier_scaled:.3f} |"
-        for r in cnn.itertuples()
-    ]
+    lines = []
+    cnn = rows[rows["temperature"].notna()]
+    if not cnn.empty:
+        lines += ["", "Calibration of the CNNs on test (temperature T fitted on val; ECE over 15 confidence bins):", ""]
+        lines += ["| init | model | T | ECE | ECE scaled | Brier | Brier scaled |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r.init} | {r.features} | {r.temperature:.2f} | {r.ece:.3f} | {r.ece_scaled:.3f} | {r.brier:.3f}"
+            f" | {r.brier_scaled:.3f} |"
+            for r in cnn.itertuples()
+        ]
+    fused = rows[(rows["features"] == "fused") & rows["recalibration"].notna()]
+    if not fused.empty:
+        lines += ["", "Classifiers on fused features on test, recalibrated as chosen on out-of-fold predictions:", ""]
+        lines += ["| init | classifier | method | ECE | ECE after | Brier | Brier after |", "|---" * 7 + "|"]
+        lines += [
+            f"| {r.init} | {r.classifier} | {r.recalibration} | {r.ece:.3f} | {r.ece_scaled:.3f} | {r.brier:.3f}"
+            f" | {r.brier_scaled:.3f} |"
+            for r in fused.itertuples()
+        ]
+    return lines
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:

@@ -41,7 +41,7 @@ def _keys(metrics: dict[str, Any], path: Path) -> dict[str, str]:
     return keys | {"classifier": ident["classifier"], "replicate_of": ident["init"]}
 
 
-def _with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
+def metrics_with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """The metrics file, completed with intervals (and study-level results) from predictions.csv where missing."""
     metrics = read_json(path)
     predictions = path.with_name(PREDICTIONS)
@@ -62,7 +62,7 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """A metrics.json as one flat row: its keys, every metric with _lo/_hi interval, selection AUC and costs."""
-    metrics = _with_intervals(path, n_bootstrap, seed)
+    metrics = metrics_with_intervals(path, n_bootstrap, seed)
     row = _keys(metrics, path) | _flat("", metrics)
     row["n_test"] = row.pop("n")
     study = metrics.get("study", {})
@@ -78,13 +78,15 @@ def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
 
 
 def _calibration(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Test ECE and Brier score before and after temperature scaling, and the temperature (CNN rows; None else)."""
+    """Test ECE and Brier score before and after calibration: a CNN's temperature scaling (its T), a classifier's
+    recalibration (its method: platt, isotonic, or none when neither helped out of fold)."""
     calibration = metrics.get("calibration")
     if not calibration:
-        return dict.fromkeys(("temperature", "ece", "ece_scaled", "brier", "brier_scaled"))
+        return dict.fromkeys(("temperature", "recalibration", "ece", "ece_scaled", "brier", "brier_scaled"))
     test = calibration["test"]
     return {
-        "temperature": calibration["temperature"],
+        "temperature": calibration.get("temperature"),
+        "recalibration": calibration.get("method") or ("none" if "cv_brier" in calibration else None),
         "ece": test["before"]["ece"],
         "ece_scaled": test["after"]["ece"],
         "brier": test["before"]["brier"],

@@ -263,6 +263,43 @@ def assess_robustness(job: Any) -> None:
 
 
 @stage
+def export_bundle(job: Any) -> None:
+    from medxfer.bundle import export_bundle as export
+
+    meta = export(
+        [Path(p) for p in [*job.input.cnn, *job.input.classifiers]],
+        [Path(p).parent for p in job.input.weights],
+        [Path(p) for p in job.input.features],
+        Path(job.input.manifest),
+        job.params.dataset,
+        Path(job.output.bundle),
+        record=Path(job.output.record),
+        fusion=job.params.fusion,
+        stages=job.params.stages,
+        choose=job.params.choose,
+        robustness_table=Path(job.input.robustness),
+        seed=job.params.seed,
+        bootstrap_seed=job.params.bootstrap_seed,
+    )
+    _logger(job, "medxfer.bundle").info("bundled %s, chosen by %s", meta["identity"], meta["chosen_by"])
+
+
+@stage
+def predict(job: Any) -> None:
+    from medxfer.predict import predict as run_bundle
+
+    record = run_bundle(
+        Path(job.params.bundle),
+        Path(job.params.source),
+        Path(job.output.folder),
+        heatmaps=job.params.heatmaps,
+        device=job.params.device,
+        threads=job.threads,
+    )
+    _logger(job, "medxfer.predict").info("%s", record)
+
+
+@stage
 def plot_training_curves(job: Any) -> None:
     from medxfer.plots import plot_training_curves as plot
 

@@ -65,6 +65,7 @@ CHAIN_FIRST = 5
 
 wildcard_constraints:
     dataset="[A-Za-z][A-Za-z0-9_]*",
+    prediction="[A-Za-z][A-Za-z0-9_]*",
     target="[A-Za-z][A-Za-z0-9_]*",
     source="[A-Za-z][A-Za-z0-9_]*(\\+[A-Za-z][A-Za-z0-9_]*)*",
     demo_set="|".join(paths.DEMO_SETS),
@@ -237,6 +238,58 @@ def job_params(builder):
     }
 
 
+def bundle_inputs(wildcards):
+    return jobs.bundle_inputs(config, wildcards)
+
+
+def _generated_set_of(source):
+    """The demo set a path lies in, if rule synthesize_demo makes it; else None."""
+    path = Path(source)
+    return next(
+        (s for s in map(paths.generated_demo_set, [path, *path.parents]) if s), None
+    )
+
+
+def predict_inputs(wildcards):
+    """The bundle and the images (time ignored, as for ingest); for demo images, the generated set they lie in and
+    synthesize_demo's stamp."""
+    source = config["predict"][wildcards.prediction]["input"]
+    inputs = {
+        "bundle": jobs.predict_bundle(config, wildcards, paths.BUNDLE_RECORD),
+        "images": ancient(source),
+    }
+    demo_set = _generated_set_of(source)
+    if demo_set:
+        inputs |= {
+            "images": ancient(f"{paths.DEMO_ROOT}/{demo_set}"),
+            "stamp": demo_stamp(demo_set),
+        }
+    return inputs
+
+
+def predict_fingerprint(wildcards):
+    """Content digest of the images a prediction reads; images under generated demo data count by the generator's
+    settings until edited (see raw_fingerprint)."""
+    source = config["predict"][wildcards.prediction]["input"]
+    demo_set = _generated_set_of(source)
+    if demo_set:
+        root = f"{paths.DEMO_ROOT}/{demo_set}"
+        settings = demo_params(SimpleNamespace(demo_set=demo_set)) | {
+            "demo_set": demo_set,
+            "input": source,
+        }
+        return medxfer.fingerprint.generated_fingerprint(
+            f"predict-{wildcards.prediction}",
+            {"format": "imagefolder", "root": root},
+            demo_stamp(demo_set),
+            settings,
+        )
+    sidecar = Path(
+        medxfer.fingerprint.SIDECAR_DIR, f"predict-{wildcards.prediction}.json"
+    )
+    return medxfer.fingerprint.fingerprint([source], sidecar)["sha256"]
+
+
 def robustness_inputs(wildcards):
     inputs = jobs.robustness_inputs(config, wildcards)
     if "raw" in inputs:  # time ignored, as for ingest (DVC resets times)
@@ -283,4 +336,6 @@ def final_outputs():
         ),
         *expand(at(paths.TRAINING_CURVES), target=FT["targets"]),
         *source_overlap_checks(),
+        *jobs.bundles(config),
+        *jobs.predictions(config),
     ]
