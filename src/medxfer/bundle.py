@@ -31,6 +31,7 @@ CARD_FILE = "model_card.md"
 CNN_DIR = "cnn"
 FUSION_FILE = "fusion.skops"
 CLASSIFIER_FILE = "classifier.skops"
+RELIABILITY_FILE = "reliability.png"
 CNN_FILES = ("model.safetensors", "model.json")
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "cohen_kappa", "f1", "sensitivity", "specificity")
 
@@ -158,6 +159,8 @@ def export_bundle(
         _save_fusion(feature_paths, fusion or {}, seed, out_dir / FUSION_FILE)
     if ident["classifier"] != "cnn":
         shutil.copyfile(chosen.with_name("model.skops"), out_dir / CLASSIFIER_FILE)
+    if chosen.with_name(RELIABILITY_FILE).is_file():  # test calibration before and after, drawn by the model's job
+        shutil.copyfile(chosen.with_name(RELIABILITY_FILE), out_dir / RELIABILITY_FILE)
     cnn_meta = read_json(archs[used[0]] / "model.json")
     model_name = f"fused/{ident['classifier']}" if fused else ident["features"]
     meta: dict[str, Any] = {

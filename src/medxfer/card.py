@@ -89,6 +89,8 @@ def model_card(meta: Mapping[str, Any]) -> str:
         )
         if calibration.get("temperature") is not None or calibration.get("recalibration"):
             cal_text += " `medxfer predict` writes them (`calibrated_<class>`) beside the raw ones the decision uses."
+    diagram = ["![Reliability on test, before and after](reliability.png)", ""]
+    diagram = diagram if "reliability.png" in meta["files"] else []
     windows = f", CT windows {pre['windows']}" if pre.get("windows") else ""
     lines = [
         f"# Model card: {ident['target']} / {ident['init']} (seed {ident['seed']})",
@@ -126,6 +128,7 @@ def model_card(meta: Mapping[str, Any]) -> str:
         "",
         cal_text,
         "",
+        *diagram,
         "## Robustness (perturbed test images)",
         "",
         *_robustness_lines(meta.get("robustness")),

@@ -145,20 +145,23 @@ def _write_curves(
     classes: list[str],
     title: str,
     roc_path: str | os.PathLike | None,
-    roc_plot: str | os.PathLike | None,
-    confusion_plot: str | os.PathLike | None,
+    plots: Mapping[str, str | os.PathLike | None],
 ) -> None:
-    """The test ROC points as CSV and the ROC / confusion-matrix PNGs, each only when asked for."""
+    """The test ROC points as CSV and the ROC, confusion-matrix and reliability PNGs, each only when asked for."""
     if roc_path is not None:
         with atomic_path(roc_path) as tmp:
             roc.to_csv(tmp, index=False)
-    if roc_plot is not None or confusion_plot is not None:
-        from medxfer.plots import plot_confusion, plot_roc  # matplotlib only when plots are asked for
+    if any(path is not None for path in plots.values()):
+        from medxfer.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib only when asked for
 
-        if roc_plot is not None:
-            plot_roc(roc, metrics["roc_auc"], roc_plot, title)
-        if confusion_plot is not None:
-            plot_confusion(np.array(metrics["confusion_matrix"]), classes, confusion_plot, title)
+        if plots.get("roc") is not None:
+            plot_roc(roc, metrics["roc_auc"], plots["roc"], title)
+        if plots.get("confusion") is not None:
+            plot_confusion(np.array(metrics["confusion_matrix"]), classes, plots["confusion"], title)
+        if plots.get("reliability") is not None:
+            method = metrics["calibration"]["method"]
+            after = f"{method} (chosen out of fold)" if method else "no recalibration helped"
+            plot_reliability(metrics["calibration"]["test"], after, plots["reliability"], title)
 
 
 def train_classifier(
@@ -173,6 +176,7 @@ def train_classifier(
     roc_path: str | os.PathLike | None = None,
     roc_plot: str | os.PathLike | None = None,
     confusion_plot: str | os.PathLike | None = None,
+    reliability_plot: str | os.PathLike | None = None,
     member_metrics: Sequence[str | os.PathLike] = (),
     n_bootstrap: int = N_BOOTSTRAP,
     cv_folds: int = CV_FOLDS,
@@ -261,7 +265,8 @@ def train_classifier(
     }
     roc = roc_points(data["y_test"], proba, classes)
     title = f"{name} on {features_path.stem} (test, n={len(proba)})"
-    _write_curves(roc, metrics, classes, title, roc_path, roc_plot, confusion_plot)
+    plots = {"roc": roc_plot, "confusion": confusion_plot, "reliability": reliability_plot}
+    _write_curves(roc, metrics, classes, title, roc_path, plots)
     write_json(metrics_path, metrics)
     return metrics
 
@@ -276,7 +281,8 @@ def train_run_classifiers(
     **settings: Any,
 ) -> None:
     """Every classifier on every feature file of one run, as rule train_classifiers does: `outputs` maps each of
-    model, predictions, oof, metrics, roc, roc_plot, confusion_plot to one path per (classifier, feature set),
+    model, predictions, oof, metrics, roc, roc_plot, confusion_plot, reliability_plot to one path per (classifier,
+    feature set),
     classifiers in the order given (the ensemble last), feature sets in `feature_sets` order. `settings`: seed,
     threads, decision and pca_components of train_classifier.
     """
@@ -293,6 +299,7 @@ def train_run_classifiers(
                 roc_path=Path(outputs["roc"][k]),
                 roc_plot=Path(outputs["roc_plot"][k]),
                 confusion_plot=Path(outputs["confusion_plot"][k]),
+                reliability_plot=Path(outputs["reliability_plot"][k]),
                 member_metrics=members if clf == ENSEMBLE else [],
                 oof_path=Path(outputs["oof"][k]),
                 **settings,

@@ -164,6 +164,7 @@ CLASSIFY_FILES = {  # train_classifiers' outputs per (classifier, feature set), 
     "roc": "roc.csv",
     "roc_plot": "roc.png",
     "confusion_plot": "confusion.png",
+    "reliability_plot": "reliability.png",
 }
 
 
@@ -326,21 +327,23 @@ def bundle_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
     their train rows) and every classifier, the target's manifest (the card's data) and the robustness sweep."""
     first = SimpleNamespace(target=wildcards.target, init=wildcards.init, seed=first_seed(config))
     run = run_fields(first)
+
+    def classifier_files(name: str) -> list[str]:
+        return [
+            paths.artifact(config["results"], paths.CLASSIFIER, name, features=f, clf=c, **run)
+            for f in feature_sets(config)
+            for c in config["classifiers"]
+        ]
+
     return {
         "cnn": model_files(config, "metrics.json", first),
         "weights": model_files(config, "model.safetensors", first),
         "metas": model_files(config, "model.json", first),
         "features": [features_file(config["results"], first, a) for a in config["finetune"]["archs"]],
-        "classifiers": [
-            paths.artifact(config["results"], paths.CLASSIFIER, "metrics.json", features=f, clf=c, **run)
-            for f in feature_sets(config)
-            for c in config["classifiers"]
-        ],
-        "models": [
-            paths.artifact(config["results"], paths.CLASSIFIER, "model.skops", features=f, clf=c, **run)
-            for f in feature_sets(config)
-            for c in config["classifiers"]
-        ],
+        "classifiers": classifier_files("metrics.json"),
+        "models": classifier_files("model.skops"),
+        # the chosen model's reliability diagram goes into the bundle
+        "reliability": model_files(config, "reliability.png", first) + classifier_files("reliability.png"),
         "manifest": manifest_of(config, wildcards.target),
         "robustness": paths.artifact(config["results"], paths.ROBUSTNESS_TABLE, **run),
     }

@@ -53,12 +53,13 @@ def plot_roc(roc: pd.DataFrame, auc: float, path: str | os.PathLike, title: str)
     save_figure(fig, path)
 
 
-def plot_reliability(split: dict[str, Any], temperature: float, path: str | os.PathLike, title: str) -> None:
-    """Reliability diagram of one split before and after temperature scaling (medxfer.calibration's bins): mean
-    confidence against accuracy per bin, the diagonal where they agree, ECE in the legend."""
+def plot_reliability(split: dict[str, Any], after: str, path: str | os.PathLike, title: str) -> None:
+    """Reliability diagram of one split before and after calibration (medxfer.calibration's bins; `after` names the
+    calibration, e.g. "T = 1.20"): mean confidence against accuracy per bin, the diagonal where they agree, ECE in
+    the legend."""
     fig, ax = new_figure()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    for key, label, marker in (("before", "raw", "o"), ("after", f"T = {temperature:.2f}", "s")):
+    for key, label, marker in (("before", "raw", "o"), ("after", after, "s")):
         bins = [b for b in split[key]["reliability"] if b["n"]]
         ece = split[key]["ece"]
         ax.plot(

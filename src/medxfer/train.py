@@ -397,7 +397,7 @@ def finetune_model(
     models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)
     title = f"{arch} ({ident['run']}) on {ident['target']}: test"
-    plot_reliability(metrics["calibration"]["test"], temperature, out_dir / "reliability.png", title)
+    plot_reliability(metrics["calibration"]["test"], f"T = {temperature:.2f}", out_dir / "reliability.png", title)
     clear_resume(resume_dir, resume_root)
     logger.info("test metrics: %s", {k: metrics[k] for k in ("accuracy", "f1", "cohen_kappa", "roc_auc")})
     return metrics

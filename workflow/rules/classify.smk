@@ -9,6 +9,7 @@ rule train_classifiers:
         roc=classify_outputs("roc.csv"),
         roc_plot=reported("roc.png", "ROC curves"),
         confusion_plot=reported("confusion.png", "Confusion matrices"),
+        reliability_plot=reported("reliability.png", "Calibration"),
     log:
         f"{R}/logs/train_classifiers/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
