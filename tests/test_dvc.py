@@ -115,9 +115,10 @@ def test_dvc_yaml_repro_metrics_plots_push_and_pull(run_dir, snakemake, tmp_path
     third = dvc(work, "repro")
     # job headers: the classifier jobs (2 targets x 2 inits; each fits every classifier, the others to the same
     # numbers), the robustness sweeps of the best fused classifier (they read every fused classifier's results),
-    # the summary
+    # the bundles (they choose among the classifiers) and the one configured prediction, and the summary
     ran = JOB_HEADER.findall(third)
-    assert sorted(ran) == ["all"] + ["assess_robustness"] * 4 + ["summarize_results"] + ["train_classifiers"] * 4, ran
+    expected = ["all"] + ["assess_robustness"] * 4 + ["export_bundle"] * 4 + ["predict", "summarize_results"]
+    assert sorted(ran) == expected + ["train_classifiers"] * 4, ran
     diff = dvc_json(work, "metrics", "diff")["results/report/metrics.json"]
     changed = [k for k, v in diff.items() if v.get("diff")]
     assert any(".svm." in k for k in changed), changed

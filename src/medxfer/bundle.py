@@ -137,6 +137,7 @@ def export_bundle(
     run's `seed`. `bootstrap_seed`: the report's, for intervals a metrics file lacks. `record`: a small JSON beside
     the folder with the digest of its bundle.json, which changes exactly when the bundle does (a rule downstream
     reads it: Snakemake checksums files, but only times folders).
+    Long on purpose: bundle.json's fields are listed in one place, in the order a reader meets them.
     """
     from medxfer.card import model_card  # the card's wording stays out of the bundle's logic
     from medxfer.results import metrics_with_intervals

@@ -63,7 +63,7 @@ def _robustness_lines(rows: list[Mapping[str, Any]] | None) -> list[str]:
 
 
 def model_card(meta: Mapping[str, Any]) -> str:
-    """The card's Markdown."""
+    """The card's Markdown. Long on purpose: the card reads top to bottom here, one section after the other."""
     ident, predictor, pre = meta["identity"], meta["predictor"], meta["preprocessing"]
     what = (
         f"the fine-tuned {ident['features']} CNN with its own head"

@@ -98,13 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     args.threads = conf["threads"]["pretrain_model"] if args.threads is None else args.threads
     results = args.out or conf["results"]
     checkpoint = paths.artifact(results, paths.PRETRAINED, source=args.source, arch=args.arch)
-    params = {
-        "train": jobs.pretrain_params(conf, args),
-        "resume": jobs.resume_dir(results, "pretrain", args),
-        "resume_root": str(Path(results, paths.RESUME)),
-        "seed": conf["seed"],
-        "device": conf["device"],
-    }
+    params = jobs.pretrain_settings(conf, args, results)
     outputs = {"weights": f"{checkpoint}/model.safetensors"}
     _run("pretrain_model", args, jobs.source_inputs(conf, args), outputs, params, source=args.source, arch=args.arch)
 
@@ -128,15 +122,7 @@ def _wildcards(args: argparse.Namespace) -> dict[str, object]:
 def cmd_finetune(args: argparse.Namespace) -> None:
     conf, results = _job(args)
     model = paths.artifact(results, paths.MODEL, **jobs.run_fields(args), arch=args.arch)
-    params = {
-        "train": jobs.finetune_params(conf, args),
-        "resume": jobs.resume_dir(results, "finetune", args),
-        "resume_root": str(Path(results, paths.RESUME)),
-        "run": jobs.run_name(conf, args),
-        "seed": jobs.run_seed(args),
-        "decision": conf["decision"]["threshold"],
-        "device": conf["device"],
-    }
+    params = jobs.finetune_settings(conf, args, results)
     inputs = jobs.target_inputs(conf, args) | jobs.init_inputs(conf, args)
     _run(args.rule, args, inputs, {"weights": f"{model}/model.safetensors"}, params, **_wildcards(args))
 
@@ -144,13 +130,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     conf, results = _job(args)
     inputs = jobs.target_inputs(conf, args) | {"weights": jobs.model_files(conf, "model.safetensors", args)}
-    params = {
-        "batch_size": conf["features"]["batch_size"],
-        "stages": conf["features"]["stages"],
-        "device": conf["device"],
-        "fusion": conf["fusion"],
-        "seed": jobs.run_seed(args),
-    }
+    params = jobs.extract_settings(conf, args)
     _run(args.rule, args, inputs, jobs.extract_outputs(conf, results, args), params, **_wildcards(args))
 
 
@@ -166,8 +146,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     inputs = jobs.target_inputs(conf, args) | {"weights": jobs.model_files(conf, "model.safetensors", args)}
     outputs = {"folders": jobs.explain_outputs(conf, results, "folder", args)}
     outputs["faithfulness"] = jobs.explain_outputs(conf, results, "faithfulness", args)
-    params = {"explain": conf["explain"], "seed": conf["seed"], "device": conf["device"]}
-    _run(args.rule, args, inputs, outputs, params, **_wildcards(args))
+    _run(args.rule, args, inputs, outputs, jobs.explain_settings(conf, args), **_wildcards(args))
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:

@@ -92,6 +92,50 @@ def finetune_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]
     return cfg.training_params(config, "finetune", wildcards.target)
 
 
+def _resume(config: Mapping[str, Any], stage: str, wildcards: Any, results: str | None) -> dict[str, str]:
+    results = results or config["results"]
+    return {"resume": resume_dir(results, stage, wildcards), "resume_root": str(Path(results, paths.RESUME))}
+
+
+def pretrain_settings(config: Mapping[str, Any], wildcards: Any, results: str | None = None) -> dict[str, Any]:
+    """pretrain_model's params; `results`: where the job writes (the command line's --out), default the config's."""
+    return (
+        {"train": pretrain_params(config, wildcards)}
+        | _resume(config, "pretrain", wildcards, results)
+        | {"seed": config["seed"], "device": config["device"]}
+    )
+
+
+def finetune_settings(config: Mapping[str, Any], wildcards: Any, results: str | None = None) -> dict[str, Any]:
+    """finetune_model's params (see pretrain_settings)."""
+    return (
+        {"train": finetune_params(config, wildcards)}
+        | _resume(config, "finetune", wildcards, results)
+        | {
+            "run": run_name(config, wildcards),
+            "seed": run_seed(wildcards),
+            "decision": config["decision"]["threshold"],
+            "device": config["device"],
+        }
+    )
+
+
+def extract_settings(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """extract_features' params: the fusion is seeded by the run's training seed."""
+    features = config["features"]
+    return {
+        "batch_size": features["batch_size"],
+        "stages": features["stages"],
+        "device": config["device"],
+        "fusion": config["fusion"],
+        "seed": run_seed(wildcards),
+    }
+
+
+def explain_settings(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    return {"explain": config["explain"], "seed": config["seed"], "device": config["device"]}
+
+
 def model_files(config: Mapping[str, Any], name: str, wildcards: Any) -> list[str]:
     """The file `name` of every fine-tuned model (one per arch) of the job's target, init and seed."""
     run = run_fields(wildcards)

@@ -39,9 +39,6 @@ def at(template, name=None, **fields):
     return paths.artifact(R, template, name, **fields)
 
 
-RESUME_ROOT = str(
-    Path(R, paths.RESUME)
-)  # training jobs' per-epoch state, outside their outputs
 DATASETS = config["datasets"]
 FT = config["finetune"]
 ARCHS = FT["archs"]
@@ -157,28 +154,12 @@ def demo_params(wildcards):
 run_seed = jobs.run_seed
 
 
-def run_name(wildcards):
-    return jobs.run_name(config, wildcards)
-
-
 def init_inputs(wildcards):
     return jobs.init_inputs(config, wildcards)
 
 
 def indomain_sources():
     return jobs.indomain_sources(config)
-
-
-def finetune_params(wildcards):
-    return jobs.finetune_params(config, wildcards)
-
-
-def pretrain_params(wildcards):
-    return jobs.pretrain_params(config, wildcards)
-
-
-def resume_dir(stage):
-    return lambda wildcards: jobs.resume_dir(R, stage, wildcards)
 
 
 def model_files(name):
@@ -231,7 +212,14 @@ def reported_folder(path, arch):
 def job_params(builder):
     """A rule's params from a medxfer.jobs builder, one input function per key, so each is its own re-run trigger
     as a literal param would be (the keys are the builder's for the first target)."""
-    keys = builder(config, SimpleNamespace(target=FT["targets"][0])).keys()
+    probe = SimpleNamespace(
+        target=FT["targets"][0],
+        init=INITS[0],
+        seed=SEEDS[0],
+        arch=ARCHS[0],
+        source=next(iter(DATASETS)),
+    )
+    keys = builder(config, probe).keys()
     return {
         key: (lambda wildcards, key=key: builder(config, wildcards)[key])
         for key in keys

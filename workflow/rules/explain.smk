@@ -20,8 +20,6 @@ rule explain_model:
         mem_mb=4000,
         runtime=60,
     params:
-        explain=config["explain"],
-        seed=config["seed"],
-        device=config["device"],
+        **job_params(jobs.explain_settings),
     script:
         "../scripts/run_stage.py"

@@ -20,10 +20,6 @@ rule extract_features:
         mem_mb=8000,
         runtime=60,
     params:
-        batch_size=config["features"]["batch_size"],
-        stages=config["features"]["stages"],
-        device=config["device"],
-        fusion=config["fusion"],
-        seed=run_seed,
+        **job_params(jobs.extract_settings),
     script:
         "../scripts/run_stage.py"

@@ -28,12 +28,6 @@ rule finetune_model:
         mem_mb=8000,
         runtime=180,
     params:
-        train=finetune_params,
-        resume=resume_dir("finetune"),
-        resume_root=RESUME_ROOT,
-        run=run_name,
-        seed=run_seed,
-        decision=config["decision"]["threshold"],
-        device=config["device"],
+        **job_params(jobs.finetune_settings),
     script:
         "../scripts/run_stage.py"

@@ -18,10 +18,6 @@ rule pretrain_model:
         mem_mb=8000,
         runtime=240,
     params:
-        train=pretrain_params,
-        resume=resume_dir("pretrain"),
-        resume_root=RESUME_ROOT,
-        seed=config["seed"],
-        device=config["device"],
+        **job_params(jobs.pretrain_settings),
     script:
         "../scripts/run_stage.py"
