@@ -74,3 +74,16 @@ def test_bundle_choice_and_predictions_must_name_trained_models():
 def test_prediction_names_are_folder_and_wildcard_safe():
     with pytest.raises(ConfigError, match="predict"):
         validate(minimal() | {"predict": {"../up": {"input": "x", "target": "a", "init": "scratch"}}})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml"))
+def test_every_shipped_config_validates_on_top_of_the_demo_config(name):
+    """`snakemake --configfile config/<name>` merges the file over the Snakefile's config/config.yaml (Snakemake's
+    update_config): whatever the demo config sets must not make another config invalid."""
+    from snakemake.utils import update_config
+
+    from medxfer.config import read_yaml
+
+    merged = read_yaml(REPO / "config" / "config.yaml")
+    update_config(merged, read_yaml(REPO / "config" / name))
+    assert validate(merged)["results"] != "results"  # each writes a results folder of its own
