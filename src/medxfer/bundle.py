@@ -146,7 +146,8 @@ def export_bundle(
     chosen = choose_model(metrics_paths, named.get("features"), named.get("classifier"))
     metrics = metrics_with_intervals(chosen, n_bootstrap, bootstrap_seed)
     ident = read_identity(metrics, chosen, "features", "classifier")
-    archs = {read_json(Path(d) / "model.json")["arch"]: Path(d) for d in model_dirs}
+    metas = {Path(d): read_json(Path(d) / "model.json") for d in model_dirs}
+    archs = {meta["arch"]: d for d, meta in metas.items()}
     fused = ident["features"] == "fused"
     used = list(archs) if fused else [ident["features"]]
     out_dir = Path(out_dir)
@@ -162,7 +163,7 @@ def export_bundle(
         shutil.copyfile(chosen.with_name("model.skops"), out_dir / CLASSIFIER_FILE)
     if chosen.with_name(RELIABILITY_FILE).is_file():  # test calibration before and after, drawn by the model's job
         shutil.copyfile(chosen.with_name(RELIABILITY_FILE), out_dir / RELIABILITY_FILE)
-    cnn_meta = read_json(archs[used[0]] / "model.json")
+    cnn_meta = metas[archs[used[0]]]
     model_name = f"fused/{ident['classifier']}" if fused else ident["features"]
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -185,7 +186,7 @@ def export_bundle(
         "metrics": {"test": _test_metrics(metrics)},
         "data": _split_counts(Path(manifest)),
         "robustness": _robustness(Path(robustness_table) if robustness_table else None, model_name),
-        "training": {arch: read_json(archs[arch] / "model.json").get("config") for arch in used},
+        "training": {arch: metas[archs[arch]].get("config") for arch in used},
         "versions": package_versions(),
     }
     meta["files"] = {
@@ -212,15 +213,9 @@ def _calibration(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _save_fusion(feature_paths: Sequence[str | os.PathLike], settings: Mapping[str, Any], seed: int, out: Path) -> None:
     from medxfer.classifiers import skops_io
-    from medxfer.fusion import refit_fusion
+    from medxfer.fusion import refit_configured
 
-    fitted = refit_fusion(
-        feature_paths,
-        standardize=settings.get("standardize", True),
-        pca_components=settings.get("pca_components"),
-        seed=seed,
-        select_k=settings.get("select_k"),
-    )
+    fitted = refit_configured(feature_paths, settings, seed)
     with atomic_path(out) as tmp:
         skops_io().dump({"scalers": fitted.scalers, "kept": fitted.kept, "pca": fitted.pca}, tmp)
 
@@ -348,7 +343,7 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
     if runtime == "onnx":
         from medxfer.onnx_export import onnx_cnns
 
-        cnns = onnx_cnns(path, threads or 1)
+        cnns = onnx_cnns(path, meta, threads or 1)
     fusion = None
     if meta["predictor"]["fusion"]:
         saved = load_sklearn_objects(path / FUSION_FILE)

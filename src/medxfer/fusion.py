@@ -234,6 +234,17 @@ def refit_fusion(
     return fit_fusion(train, files[0]["y_train"], standardize, pca_components, seed, select_k, [str(p) for p in paths])
 
 
+def refit_configured(
+    feature_paths: Sequence[str | os.PathLike], settings: Mapping[str, Any] | None, seed: int
+) -> Fusion:
+    """refit_fusion with a config's `fusion` section, as extract_features fused the files; keys it leaves out take
+    the schema's defaults."""
+    from medxfer.config import section_defaults
+
+    fusion = section_defaults("fusion") | dict(settings or {})
+    return refit_fusion(feature_paths, fusion["standardize"], fusion["pca_components"], seed, fusion["select_k"])
+
+
 def fuse_features(
     feature_paths: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,

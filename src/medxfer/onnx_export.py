@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medxfer.io import atomic_path, read_json, sha256_file, write_json
+from medxfer.io import atomic_path, sha256_file, write_json
 
 ONNX_DIR = "onnx"
 OPSET = 18
@@ -100,9 +100,9 @@ class OnnxCNN:
         return np.concatenate(logits), np.concatenate(feats)
 
 
-def onnx_cnns(bundle_path: Path, threads: int = 1) -> list[OnnxCNN]:
-    """The bundle's exported CNNs, in predictor order; an error naming the command when none were exported."""
-    meta = read_json(bundle_path / "bundle.json")
+def onnx_cnns(bundle_path: Path, meta: dict[str, Any], threads: int = 1) -> list[OnnxCNN]:
+    """The bundle's exported CNNs (`meta`: its checked bundle.json), in predictor order; an error naming the command
+    when none were exported."""
     if "onnx" not in meta:
         raise ValueError(f"{bundle_path}: no ONNX models in this bundle; run `medxfer export-onnx {bundle_path}` first")
     return [OnnxCNN(bundle_path / meta["onnx"]["models"][arch], threads) for arch in meta["predictor"]["cnns"]]

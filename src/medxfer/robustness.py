@@ -28,7 +28,7 @@ from medxfer.cache import image_files, load_cached
 from medxfer.classifiers import load_classifier
 from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
-from medxfer.fusion import refit_fusion
+from medxfer.fusion import refit_configured
 from medxfer.identity import read as read_identity
 from medxfer.imaging import load_image, withheld_warnings
 from medxfer.ingest import read_manifest
@@ -153,15 +153,8 @@ def assess_robustness(
     for (_, meta), path in zip(cnns, model_dirs, strict=True):
         if list(meta["classes"]) != data.classes:
             raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {data.classes}")
-    fusion = dict(fusion or {})
     mark_work_start()  # refitting the fusion (scaler, PCA) on the train rows is work, not loading
-    fused = refit_fusion(
-        feature_paths,
-        standardize=fusion.get("standardize", True),
-        pca_components=fusion.get("pca_components"),
-        seed=seed,
-        select_k=fusion.get("select_k"),
-    )
+    fused = refit_configured(feature_paths, fusion, seed)
     n_classes = len(data.classes)
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))
