@@ -18,8 +18,8 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from medxfer import cams, heatmap_choice, models, runtime
-from medxfer.cache import load_cached
-from medxfer.faithfulness import FAITHFULNESS_COLUMNS, faithfulness
+from medxfer.cache import Split, load_cached
+from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness
 from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz, write_json
@@ -112,31 +112,50 @@ def explain_model(
     `settings`: the config's validated `explain` section (its defaults live in the schema only). The gallery images
     are spread over true/false positives/negatives, decided as the model decides (its validation-chosen threshold
     in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
-    where the data set has masks) explain their true class. One function on purpose: gallery, overlays and the
+    where the data set has masks) explain their true class. One call on purpose: gallery, overlays and the
     faithfulness table share one model load and one pass over the test split. The method shown first and the CAM
     layer of every CAM map are chosen on val images first (medxfer.heatmap_choice), recorded in selection.json.
     """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
     methods = settings["methods"]
-    lime_samples, lime_segments = settings["lime_samples"], settings["lime_segments"]
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
     dev = runtime.select_device(device)
     model, meta = models.load(model_dir, dev)
-    classes = meta["classes"]
     splits = load_cached(manifest, images).splits
     test = splits["test"]
     mark_work_start()
     selection = heatmap_choice.choose(model, splits["val"], settings, seed, logger)
     write_json(out_dir / "selection.json", selection)
     methods = [selection["method"], *(m for m in methods if m != selection["method"])]  # the chosen one first
-    proba_all = predict_proba(model, test.images, dev)
+
+    def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return _maps(model, method, images, targets, settings["lime_samples"], settings["lime_segments"], seed)
+
+    index, table = _gallery_table(model, test, meta, settings["n_images"], seed, dev)
+    _write_gallery_files(out_dir, table, test.images[index], methods, maps_of, meta, selection, model_dir, logger)
+    faith = faithfulness(model, test, methods, maps_of, settings["n_faithfulness"], settings["deletion_steps"], seed)
+    faith = _with_identity(faith, meta, model_dir)
+    faith["chosen"] = faith["method"] == selection["method"]
+    faith["sanity"] = faith["method"].map(lambda method: heatmap_choice.sanity_of(selection, method))
+    with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
+        faith.to_csv(tmp, index=False)
+    means = faith.groupby("method", sort=False)[FAITHFULNESS_COLUMNS[4:]].mean()
+    logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))
+    return table
+
+
+def _gallery_table(
+    model: torch.nn.Module, test: Split, meta: Mapping[str, Any], n_images: int, seed: int, device: torch.device
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The gallery's test indices and rows, spread over outcomes decided as the model decides (its validation-chosen
+    threshold in model.json, else argmax), so the gallery shows the errors the model really makes."""
+    proba_all = predict_proba(model, test.images, device)
     predicted_all = decide(proba_all, (meta.get("decision") or {}).get("threshold"))
-    outcome_all = outcomes(test.labels, predicted_all, len(classes))
-    index = choose_images(outcome_all, settings["n_images"], seed)
-    chosen = test.images[index]
+    outcome_all = outcomes(test.labels, predicted_all, len(meta["classes"]))
+    index = choose_images(outcome_all, n_images, seed)
     predicted = predicted_all[index]
     table = pd.DataFrame(
         {
@@ -148,39 +167,43 @@ def explain_model(
             "mask": test.masks[index],
         }
     )
+    return index, table
+
+
+def _write_gallery_files(
+    out_dir: Path,
+    table: pd.DataFrame,
+    images: np.ndarray,
+    methods: Sequence[str],
+    maps_of: MapsOf,
+    meta: Mapping[str, Any],
+    selection: Mapping[str, Any],
+    model_dir: Path,
+    logger: Any,
+) -> None:
+    """Per method the overlays of the gallery images (maps of the predicted class), then heatmaps.npz, gallery.png
+    and index.csv, written last because its `<method>_png` columns are the overlays' paths."""
+    predicted = table["prediction"].to_numpy()
     heatmaps = {}
     for method in methods:
-        heatmaps[method] = _maps(model, method, chosen, predicted, lime_samples, lime_segments, seed)
-        table[f"{method}_png"] = _write_overlays(out_dir, method, table, chosen, heatmaps[method], classes)
+        heatmaps[method] = maps_of(method, images, predicted)
+        table[f"{method}_png"] = _write_overlays(out_dir, method, table, images, heatmaps[method], meta["classes"])
         logger.info("%s: %d %s overlays for %s", meta["arch"], len(table), method, model_dir)
-    save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=chosen, **heatmaps)
+    save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=images, **heatmaps)
     title = f"{meta['arch']} ({meta['init']}); chosen on val: {selection['method']}, CAM layer {selection['layer']}"
-    _gallery(out_dir / "gallery.png", chosen, table, heatmaps, classes, title)
+    _gallery(out_dir / "gallery.png", images, table, heatmaps, meta["classes"], title)
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)
 
-    def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return _maps(model, method, images, targets, lime_samples, lime_segments, seed)
 
-    faith = faithfulness(model, test, methods, maps_of, settings["n_faithfulness"], settings["deletion_steps"], seed)
-    if "identity" in meta:  # which model these rows score, for the summary (a pretraining checkpoint has none)
-        ident = read_identity(meta, model_dir / models.META_FILE, "features")
-        faith = pd.concat(
-            [
-                pd.DataFrame(
-                    {"target": ident["target"], "init": ident["run"], "arch": meta["arch"]}, index=faith.index
-                ),
-                faith,
-            ],
-            axis=1,
-        )
-    faith["chosen"] = faith["method"] == selection["method"]
-    faith["sanity"] = faith["method"].map(lambda method: heatmap_choice.sanity_of(selection, method))
-    with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
-        faith.to_csv(tmp, index=False)
-    means = faith.groupby("method", sort=False)[FAITHFULNESS_COLUMNS[4:]].mean()
-    logger.info("faithfulness of %s on %d test images:\n%s", model_dir, faith["image_id"].nunique(), means.round(3))
-    return table
+def _with_identity(faith: pd.DataFrame, meta: Mapping[str, Any], model_dir: Path) -> pd.DataFrame:
+    """The faithfulness rows led by which model they score (target, init, arch), for the summary; a pretraining
+    checkpoint has no identity and its rows stay as they are."""
+    if "identity" not in meta:
+        return faith
+    ident = read_identity(meta, model_dir / models.META_FILE, "features")
+    columns = pd.DataFrame({"target": ident["target"], "init": ident["run"], "arch": meta["arch"]}, index=faith.index)
+    return pd.concat([columns, faith], axis=1)
 
 
 def _write_overlays(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from medxfer import models, runtime
-from medxfer.cache import image_files, load_cached
+from medxfer.cache import Split, image_files, load_cached
 from medxfer.classifiers import load_classifier
 from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
@@ -133,26 +133,16 @@ def assess_robustness(
 
     Severity 0 is the clean test split. `feature_paths` are the CNNs' feature files (same order as `model_dirs`),
     the train rows the fusion is refitted on; `classifier_metrics` are the fused classifiers' metrics.json files
-    (their model.skops beside them). hu_window runs only on CT data sets. One function: every model scores the
+    (their model.skops beside them). hu_window runs only on CT data sets. One call for every model: each scores the
     same perturbed batch, made once per perturbation and severity.
     """
     logger = get_logger("medxfer.robustness", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
-    unknown = set(perturbations) - set(PERTURBATIONS)
-    if unknown or any(s not in (1, 2, 3) for s in severities):
-        raise ValueError(
-            f"perturbations {sorted(unknown)} / severities {list(severities)} not allowed: use "
-            f"{list(PERTURBATIONS)} and 1, 2, 3"
-        )
-    if dataset.get("modality") != "ct":
-        perturbations = [p for p in perturbations if p not in CT_ONLY]
+    perturbations = _applicable(perturbations, severities, dataset)
     data = load_cached(manifest, images)
     test = data.splits["test"]
-    cnns = [models.load(d, dev) for d in model_dirs]
-    for (_, meta), path in zip(cnns, model_dirs, strict=True):
-        if list(meta["classes"]) != data.classes:
-            raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {data.classes}")
+    cnns = _load_cnns(model_dirs, dev, data.classes)
     mark_work_start()  # refitting the fusion (scaler, PCA) on the train rows is work, not loading
     fused = refit_configured(feature_paths, fusion, seed)
     n_classes = len(data.classes)
@@ -160,12 +150,7 @@ def assess_robustness(
     classifier = load_classifier(best.with_name("model.skops"))
     best_identity = read_identity(read_json(best), best, "features", "classifier")
     fused_name = f"fused/{best_identity['classifier']}"
-    names = [meta["arch"] for _, meta in cnns] + [fused_name]
-    # each model decides as it did on the clean test split: its own validation-chosen threshold, if any
-    thresholds = {
-        meta["arch"]: _threshold(Path(d) / "metrics.json") for (_, meta), d in zip(cnns, model_dirs, strict=True)
-    }
-    thresholds[fused_name] = _threshold(best)
+    thresholds = _thresholds(cnns, model_dirs, fused_name, best)
 
     def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
         passes = [features_and_proba(model, batch, dev, batch_size, stages) for model, _ in cnns]  # one pass each
@@ -174,6 +159,54 @@ def assess_robustness(
         return out
 
     rows = []
+    for kind, severity, level, batch in _perturbed_batches(test, perturbations, severities, dataset, manifest, seed):
+        scored = _metric_rows(scores(batch), test.labels, thresholds, kind, severity, level)
+        rows += scored
+        accuracy = {r["model"]: round(r["accuracy"], 3) for r in scored}
+        logger.info("%s severity %d (%s): %s", kind, severity, level, accuracy)
+    table = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        table.round(4).to_csv(tmp, index=False)
+    plot_robustness(table, out_plot, f"{best_identity['target']} / {best_identity['run']} init")
+    return table
+
+
+def _applicable(perturbations: Sequence[str], severities: Sequence[int], dataset: Mapping[str, Any]) -> list[str]:
+    """The requested perturbations less the CT-only ones on other modalities (their raw data has no HU to shift);
+    an unknown perturbation or a severity outside 1-3 is an error before any model loads."""
+    unknown = set(perturbations) - set(PERTURBATIONS)
+    if unknown or any(s not in (1, 2, 3) for s in severities):
+        raise ValueError(
+            f"perturbations {sorted(unknown)} / severities {list(severities)} not allowed: use "
+            f"{list(PERTURBATIONS)} and 1, 2, 3"
+        )
+    if dataset.get("modality") != "ct":
+        return [p for p in perturbations if p not in CT_ONLY]
+    return list(perturbations)
+
+
+def _load_cnns(
+    model_dirs: Sequence[Path], device: torch.device, classes: list[str]
+) -> list[tuple[torch.nn.Module, dict]]:
+    """Each CNN with its model.json; a CNN whose classes differ from the data set's would be scored against the
+    wrong labels, so that is an error."""
+    cnns = [models.load(d, device) for d in model_dirs]
+    for (_, meta), path in zip(cnns, model_dirs, strict=True):
+        if list(meta["classes"]) != classes:
+            raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {classes}")
+    return cnns
+
+
+def _perturbed_batches(
+    test: Split,
+    perturbations: Sequence[str],
+    severities: Sequence[int],
+    dataset: Mapping[str, Any],
+    manifest: Path,
+    seed: int,
+) -> Iterator[tuple[str, int, float, np.ndarray]]:
+    """(perturbation, severity, level, test images): the clean split first (severity 0), then every perturbation and
+    severity, each batch made when the sweep reaches it rather than all up front."""
     variants = [("none", 0, 0.0)] + [(p, s, LEVELS[p][1][s - 1]) for p in perturbations for s in severities]
     for kind, severity, level in variants:
         if kind == "none":
@@ -182,25 +215,39 @@ def assess_robustness(
             batch = hu_shift(dataset, manifest, test.ids, level)
         else:
             batch = perturb(test.images, kind, level, seed)
-        for name, proba in scores(batch).items():
-            metrics = classification_metrics(test.labels, proba, thresholds[name])
-            rows.append(
-                {"model": name, "perturbation": kind, "severity": severity, "level": level}
-                | {m: metrics[m] for m in METRICS}
-                | {"n": metrics["n"]}
-            )
-        logger.info(
-            "%s severity %d (%s): %s",
-            kind,
-            severity,
-            level,
-            {r["model"]: round(r["accuracy"], 3) for r in rows[-len(names) :]},
+        yield kind, severity, level, batch
+
+
+def _metric_rows(
+    probas: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    thresholds: Mapping[str, float | None],
+    kind: str,
+    severity: int,
+    level: float,
+) -> list[dict[str, Any]]:
+    """One robustness.csv row per model for one perturbed batch, each model deciding with its own threshold."""
+    rows = []
+    for name, proba in probas.items():
+        metrics = classification_metrics(labels, proba, thresholds[name])
+        rows.append(
+            {"model": name, "perturbation": kind, "severity": severity, "level": level}
+            | {m: metrics[m] for m in METRICS}
+            | {"n": metrics["n"]}
         )
-    table = pd.DataFrame(rows)
-    with atomic_path(out_csv) as tmp:
-        table.round(4).to_csv(tmp, index=False)
-    plot_robustness(table, out_plot, f"{best_identity['target']} / {best_identity['run']} init")
-    return table
+    return rows
+
+
+def _thresholds(
+    cnns: Sequence[tuple[torch.nn.Module, dict]], model_dirs: Sequence[Path], fused_name: str, fused_metrics: Path
+) -> dict[str, float | None]:
+    """Each model's decision threshold by name, so it decides on perturbed images as it did on the clean test split:
+    its own validation-chosen threshold, if any."""
+    thresholds = {
+        meta["arch"]: _threshold(Path(d) / "metrics.json") for (_, meta), d in zip(cnns, model_dirs, strict=True)
+    }
+    thresholds[fused_name] = _threshold(fused_metrics)
+    return thresholds
 
 
 def _threshold(metrics_path: Path) -> float | None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from medxfer import models, runtime
 from medxfer.augment import BatchAugment, build_augment
 from medxfer.batches import prepare_batch, train_loader
-from medxfer.cache import CachedDataset, load_cached, pool
+from medxfer.cache import CachedDataset, Split, load_cached, pool
 from medxfer.calibration import N_BINS, calibration_report, fit_temperature
 from medxfer.identity import identity
 from medxfer.inference import predict_logits, softmax_proba
@@ -163,8 +163,8 @@ def fit(
     last completed epoch: on CPU it ends with the same weights, bit for bit, as a run that was never interrupted.
     `on_epoch_end(epoch)` runs after that state is written.
     """
-    # Long because setup, resume and the epoch loop share the optimizer, scheduler and generator whose order of
-    # creation and random draws the bit-for-bit determinism (and resume) depend on.
+    # Setup stays inline: bit-for-bit determinism (and resume) depend on the order in which the optimizer, scheduler
+    # and generator are created and draw.
     train, val = data.splits["train"], data.splits["val"]
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise ValueError(f"need train and val images; got {len(train.labels)} train, {len(val.labels)} val")
@@ -184,32 +184,58 @@ def fit(
     state["stopped"] = False
     resumed = load_resume(resume_dir, fingerprint, model, extra, optimizer, scheduler, generator, device, logger)
     state |= resumed or {}
-    patience, unfreeze = params.get("patience"), params.get("unfreeze_epoch")
     mark_work_start()
     for epoch in range(state["epoch"] + 1, params["epochs"] + 1):
         if state["stopped"]:
             break
-        started = time.perf_counter()
-        model.train()
-        extra.train()
-        _freeze_for_epoch(model, trainable, epoch, unfreeze)
-        desc = f"epoch {epoch}/{params['epochs']}"
-        train_loss = _train_epoch(model, loader, objective, augment, optimizer, scheduler, device, desc)
-        val_loss, val_metrics = objective.evaluate(model, val, device)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_metrics["accuracy"],
-            "val_roc_auc": val_metrics["roc_auc"],
-            "lr": scheduler.get_last_lr()[-1],
-            "seconds": time.perf_counter() - started,
-        }
-        _end_epoch(state, row, model, patience, params["epochs"], logger)
+        row = _run_epoch(
+            epoch, model, extra, trainable, loader, objective, augment, optimizer, scheduler, val, device, params
+        )
+        _end_epoch(state, row, model, params.get("patience"), params["epochs"], logger)
         if resume_dir is not None:
             save_resume(resume_dir, fingerprint, state, model, extra, optimizer, scheduler, generator, device)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+    history = _restore_best(model, state, log_csv, logger)
+    return model.to(memory_format=torch.contiguous_format), history
+
+
+def _run_epoch(
+    epoch: int,
+    model: nn.Module,
+    extra: nn.Module,
+    trainable: Mapping[str, bool],
+    loader: DataLoader,
+    objective: Any,
+    augment: BatchAugment,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    val: Split,
+    device: torch.device,
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Train one epoch, then score val; the row log.csv and early stopping read."""
+    started = time.perf_counter()
+    model.train()
+    extra.train()
+    _freeze_for_epoch(model, trainable, epoch, params.get("unfreeze_epoch"))
+    desc = f"epoch {epoch}/{params['epochs']}"
+    train_loss = _train_epoch(model, loader, objective, augment, optimizer, scheduler, device, desc)
+    val_loss, val_metrics = objective.evaluate(model, val, device)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_metrics["accuracy"],
+        "val_roc_auc": val_metrics["roc_auc"],
+        "lr": scheduler.get_last_lr()[-1],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _restore_best(model: nn.Module, state: Mapping[str, Any], log_csv: Path, logger: Any) -> list[dict]:
+    """Write log.csv, then load the weights of the best validation epoch; the log comes first so that a run that
+    diverged still leaves its per-epoch losses to look at."""
     history = state["history"]
     _write_log(log_csv, history)
     if state["best_state"] is None:
@@ -217,7 +243,7 @@ def fit(
     model.load_state_dict(state["best_state"])
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     logger.info("best epoch %d (val_loss %.4f)", best_epoch, state["best_loss"])
-    return model.to(memory_format=torch.contiguous_format), history
+    return history
 
 
 # --- stages ----------------------------------------------------------------------------------------------------
