@@ -54,6 +54,17 @@ def test_tolerance_is_fifteen_pixels_at_224_and_scales_with_the_image():
     assert not pointing_hit_tolerant(peak_at(112, 55, 68), small_mask)  # 9 px away
 
 
+def test_a_flat_top_points_from_its_middle_not_its_first_pixel():
+    """LIME's maps are constant per superpixel: a plateau 40 px tall over a 10 px finding at its middle."""
+    mask = square_mask(SIZE, 115, 100, 10)
+    plateau = np.zeros((SIZE, SIZE), np.float32)
+    plateau[100:140, 95:115] = 1.0  # its first pixel in raster order (row 100) is 15 px above the finding
+    assert pointing_hit(plateau, mask) and pointing_hit_tolerant(plateau, mask)
+    off_centre = np.zeros_like(plateau)
+    off_centre[20:60, 95:115] = 1.0  # the same plateau far above: its middle misses
+    assert not pointing_hit_tolerant(off_centre, mask)
+
+
 def test_energy_in_box_is_the_share_of_positive_heat_inside():
     box = square_mask(16, 0, 0, 8)  # a quarter of the image
     assert energy_in_box(np.ones((16, 16)), box) == pytest.approx(0.25)

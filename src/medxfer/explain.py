@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from medxfer import cams, heatmap_choice, models, runtime
 from medxfer.cache import Split, load_cached
-from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness
+from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness, read_mask
 from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz, write_json
@@ -165,6 +165,7 @@ def _gallery_table(
             "probability": proba_all[index, predicted],
             "outcome": outcome_all[index],
             "mask": test.masks[index],
+            "box": test.boxes[index] if test.boxes is not None else "",
         }
     )
     return index, table
@@ -225,11 +226,14 @@ def _write_overlays(
 def _gallery(
     path: Path, images: np.ndarray, table: pd.DataFrame, heatmaps: dict[str, np.ndarray], classes: list[str], title: str
 ) -> None:
+    """A row per gallery image: the image, then each method's overlay; where the data set annotates the finding, its
+    outline (cyan) and box (yellow) on every panel, so a reader sees whether the heat falls on it."""
     cols = 1 + len(heatmaps)
     from matplotlib.figure import Figure  # no pyplot: no global backend state, no GUI
 
     fig = Figure(figsize=(2.2 * cols, 2.3 * len(table)))
     axes = fig.subplots(len(table), cols, squeeze=False)
+    size = images.shape[-1]
     for row, record in enumerate(table.itertuples()):
         axes[row, 0].imshow(images[row, 0], cmap="gray")
         axes[row, 0].set_title(
@@ -240,6 +244,10 @@ def _gallery(
         for col, (method, maps) in enumerate(heatmaps.items(), start=1):
             axes[row, col].imshow(overlay(images[row], maps[row]))
             axes[row, col].set_title(method + (" (chosen)" if col == 1 else ""), fontsize=7)
+        for outline, colour in ((read_mask(record.mask, size), "cyan"), (read_mask(record.box, size), "yellow")):
+            if outline is not None and outline.any():  # the finding as annotated: its outline and its box
+                for ax in axes[row]:
+                    ax.contour(outline, levels=[0.5], colors=colour, linewidths=0.7)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

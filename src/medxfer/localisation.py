@@ -28,8 +28,14 @@ SCORES = [*LOCALISATION_COLUMNS, "deletion_auc", "insertion_auc", "seconds_per_i
 
 
 def _peak(heat: np.ndarray) -> int:
-    """Flat index of the heatmap's maximum (first in raster order on ties)."""
-    return int(np.argmax(heat))
+    """Flat index of the heatmap's maximum. On a plateau (LIME's superpixels, a coarse CAM) the plateau's pixel nearest
+    its centroid: the first in raster order would point from the region's top edge, a few pixels off its middle."""
+    flat = heat.ravel()
+    top = np.flatnonzero(flat == flat.max())
+    if top.size == 1:
+        return int(top[0])
+    rows, cols = np.divmod(top, heat.shape[1])
+    return int(top[np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)])
 
 
 def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:

@@ -120,7 +120,7 @@ def _ct_lesion(rng: np.random.Generator) -> _CTLesion:
             rng.uniform(50.0, 100.0),
         )
     hu = rng.uniform(30.0, 80.0) if kind == "solid" else rng.uniform(-550.0, -250.0)
-    radius = math.exp(rng.uniform(math.log(12.0), math.log(40.0)))
+    radius = math.exp(rng.uniform(math.log(20.0), math.log(45.0)))
     halo = rng.uniform(1.5, 2.5) if kind == "solid" and rng.random() < 0.6 else 0.0
     return _CTLesion(
         kind,

@@ -161,10 +161,10 @@ def _limb_abnormality(a: _Limb, rng: np.random.Generator) -> _Abnormality:
         bone=bone,
         point=(ax + (rng.uniform(-0.03, 0.03) if bone == "head" else 0.0), py),
         direction=rng.uniform(-0.6, 0.6),
-        size=rng.uniform(0.09, 0.16),
+        size=rng.uniform(0.16, 0.26),
         strength=math.exp(rng.uniform(math.log(0.45), math.log(1.0))),
         shift=float(rng.choice([-1.0, 1.0])) * rng.uniform(0.25, 1.0),
-        width=rng.uniform(1.4, 2.8),
+        width=rng.uniform(2.4, 4.0),
         swelling=rng.uniform(0.3, 0.9),
     )
 
@@ -185,7 +185,7 @@ def _limb_effect(
     if ab.kind == "fracture":
         c, s = math.cos(ab.direction), math.sin(ab.direction)
         across = -s * dx + c * dy  # signed distance from a line running (roughly) across the bone
-        near = np.exp(-0.5 * (dx * dx + dy * dy) / (2.0 * radius) ** 2)
+        near = np.exp(-0.5 * (dx * dx + dy * dy) / (3.0 * radius) ** 2)
         moved = soft_inside(across, px) * near  # the distal fragment, displaced sideways near the break
         _, shifted = _limb_bones(x - ab.shift * radius * moved, y, a, px)
         gap = np.exp(-0.5 * (across / (0.5 * ab.width * px)) ** 2) * near
