@@ -123,6 +123,10 @@ def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trai
     assert set(faith["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre"}
     assert faith.groupby("method").size().eq(6).all()
     assert faith["has_mask"].all()  # images with a finding mask were chosen
+    index = pd.read_csv(tmp_path / "index.csv").set_index("image_id")
+    shown = faith[faith["image_id"].isin(index.index)].drop_duplicates("image_id").set_index("image_id")
+    assert len(shown) and (shown["predicted"] == index.loc[shown.index, "prediction"]).all()  # as the gallery decides
+    assert faith.groupby("image_id")["predicted"].nunique().eq(1).all()
     assert faith[["pointing_hit", "pointing_hit_tol"]].stack().isin([0.0, 1.0]).all()
     assert (faith["pointing_hit_tol"] >= faith["pointing_hit"]).all()
     scores = faith[LOCALISATION_COLUMNS + ["deletion_auc", "insertion_auc"]]

@@ -211,3 +211,22 @@ def test_summary_has_every_score_the_comparison_and_a_plot(tmp_path):
     assert bool(per_model.loc["gradcam", "beats_baselines_deletion_auc"])
     assert pd.isna(per_model.loc["centre", "beats_baselines_deletion_auc"])
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_findings_the_model_detects_are_summarised_apart(tmp_path):
+    """`predicted` (the model's decision per image) splits off the masked findings it calls: the same images for
+    every method, their own means and baseline comparison."""
+    faith = faith_table({"gradcam": 0.2, "random": 0.0, "centre": 0.0}, n=30)
+    detected_ids = {f"i{i}" for i in range(0, 30, 3)}  # the model calls 10 of the 30 findings
+    faith.insert(2, "predicted", np.where(faith["image_id"].isin(detected_ids), 1, 0))
+    path = tmp_path / "faith.csv"
+    faith.to_csv(path, index=False)
+    means = summarize_faithfulness([path], tmp_path / "per_model.csv", tmp_path / "means.csv", tmp_path / "f.png")
+    per_model = pd.read_csv(tmp_path / "per_model.csv")
+    assert list(per_model.columns[:5]) == ["target", "init", "arch", "method", "subset"]
+    detected = per_model[per_model["subset"] == "detected"].set_index("method")
+    assert (detected["n_images"] == 10).all() and len(per_model) == 6
+    expected = faith[faith["image_id"].isin(detected_ids)].groupby("method")["pointing_hit_tol"].mean()
+    assert detected["pointing_hit_tol"].to_dict() == pytest.approx(expected.round(4).to_dict(), abs=1e-4)
+    assert bool(detected.loc["gradcam", "beats_baselines_pointing_hit_tol"])
+    assert set(means["subset"]) == {"all", "detected"}

@@ -201,7 +201,13 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     for column in ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc"):
         assert means[column].between(0, 1).all(), column
     per_model = pd.read_csv(run_dir / "results/report/faithfulness.csv")
-    assert len(per_model) == 8 * 5 and per_model["n_images"].between(1, 4).all()
+    every = per_model[per_model["subset"] == "all"]
+    assert len(every) == 8 * 5 and every["n_images"].between(1, 4).all()
+    # the findings each model detects are scored apart: a subset of its masked images, the same for every method
+    detected = per_model[per_model["subset"] == "detected"]
+    assert set(per_model["subset"]) <= {"all", "detected"} and (detected["n_masked"] == detected["n_images"]).all()
+    merged = detected.merge(every, on=["target", "init", "arch", "method"], suffixes=("", "_all"))
+    assert len(merged) == len(detected) and (merged["n_images"] <= merged["n_images_all"]).all()
     assert per_model.loc[~per_model["method"].isin(["random", "centre"]), "beats_baselines_deletion_auc"].notna().all()
 
 

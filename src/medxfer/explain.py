@@ -134,9 +134,11 @@ def explain_model(
     def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return _maps(model, method, images, targets, settings["lime_samples"], settings["lime_segments"], seed)
 
-    index, table = _gallery_table(model, test, meta, settings["n_images"], seed, dev)
+    index, table, decided = _gallery_table(model, test, meta, settings["n_images"], seed, dev)
     _write_gallery_files(out_dir, table, test.images[index], methods, maps_of, meta, selection, model_dir, logger)
     faith = faithfulness(model, test, methods, maps_of, settings["n_faithfulness"], settings["deletion_steps"], seed)
+    # the model's own decision per image, so the summary can score the findings it detects apart from all of them
+    faith.insert(2, "predicted", faith["image_id"].map(dict(zip(test.ids.tolist(), decided.tolist(), strict=True))))
     faith = _with_identity(faith, meta, model_dir)
     faith["chosen"] = faith["method"] == selection["method"]
     faith["sanity"] = faith["method"].map(lambda method: heatmap_choice.sanity_of(selection, method))
@@ -149,9 +151,10 @@ def explain_model(
 
 def _gallery_table(
     model: torch.nn.Module, test: Split, meta: Mapping[str, Any], n_images: int, seed: int, device: torch.device
-) -> tuple[np.ndarray, pd.DataFrame]:
+) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """The gallery's test indices and rows, spread over outcomes decided as the model decides (its validation-chosen
-    threshold in model.json, else argmax), so the gallery shows the errors the model really makes."""
+    threshold in model.json, else argmax), so the gallery shows the errors the model really makes; and that
+    decision for every test image."""
     proba_all = predict_proba(model, test.images, device)
     predicted_all = decide(proba_all, (meta.get("decision") or {}).get("threshold"))
     outcome_all = outcomes(test.labels, predicted_all, len(meta["classes"]))
@@ -168,7 +171,7 @@ def _gallery_table(
             "box": test.boxes[index] if test.boxes is not None else "",
         }
     )
-    return index, table
+    return index, table, predicted_all
 
 
 def _write_gallery_files(

@@ -101,21 +101,41 @@ def summarize_faithfulness(
     scores = {m: (m, "mean") for m in SCORES if m in images}
     keys = ["target", "init", "arch"]
     checks = {c: (c, "first") for c in ("chosen", "sanity") if c in images}  # per model and method, from selection.json
-    per_model = (
-        images.groupby([*keys, "method"], sort=False)
-        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **checks, **scores)
-        .reset_index()
-    )
-    if set(COMPARED) <= set(images.columns):
-        per_model = per_model.merge(versus_baselines(images, keys, n_bootstrap, seed), on=[*keys, "method"])
-    means = (
-        images.groupby(["target", "method"], sort=False)
-        .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
-        .reset_index()
-    )
+    per_model, means = [], []
+    for subset, part in _faithfulness_subsets(images):
+        table = (
+            part.groupby([*keys, "method"], sort=False)
+            .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **checks, **scores)
+            .reset_index()
+        )
+        if set(COMPARED) <= set(part.columns):
+            table = table.merge(versus_baselines(part, keys, n_bootstrap, seed), on=[*keys, "method"])
+        per_model.append(table.assign(subset=subset))
+        mean = part.groupby(["target", "method"], sort=False).agg(
+            n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores
+        )
+        means.append(mean.reset_index().assign(subset=subset))
+    per_model, means = (_subset_after_method(pd.concat(parts, ignore_index=True)) for parts in (per_model, means))
     with atomic_path(out_csv) as tmp:
         per_model.round(4).to_csv(tmp, index=False)
     with atomic_path(out_means) as tmp:
         means.round(3).to_csv(tmp, index=False)
-    plot_faithfulness(means, out_plot)
+    plot_faithfulness(means[means["subset"] == "all"], out_plot)
     return means
+
+
+def _faithfulness_subsets(images: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Every scored image ("all"), then the masked findings the model detects ("detected": its decision is the true
+    class): a clinician reads the heatmaps of the positives the model calls, so localisation is reported on both."""
+    subsets = [("all", images)]
+    if "predicted" in images:
+        detected = images[images["has_mask"] & (images["predicted"] == images["label"])]
+        if len(detected):
+            subsets.append(("detected", detected))
+    return subsets
+
+
+def _subset_after_method(table: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in table.columns if c != "subset"]
+    at = columns.index("method") + 1
+    return table[[*columns[:at], "subset", *columns[at:]]]
