@@ -2,6 +2,7 @@
 timm network trained for a few steps on the demo radiographs."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,12 @@ from conftest import dataset_config
 
 from medxfer import cams, heatmap_choice, models
 from medxfer.cache import load_cached
-from medxfer.config import SCHEMA_PATH, section_defaults
+from medxfer.config import SCHEMA_PATH
 from medxfer.explain import explain_model
+from medxfer.sections import ExplainSection
 
-SETTINGS = section_defaults("explain") | dict(
-    methods=["gradcam", "gradcampp"], n_images=2, n_faithfulness=2, deletion_steps=8, choose_on_val=8
+SETTINGS = ExplainSection.from_config(
+    dict(methods=["gradcam", "gradcampp"], n_images=2, n_faithfulness=2, deletion_steps=8, choose_on_val=8)
 )
 
 
@@ -111,7 +113,7 @@ def _invert_test_split(xray, tmp_path):
 
 
 def test_layer_choice_uses_val_images_only(xray, trained, tmp_path):
-    settings = SETTINGS | dict(methods=["gradcam", "layercam"])
+    settings = replace(SETTINGS, methods=("gradcam", "layercam"))
     explain_model(trained, *xray, tmp_path / "a", settings, seed=0)
     inverted = _invert_test_split(xray, tmp_path)
     explain_model(trained, *inverted, tmp_path / "b", settings, seed=0)
@@ -154,7 +156,7 @@ def test_sanity_check_flags_a_map_that_ignores_the_model(xray, trained, monkeypa
     monkeypatch.setitem(cams._REGISTRY, "intensity", _intensity)
     model, _ = models.load(trained)
     val = load_cached(*xray).splits["val"]
-    settings = SETTINGS | dict(methods=["intensity", "eigencam", "gradcam"], layers=[-2])
+    settings = replace(SETTINGS, methods=("intensity", "eigencam", "gradcam"), layers=(-2,))  # not the schema's methods
     selection = heatmap_choice.choose(model, val, settings, seed=0)
     rho = selection["sanity"]["spearman"]
     assert rho["intensity"] == pytest.approx(1.0)
@@ -211,7 +213,7 @@ def test_the_method_chosen_on_val_points_at_demo_findings(limbs, tmp_path):
     from medxfer.metrics import paired_mean_difference
 
     model_dir = train_resnet10t(load_cached(*limbs), 150, tmp_path / "model")
-    settings = SETTINGS | dict(methods=["gradcam", "gradcampp", "lime"], n_faithfulness=24, lime_samples=100)
+    settings = replace(SETTINGS, methods=("gradcam", "gradcampp", "lime"), n_faithfulness=24, lime_samples=100)
     explain_model(model_dir, *limbs, tmp_path / "explain", settings, seed=0)
     faith = pd.read_csv(tmp_path / "explain" / "faithfulness.csv")
     masked = faith[faith["has_mask"]].pivot_table(index="image_id", columns="method", values="pointing_hit_tol")

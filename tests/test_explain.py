@@ -1,6 +1,7 @@
 """Heatmaps and their faithfulness: real Grad-CAM/LIME on a small trained network, metrics on known geometry."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,16 +12,16 @@ from torch import nn
 
 from medxfer import models
 from medxfer.cams import heatmaps, segments
-from medxfer.config import section_defaults
 from medxfer.explain import PANEL, choose_images, explain_model, outcomes
 from medxfer.faithfulness import deletion_insertion
 from medxfer.localisation import LOCALISATION_COLUMNS, mask_iou, pointing_hit, random_maps
+from medxfer.sections import ExplainSection
 from medxfer.train import finetune_model, pretrain_model
 
 PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment={})
 # the config's explain section, small: the defaults themselves live in the schema only
 FINETUNE = PARAMS | dict(imbalance="weighted_loss", strategy="full", epochs=1)
-SETTINGS = section_defaults("explain") | dict(n_images=3, lime_samples=30, n_faithfulness=6, deletion_steps=8)
+SETTINGS = ExplainSection.from_config(dict(n_images=3, lime_samples=30, n_faithfulness=6, deletion_steps=8))
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_gallery_outcomes_follow_the_threshold_the_model_carries(cached, tmp_pat
     )
     meta = models.read_meta(model_dir)
     assert meta["decision"]["rule"] == "cohen_kappa" and meta["decision"]["chosen_on"] == "val"
-    settings = SETTINGS | dict(methods=["gradcam"], n_images=4, n_faithfulness=1)
+    settings = replace(SETTINGS, methods=("gradcam",), n_images=4, n_faithfulness=1)
     for threshold, allowed in ((0.0, {"TP", "FP"}), (1.01, {"TN", "FN"})):
         (model_dir / "model.json").write_text(
             json.dumps(meta | {"decision": meta["decision"] | {"threshold": threshold}})

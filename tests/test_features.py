@@ -1,4 +1,4 @@
-"""Pooled deep features: the penultimate layer by default, optionally the stage before it too."""
+"""Pooled deep features: the penultimate layer (stages=1), with stages=2 the stage before it too."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def net() -> torch.nn.Module:
 def test_pooled_features_match_the_model_and_add_a_stage(net: torch.nn.Module) -> None:
     images = np.random.default_rng(0).integers(0, 256, size=(5, 1, 32, 32), dtype=np.uint8)
     cpu = torch.device("cpu")
-    one = pooled_features(net, images, cpu, batch_size=2)
+    one = pooled_features(net, images, cpu, batch_size=2, stages=1)
     assert one.shape == (5, net.num_features) and one.dtype == np.float32
     with torch.inference_mode():
         x = models.normalize(torch.from_numpy(images))

@@ -9,9 +9,15 @@ import pytest
 
 from medxfer.fusion import SPLITS, fuse_features, refit_fusion
 from medxfer.io import read_json, save_npz
+from medxfer.sections import FusionSection
 
 CLASSES = np.array(["normal", "finding"])
 N = {"train": 40, "val": 16, "test": 16}
+
+
+def section(**values: object) -> FusionSection:
+    """A `fusion` config section: the schema's defaults but for `values`."""
+    return FusionSection.from_config(values)
 
 
 def _labels_and_ids() -> dict[str, np.ndarray]:
@@ -58,7 +64,7 @@ def test_fused_shapes_and_report(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.npz", dim=5, seed=1)
     b = _write(tmp_path / "b.npz", dim=3, seed=2, scale=100.0, shift=50.0)
     out, report_path = tmp_path / "fused" / "features.npz", tmp_path / "fused" / "report.json"
-    report = fuse_features([a, b], out, report_path)
+    report = fuse_features([a, b], out, report_path, section(), seed=0)
     fused = _load(out)
     for split in SPLITS:
         assert fused[f"X_{split}"].shape == (N[split], 8)
@@ -78,7 +84,7 @@ def test_fused_shapes_and_report(tmp_path: Path) -> None:
 def test_standardisation_uses_train_statistics_only(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.npz", dim=4, seed=1)
     b = _write(tmp_path / "b.npz", dim=3, seed=2, scale=100.0, shift=50.0)
-    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json")
+    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
     fused = _load(tmp_path / "f.npz")
     x_train, x_test = fused["X_train"].astype(np.float64), fused["X_test"].astype(np.float64)
     np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
@@ -93,8 +99,8 @@ def test_rows_are_aligned_by_id(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.npz", dim=4, seed=1)
     b = _write(tmp_path / "b.npz", dim=3, seed=2)
     b_shuffled = _shuffled(b, tmp_path / "b_shuffled.npz", seed=3)
-    fuse_features([a, b], tmp_path / "ref.npz", tmp_path / "ref.json")
-    fuse_features([a, b_shuffled], tmp_path / "shuf.npz", tmp_path / "shuf.json")
+    fuse_features([a, b], tmp_path / "ref.npz", tmp_path / "ref.json", section(), seed=0)
+    fuse_features([a, b_shuffled], tmp_path / "shuf.npz", tmp_path / "shuf.json", section(), seed=0)
     ref, shuf = _load(tmp_path / "ref.npz"), _load(tmp_path / "shuf.npz")
     for split in SPLITS:
         np.testing.assert_array_equal(shuf[f"ids_{split}"], ref[f"ids_{split}"])
@@ -105,7 +111,7 @@ def test_rows_are_aligned_by_id(tmp_path: Path) -> None:
 def test_unstandardised_fusion_is_plain_concatenation(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.npz", dim=2, seed=1)
     b = _shuffled(_write(tmp_path / "b.npz", dim=3, seed=2), tmp_path / "b_shuffled.npz", seed=4)
-    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", standardize=False)
+    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(standardize=False), seed=0)
     fused, raw_a, raw_b = _load(tmp_path / "f.npz"), _load(a), _load(b)
     lookup = {image_id: row for row, image_id in enumerate(raw_b["ids_val"])}
     order = [lookup[image_id] for image_id in raw_a["ids_val"]]
@@ -118,7 +124,7 @@ def test_mismatched_ids_raise(tmp_path: Path) -> None:
     ids[0] = "stranger"
     b = _write(tmp_path / "b.npz", dim=2, seed=2, ids_test=ids)
     with pytest.raises(ValueError, match=r"b\.npz.*'test' ids differ.*stranger"):
-        fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json")
+        fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
     assert not (tmp_path / "f.npz").exists()
 
 
@@ -128,44 +134,44 @@ def test_mismatched_labels_classes_and_nonfinite_raise(tmp_path: Path) -> None:
     y[3] = 1 - y[3]
     bad_label = _write(tmp_path / "bad_label.npz", dim=2, seed=2, y_val=y)
     with pytest.raises(ValueError, match=r"bad_label\.npz.*'val' labels differ.*val-003"):
-        fuse_features([a, bad_label], tmp_path / "f.npz", tmp_path / "r.json")
+        fuse_features([a, bad_label], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
     bad_classes = _write(tmp_path / "bad_classes.npz", dim=2, seed=2, classes=np.array(["normal", "other"]))
     with pytest.raises(ValueError, match=r"bad_classes\.npz.*classes"):
-        fuse_features([a, bad_classes], tmp_path / "f.npz", tmp_path / "r.json")
+        fuse_features([a, bad_classes], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
     data = _load(a)
     data["X_train"][2, 1] = np.nan
     save_npz(tmp_path / "nan.npz", **data)
     with pytest.raises(ValueError, match=r"nan\.npz.*non-finite"):
-        fuse_features([tmp_path / "nan.npz"], tmp_path / "f.npz", tmp_path / "r.json")
+        fuse_features([tmp_path / "nan.npz"], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
 
 
 def test_pca_output_dimension(tmp_path: Path) -> None:
     a = _write(tmp_path / "a.npz", dim=6, seed=1)
     b = _write(tmp_path / "b.npz", dim=4, seed=2)
-    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", pca_components=3)
+    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(pca_components=3), seed=0)
     fused = _load(tmp_path / "f.npz")
     assert all(fused[f"X_{split}"].shape == (N[split], 3) for split in SPLITS)
     assert report["pca"]["used"] and report["pca"]["n_components"] == 3 and report["fused_dim"] == 3
     assert 0.0 < report["pca"]["explained_variance_ratio"] < 1.0
     np.testing.assert_allclose(fused["X_train"].mean(axis=0), 0.0, atol=1e-4)
 
-    report = fuse_features([a, b], tmp_path / "g.npz", tmp_path / "s.json", pca_components=0.9)
+    report = fuse_features([a, b], tmp_path / "g.npz", tmp_path / "s.json", section(pca_components=0.9), seed=0)
     assert 1 <= report["fused_dim"] <= 10
     assert report["pca"]["explained_variance_ratio"] >= 0.9
     with pytest.raises(ValueError, match="pca_components"):
-        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", pca_components=11)
+        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", section(pca_components=11), seed=0)
 
 
 def test_study_ids_pass_through(tmp_path: Path) -> None:
     study = {f"study_{s}": np.array([f"st-{s}-{i // 2}" for i in range(n)]) for s, n in N.items()}
     a = _write(tmp_path / "a.npz", dim=2, seed=1, **study)
     b = _shuffled(_write(tmp_path / "b.npz", dim=2, seed=2, **study), tmp_path / "b_shuffled.npz", seed=5)
-    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json")
+    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(), seed=0)
     fused = _load(tmp_path / "f.npz")
     assert report["study_ids"]
     np.testing.assert_array_equal(fused["study_test"], study["study_test"])
     c = _write(tmp_path / "c.npz", dim=2, seed=3)
-    assert not fuse_features([a, c], tmp_path / "g.npz", tmp_path / "s.json")["study_ids"]
+    assert not fuse_features([a, c], tmp_path / "g.npz", tmp_path / "s.json", section(), seed=0)["study_ids"]
     assert "study_train" not in _load(tmp_path / "g.npz")
 
 
@@ -175,18 +181,18 @@ def test_supervised_selection_keeps_the_informative_dims(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     noise = {f"X_{s}": rng.normal(size=(n, 5)).astype(np.float32) for s, n in N.items()}
     b = _write(tmp_path / "b.npz", dim=5, seed=2, **noise)  # pure noise, no class signal
-    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", select_k=3)
+    report = fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(select_k=3), seed=0)
     fused = _load(tmp_path / "f.npz")
     assert all(fused[f"X_{split}"].shape == (N[split], 3) for split in SPLITS)
     assert report["fused_dim"] == 3 and report["concat_dim"] == 8
     assert report["selection"] == {"used": True, "k": 3, "score": "anova_f", "kept_per_model": [3, 0]}
-    fuse_features([a, b], tmp_path / "g.npz", tmp_path / "s.json")
+    fuse_features([a, b], tmp_path / "g.npz", tmp_path / "s.json", section(), seed=0)
     full = _load(tmp_path / "g.npz")
     np.testing.assert_array_equal(fused["X_test"], full["X_test"][:, :3])
     with pytest.raises(ValueError, match="either pca_components or select_k"):
-        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=2, pca_components=2)
+        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", section(select_k=2, pca_components=2), seed=0)
     with pytest.raises(ValueError, match=r"select_k=9 must be an int in 1\.\.8"):
-        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", select_k=9)
+        fuse_features([a, b], tmp_path / "h.npz", tmp_path / "t.json", section(select_k=9), seed=0)
 
 
 @pytest.mark.parametrize("settings", [{}, {"pca_components": 4}, {"select_k": 5}, {"standardize": False}])
@@ -194,9 +200,9 @@ def test_refit_fusion_maps_new_rows_like_the_fused_file(tmp_path: Path, settings
     """Robustness checks push perturbed images through the same fusion: refitting must give the same statistics."""
     a = _write(tmp_path / "a.npz", dim=5, seed=1)
     b = _shuffled(_write(tmp_path / "b.npz", dim=3, seed=2, scale=100.0), tmp_path / "b_shuf.npz", seed=3)
-    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", **settings)
+    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(**settings), seed=0)
     fused = _load(tmp_path / "f.npz")
-    fusion = refit_fusion([a, b], **settings)
+    fusion = refit_fusion([a, b], section(**settings), seed=0)
     data_a, data_b = _load(a), _load(b)
     order = {str(i): k for k, i in enumerate(data_b["ids_test"])}
     rows_b = [order[str(i)] for i in data_a["ids_test"]]

@@ -17,9 +17,11 @@ from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
+from medxfer.sections import FeaturesSection
 from medxfer.train import finetune_model, fit, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
+FEATURES = FeaturesSection.from_config({"batch_size": 64})
 
 
 def tiny_data(n_train: int = 24, n_val: int = 8, size: int = 32, channels: int = 1, seed: int = 0) -> CachedDataset:
@@ -124,7 +126,7 @@ def test_class_weights_favour_the_minority():
 
 def test_features_per_split_without_nan(cached, pretrained, tmp_path):
     manifest, images = cached["xray_source"]
-    extract_features([pretrained], manifest, images, [tmp_path / "f.npz"], batch_size=64, threads=2)
+    extract_features([pretrained], manifest, images, [tmp_path / "f.npz"], FEATURES, threads=2)
     data = np.load(tmp_path / "f.npz")
     table = pd.read_csv(manifest)
     for split in ("train", "val", "test"):
@@ -187,7 +189,7 @@ def test_truncated_model_is_smaller_saves_loads_and_serves_features_and_gradcam(
         assert torch.equal(cut(x), loaded(x))
     assert models.gradcam_layer(loaded, 32) is loaded.layer2  # the deepest stage that is left
     images = np.random.default_rng(0).integers(0, 255, (3, 1, 32, 32), dtype=np.uint8)
-    assert pooled_features(loaded, images, torch.device("cpu"), 8).shape == (3, 128)  # layer2 channels
+    assert pooled_features(loaded, images, torch.device("cpu"), 8, stages=1).shape == (3, 128)  # layer2 channels
     assert pooled_features(loaded, images, torch.device("cpu"), 8, stages=2).shape == (3, 128 + 64)
 
 
@@ -207,7 +209,7 @@ def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_pat
     assert metrics["num_parameters"] == meta["num_parameters"] == models.num_parameters(model)
     assert metrics["num_parameters"] < models.num_parameters(models.load(pretrained)[0]) / 2
     assert not hasattr(model, "layer4") or len(model.layer4) == 0
-    extract_features([tmp_path], manifest, images, [tmp_path / "f.npz"], batch_size=64, threads=2)
+    extract_features([tmp_path], manifest, images, [tmp_path / "f.npz"], FEATURES, threads=2)
     assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
 
 

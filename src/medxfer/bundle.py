@@ -23,6 +23,7 @@ from medxfer.identity import read as read_identity
 from medxfer.io import atomic_path, read_json, sha256_file, write_json, write_text
 from medxfer.metrics import N_BOOTSTRAP
 from medxfer.runrecord import package_versions
+from medxfer.sections import FusionSection
 from medxfer.selection import best_row, selection_auc
 
 FORMAT = "medxfer-bundle/1"
@@ -121,9 +122,9 @@ def export_bundle(
     manifest: str | os.PathLike,
     dataset: Mapping[str, Any],
     out_dir: str | os.PathLike,
+    fusion: FusionSection,
+    stages: int,
     record: str | os.PathLike | None = None,
-    fusion: Mapping[str, Any] | None = None,
-    stages: int = 1,
     choose: Mapping[str, Any] | None = None,
     robustness_table: str | os.PathLike | None = None,
     seed: int = 0,
@@ -134,9 +135,10 @@ def export_bundle(
 
     `model_dirs` and `feature_paths`: every CNN of the run and its feature file, in the order the fusion was fitted
     (finetune.archs); the fusion is refitted from them (medxfer.fusion.refit_fusion, the same statistics) with the
-    run's `seed`. `bootstrap_seed`: the report's, for intervals a metrics file lacks. `record`: a small JSON beside
-    the folder with the digest of its bundle.json, which changes exactly when the bundle does (a rule downstream
-    reads it: Snakemake checksums files, but only times folders).
+    config's `fusion` section and the run's `seed`; `stages`: features.stages, as the features were extracted.
+    `bootstrap_seed`: the report's, for intervals a metrics file lacks. `record`: a small JSON beside the folder with
+    the digest of its bundle.json, which changes exactly when the bundle does (a rule downstream reads it: Snakemake
+    checksums files, but only times folders).
     Long on purpose: bundle.json's fields are listed in one place, in the order a reader meets them.
     """
     from medxfer.card import model_card  # the card's wording stays out of the bundle's logic
@@ -158,7 +160,7 @@ def export_bundle(
             (out_dir / CNN_DIR / arch).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(archs[arch] / name, out_dir / CNN_DIR / arch / name)
     if fused:
-        _save_fusion(feature_paths, fusion or {}, seed, out_dir / FUSION_FILE)
+        _save_fusion(feature_paths, fusion, seed, out_dir / FUSION_FILE)
     if ident["classifier"] != "cnn":
         shutil.copyfile(chosen.with_name("model.skops"), out_dir / CLASSIFIER_FILE)
     if chosen.with_name(RELIABILITY_FILE).is_file():  # test calibration before and after, drawn by the model's job
@@ -211,11 +213,11 @@ def _calibration(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out | {"temperature": None, "recalibration": found.get("mapping"), "chosen_on": found.get("chosen_on")}
 
 
-def _save_fusion(feature_paths: Sequence[str | os.PathLike], settings: Mapping[str, Any], seed: int, out: Path) -> None:
+def _save_fusion(feature_paths: Sequence[str | os.PathLike], settings: FusionSection, seed: int, out: Path) -> None:
     from medxfer.classifiers import skops_io
-    from medxfer.fusion import refit_configured
+    from medxfer.fusion import refit_fusion
 
-    fitted = refit_configured(feature_paths, settings, seed)
+    fitted = refit_fusion(feature_paths, settings, seed)
     with atomic_path(out) as tmp:
         skops_io().dump({"scalers": fitted.scalers, "kept": fitted.kept, "pca": fitted.pca}, tmp)
 

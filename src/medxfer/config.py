@@ -88,13 +88,12 @@ def known_inits() -> list[str]:
 
 def section_defaults(name: str) -> dict[str, Any]:
     """The schema's defaults of one top-level config section (e.g. `explain`), for callers outside the workflow."""
-    section: dict[str, Any] = {}
-    _DefaultingValidator(load_schema()["properties"][name]).validate(section)
-    return section
+    return checked({}, load_schema()["properties"][name], name)
 
 
-def _key(error: jsonschema.ValidationError) -> str:
-    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+def _key(error: jsonschema.ValidationError, section: str = "") -> str:
+    path = ([section] if section else []) + list(error.absolute_path)
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
     return ".".join(parts).replace(".[", "[") or "<top level>"
 
 
@@ -109,17 +108,24 @@ def _allowed(error: jsonschema.ValidationError) -> str:
     return f"{error.validator} {error.validator_value!r}"
 
 
-def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the key."""
-    config = copy.deepcopy(dict(config))
-    validator = _DefaultingValidator(schema or load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+def checked(values: Mapping[str, Any], schema: Mapping[str, Any], section: str = "") -> dict[str, Any]:
+    """A copy of `values` with the schema's defaults filled in; ConfigError naming every bad key (under `section`,
+    for the values of one top-level section checked against its own part of the schema)."""
+    values = copy.deepcopy(dict(values))
+    errors = sorted(_DefaultingValidator(schema).iter_errors(values), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [
-            f"config key '{_key(e)}': {e.message}" + ("" if e.validator == "enum" else f" (allowed: {_allowed(e)})")
+            f"config key '{_key(e, section)}': {e.message}"
+            + ("" if e.validator == "enum" else f" (allowed: {_allowed(e)})")
             for e in errors
         ]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    return values
+
+
+def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the key."""
+    config = checked(config, schema or load_schema())
     _cross_check(config)
     _inherit_privacy(config)
     config["finetune"]["seeds"] = config["finetune"]["seeds"] or [config["seed"]]

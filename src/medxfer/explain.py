@@ -25,6 +25,7 @@ from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz, write_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import decide
+from medxfer.sections import ExplainSection
 
 METHODS = tuple(cams.list_methods())
 
@@ -98,7 +99,7 @@ def explain_model(
     manifest: Path,
     images: Path,
     out_dir: Path,
-    settings: Mapping[str, Any],
+    settings: ExplainSection,
     seed: int = 0,
     threads: int = 1,
     device: str = "auto",
@@ -109,16 +110,16 @@ def explain_model(
     faithfulness.csv (in out_dir, or at `faithfulness_path`: the workflow keeps it outside the folder so the summary
     reads a checksummed file, not a folder whose time any copy or `dvc checkout` changes).
 
-    `settings`: the config's validated `explain` section (its defaults live in the schema only). The gallery images
-    are spread over true/false positives/negatives, decided as the model decides (its validation-chosen threshold
-    in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
+    `settings`: the config's `explain` section (medxfer.sections; its defaults live in the schema only). The gallery
+    images are spread over true/false positives/negatives, decided as the model decides (its validation-chosen
+    threshold in model.json, else argmax), and explain the predicted class; the faithfulness images (with a finding mask
     where the data set has masks) explain their true class. One call on purpose: gallery, overlays and the
     faithfulness table share one model load and one pass over the test split. The method shown first and the CAM
     layer of every CAM map are chosen on val images first (medxfer.heatmap_choice), recorded in selection.json.
     """
     logger = get_logger("medxfer.explain", log_path)
     runtime.configure(threads, seed)
-    methods = settings["methods"]
+    methods = settings.methods
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
@@ -132,11 +133,11 @@ def explain_model(
     methods = [selection["method"], *(m for m in methods if m != selection["method"])]  # the chosen one first
 
     def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return _maps(model, method, images, targets, settings["lime_samples"], settings["lime_segments"], seed)
+        return _maps(model, method, images, targets, settings.lime_samples, settings.lime_segments, seed)
 
-    index, table, decided = _gallery_table(model, test, meta, settings["n_images"], seed, dev)
+    index, table, decided = _gallery_table(model, test, meta, settings.n_images, seed, dev)
     _write_gallery_files(out_dir, table, test.images[index], methods, maps_of, meta, selection, model_dir, logger)
-    faith = faithfulness(model, test, methods, maps_of, settings["n_faithfulness"], settings["deletion_steps"], seed)
+    faith = faithfulness(model, test, methods, maps_of, settings.n_faithfulness, settings.deletion_steps, seed)
     # the model's own decision per image, so the summary can score the findings it detects apart from all of them
     faith.insert(2, "predicted", faith["image_id"].map(dict(zip(test.ids.tolist(), decided.tolist(), strict=True))))
     faith = _with_identity(faith, meta, model_dir)

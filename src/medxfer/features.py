@@ -17,6 +17,7 @@ from medxfer.identity import to_array as identity_array
 from medxfer.io import save_npz
 from medxfer.log import get_logger, mark_work_start
 from medxfer.runtime import autocast, to_device
+from medxfer.sections import FeaturesSection
 
 
 def forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +35,7 @@ def forward_pooled(model: nn.Module, x: torch.Tensor, stages: int) -> tuple[torc
 
 @torch.inference_mode()
 def features_and_proba(
-    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int = 1
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features (see `pooled_features`) and softmax class probabilities from one forward pass, so a stage
     that needs both (robustness) does not run the network twice."""
@@ -56,7 +57,7 @@ def features_and_proba(
 
 
 def pooled_features(
-    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int = 1
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, stages: int
 ) -> np.ndarray:
     """timm forward_features + the model's own pooling (pre_logits), in large batches.
 
@@ -71,14 +72,14 @@ def extract_features(
     manifest: Path,
     images: Path,
     out_paths: Sequence[Path],
-    batch_size: int = 256,
+    settings: FeaturesSection,
     threads: int = 1,
     device: str = "auto",
     log_path: Path | None = None,
-    stages: int = 1,
 ) -> dict[str, Any]:
     """For each model, write X/y/ids/study per split and the class names to its .npz; NaN or inf features are an
-    error. Several models share one process and one decode of the images (a torch start-up costs seconds)."""
+    error. Several models share one process and one decode of the images (a torch start-up costs seconds).
+    `settings`: the config's `features` section (medxfer.sections)."""
     if len(model_dirs) != len(out_paths):
         raise ValueError(f"{len(model_dirs)} models but {len(out_paths)} output paths")
     logger = get_logger("medxfer.features", log_path)
@@ -98,7 +99,7 @@ def extract_features(
             ident = read_identity(meta, Path(model_dir) / models.META_FILE, "features")
             arrays["identity"] = identity_array({k: v for k, v in ident.items() if k != "classifier"})
         for name, split in data.splits.items():
-            feats = pooled_features(model, split.images, dev, batch_size, stages)
+            feats = pooled_features(model, split.images, dev, settings.batch_size, settings.stages)
             if not np.isfinite(feats).all():
                 raise ValueError(f"{model_dir}: non-finite features on the {name} split")
             arrays |= {

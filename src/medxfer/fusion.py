@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from medxfer.identity import from_array, to_array
 from medxfer.io import save_npz, write_json
+from medxfer.sections import FusionSection
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_KEYS: tuple[str, ...] = tuple(f"{k}_{s}" for s in SPLITS for k in ("X", "y", "ids")) + ("classes",)
@@ -145,13 +146,12 @@ class Fusion:
 def fit_fusion(
     train_blocks: Sequence[np.ndarray],
     y_train: np.ndarray,
-    standardize: bool = True,
-    pca_components: int | float | None = None,
-    seed: int = 0,
-    select_k: int | None = None,
+    settings: FusionSection,
+    seed: int,
     names: Sequence[str] | None = None,
 ) -> Fusion:
     """Fit the fusion on the train rows of each model's features (aligned, same order for every model)."""
+    standardize, pca_components, select_k = settings.standardize, settings.pca_components, settings.select_k
     names = list(names or [f"model {i}" for i in range(len(train_blocks))])
     scalers: list[StandardScaler | None] = []
     for x, name in zip(train_blocks, names, strict=True):
@@ -220,45 +220,27 @@ def _aligned(paths: Sequence[Path]) -> tuple[list[dict[str, np.ndarray]], list[d
     return files, aligned
 
 
-def refit_fusion(
-    feature_paths: Sequence[str | os.PathLike],
-    standardize: bool = True,
-    pca_components: int | float | None = None,
-    seed: int = 0,
-    select_k: int | None = None,
-) -> Fusion:
-    """The fusion fuse_features fitted on these files with these settings (deterministic: the same statistics)."""
+def refit_fusion(feature_paths: Sequence[str | os.PathLike], settings: FusionSection, seed: int) -> Fusion:
+    """The fusion fuse_features fitted on these files with these settings and seed (deterministic: the same
+    statistics), e.g. for perturbed images or a bundle."""
     paths = [Path(p) for p in feature_paths]
     files, aligned = _aligned(paths)
     train = [blocks["train"] for blocks in aligned]
-    return fit_fusion(train, files[0]["y_train"], standardize, pca_components, seed, select_k, [str(p) for p in paths])
-
-
-def refit_configured(
-    feature_paths: Sequence[str | os.PathLike], settings: Mapping[str, Any] | None, seed: int
-) -> Fusion:
-    """refit_fusion with a config's `fusion` section, as extract_features fused the files; keys it leaves out take
-    the schema's defaults."""
-    from medxfer.config import section_defaults
-
-    fusion = section_defaults("fusion") | dict(settings or {})
-    return refit_fusion(feature_paths, fusion["standardize"], fusion["pca_components"], seed, fusion["select_k"])
+    return fit_fusion(train, files[0]["y_train"], settings, seed, [str(p) for p in paths])
 
 
 def fuse_features(
     feature_paths: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
     report_path: str | os.PathLike,
-    standardize: bool = True,
-    pca_components: int | float | None = None,
-    seed: int = 0,
-    select_k: int | None = None,
+    settings: FusionSection,
+    seed: int,
 ) -> dict[str, Any]:
     """Fuse per-model feature files into one, in the order of the first file's ids; returns the report dict.
 
-    `pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
-    variance to keep). `select_k`: keep the k fused dimensions with the highest ANOVA F-score against the train
-    labels (supervised selection, an alternative to PCA; the two cannot be combined).
+    `settings.pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
+    variance to keep). `settings.select_k`: keep the k fused dimensions with the highest ANOVA F-score against the
+    train labels (supervised selection, an alternative to PCA; the two cannot be combined).
     Long on purpose: the order of steps (align, fit on train only, transform every split, record) is the
     guarantee that nothing fitted here sees val or test rows, and it reads best in one place.
     """
@@ -268,13 +250,7 @@ def fuse_features(
     files, aligned = _aligned(paths)
     ref = files[0]
     fusion = fit_fusion(
-        [blocks["train"] for blocks in aligned],
-        ref["y_train"],
-        standardize,
-        pca_components,
-        seed,
-        select_k,
-        [str(p) for p in paths],
+        [blocks["train"] for blocks in aligned], ref["y_train"], settings, seed, [str(p) for p in paths]
     )
     concat_dim = int(sum(blocks["train"].shape[1] for blocks in aligned))
     fused = {split: fusion.transform([blocks[split] for blocks in aligned]) for split in SPLITS}
@@ -302,7 +278,7 @@ def fuse_features(
         "fused_dim": int(arrays["X_train"].shape[1]),
         "n": {split: int(arrays[f"y_{split}"].shape[0]) for split in SPLITS},
         "classes": [str(c) for c in ref["classes"]],
-        "standardize": bool(standardize),
+        "standardize": bool(settings.standardize),
         "pca": pca_report,
         "selection": selection_report,
         "study_ids": with_study,

@@ -21,6 +21,7 @@ from torch import nn
 from medxfer import cams, models
 from medxfer.cache import Split
 from medxfer.faithfulness import deletion_insertion
+from medxfer.sections import ExplainSection
 
 
 def val_index(split: Split, n_images: int, seed: int) -> np.ndarray:
@@ -66,21 +67,21 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int, logger: Any = None) -> dict[str, Any]:
+def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, logger: Any = None) -> dict[str, Any]:
     """Score every (method, layer) candidate on val, run the sanity check, pin the chosen CAM layer on the model.
 
     Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val and, per
     candidate, its val deletion AUC, its Spearman correlation with the randomised model's map and its flag.
     """
-    index = val_index(val, settings["choose_on_val"], seed)
+    index = val_index(val, settings.choose_on_val, seed)
     if len(index) == 0:
         raise ValueError("the val split is empty: the heatmap method and layer are chosen on val images")
     images, targets = val.images[index], val.labels[index]
-    options = dict(seed=seed, lime_samples=settings["lime_samples"], lime_segments=settings["lime_segments"])
-    threshold = settings["sanity_threshold"]
+    options = dict(seed=seed, lime_samples=settings.lime_samples, lime_segments=settings.lime_segments)
+    threshold = settings.sanity_threshold
     random_model, reset = randomised(model, seed)
     rows = []
-    for method, layer in candidates(model, settings["methods"], settings["layers"]):
+    for method, layer in candidates(model, settings.methods, settings.layers):
         trained = cams.heatmaps(method, model, images, targets, layer, **options)
         shuffled = cams.heatmaps(method, random_model, images, targets, layer, **options)
         rho = rank_correlation(trained, shuffled)
@@ -88,7 +89,7 @@ def choose(model: nn.Module, val: Split, settings: Mapping[str, Any], seed: int,
             {
                 "method": method,
                 "layer": layer,
-                "val_deletion_auc": mean_deletion(model, images, targets, trained, settings["deletion_steps"]),
+                "val_deletion_auc": mean_deletion(model, images, targets, trained, settings.deletion_steps),
                 "spearman_vs_random_model": rho,
                 "flagged": rho is not None and rho > threshold,
             }

@@ -28,7 +28,7 @@ from medxfer.cache import Split, image_files, load_cached
 from medxfer.classifiers import load_classifier
 from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
-from medxfer.fusion import refit_configured
+from medxfer.fusion import refit_fusion
 from medxfer.identity import read as read_identity
 from medxfer.imaging import load_image, withheld_warnings
 from medxfer.ingest import read_manifest
@@ -36,6 +36,7 @@ from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import classification_metrics
 from medxfer.plots import new_figure, save_figure
+from medxfer.sections import FeaturesSection, FusionSection, RobustnessSection
 from medxfer.selection import best_row, selection_auc
 
 # perturbation -> (what the level means, the level at severity 1, 2, 3)
@@ -119,11 +120,9 @@ def assess_robustness(
     dataset: Mapping[str, Any],
     out_csv: Path,
     out_plot: Path,
-    perturbations: Sequence[str] = PERTURBATIONS,
-    severities: Sequence[int] = (1, 2, 3),
-    fusion: Mapping[str, Any] | None = None,
-    stages: int = 1,
-    batch_size: int = 256,
+    robustness: RobustnessSection,
+    fusion: FusionSection,
+    features: FeaturesSection,
     seed: int = 0,
     threads: int = 1,
     device: str = "auto",
@@ -131,20 +130,22 @@ def assess_robustness(
 ) -> pd.DataFrame:
     """Accuracy, ROC AUC and kappa of each CNN and the best fused classifier per perturbation and severity.
 
-    Severity 0 is the clean test split. `feature_paths` are the CNNs' feature files (same order as `model_dirs`),
-    the train rows the fusion is refitted on; `classifier_metrics` are the fused classifiers' metrics.json files
-    (their model.skops beside them). hu_window runs only on CT data sets. One call for every model: each scores the
-    same perturbed batch, made once per perturbation and severity.
+    Severity 0 is the clean test split. `robustness`, `fusion` and `features`: the config's sections of those names
+    (medxfer.sections), the latter two as the features were extracted and fused. `feature_paths` are the CNNs'
+    feature files (same order as `model_dirs`), the train rows the fusion is refitted on; `classifier_metrics` are
+    the fused classifiers' metrics.json files (their model.skops beside them). hu_window runs only on CT data sets.
+    One call for every model: each scores the same perturbed batch, made once per perturbation and severity.
     """
     logger = get_logger("medxfer.robustness", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
-    perturbations = _applicable(perturbations, severities, dataset)
+    severities = robustness.severities
+    perturbations = _applicable(robustness.perturbations, severities, dataset)
     data = load_cached(manifest, images)
     test = data.splits["test"]
     cnns = _load_cnns(model_dirs, dev, data.classes)
     mark_work_start()  # refitting the fusion (scaler, PCA) on the train rows is work, not loading
-    fused = refit_configured(feature_paths, fusion, seed)
+    fused = refit_fusion(feature_paths, fusion, seed)
     n_classes = len(data.classes)
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))
@@ -153,7 +154,7 @@ def assess_robustness(
     thresholds = _thresholds(cnns, model_dirs, fused_name, best)
 
     def scores(batch: np.ndarray) -> dict[str, np.ndarray]:
-        passes = [features_and_proba(model, batch, dev, batch_size, stages) for model, _ in cnns]  # one pass each
+        passes = [features_and_proba(model, batch, dev, features.batch_size, features.stages) for model, _ in cnns]
         out = {meta["arch"]: proba for (_, meta), (_, proba) in zip(cnns, passes, strict=True)}
         out[fused_name] = classifier_proba(classifier, fused.transform([feats for feats, _ in passes]), n_classes)
         return out

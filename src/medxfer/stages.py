@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from medxfer.log import get_logger, logged
+from medxfer.sections import ExplainSection, FeaturesSection, FusionSection, RobustnessSection
 
 STAGES: dict[str, Callable[[Any], None]] = {}
 
@@ -179,22 +180,13 @@ def extract_features(job: Any) -> None:
         Path(job.input.manifest),
         Path(job.input.images),
         features,
-        batch_size=job.params.batch_size,
+        FeaturesSection.from_config({"batch_size": job.params.batch_size, "stages": job.params.stages}),
         threads=job.threads,
         device=job.params.device,
-        stages=job.params.stages,
         log_path=_log_path(job),
     )
-    fusion = job.params.fusion
-    report = fuse_features(
-        features,
-        Path(job.output.fused),
-        Path(job.output.report),
-        standardize=fusion["standardize"],
-        pca_components=fusion["pca_components"],
-        seed=job.params.seed,
-        select_k=fusion["select_k"],
-    )
+    fusion = FusionSection.from_config(job.params.fusion)
+    report = fuse_features(features, Path(job.output.fused), Path(job.output.report), fusion, job.params.seed)
     _logger(job, "medxfer.fusion").info("fused %s -> %s", report["concat_dim"], report["fused_dim"])
 
 
@@ -222,13 +214,14 @@ def train_classifiers(job: Any) -> None:
 def explain_model(job: Any) -> None:
     from medxfer.explain import explain_model as explain
 
+    settings = ExplainSection.from_config(job.params.explain)
     for weights, folder, table in zip(job.input.weights, job.output.folders, job.output.faithfulness, strict=True):
         explain(
             Path(weights).parent,
             Path(job.input.manifest),
             Path(job.input.images),
             Path(folder),
-            job.params.explain,
+            settings,
             seed=job.params.seed,
             threads=job.threads,
             device=job.params.device,
@@ -250,11 +243,9 @@ def assess_robustness(job: Any) -> None:
         job.params.dataset,
         Path(job.output.table),
         Path(job.output.plot),
-        perturbations=job.params.robustness["perturbations"],
-        severities=job.params.robustness["severities"],
-        fusion=job.params.fusion,
-        stages=job.params.features["stages"],
-        batch_size=job.params.features["batch_size"],
+        RobustnessSection.from_config(job.params.robustness),
+        FusionSection.from_config(job.params.fusion),
+        FeaturesSection.from_config(job.params.features),
         seed=job.params.seed,
         threads=job.threads,
         device=job.params.device,
@@ -273,9 +264,9 @@ def export_bundle(job: Any) -> None:
         Path(job.input.manifest),
         job.params.dataset,
         Path(job.output.bundle),
+        FusionSection.from_config(job.params.fusion),
+        job.params.stages,
         record=Path(job.output.record),
-        fusion=job.params.fusion,
-        stages=job.params.stages,
         choose=job.params.choose,
         robustness_table=Path(job.input.robustness),
         seed=job.params.seed,

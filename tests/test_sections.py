@@ -1,0 +1,104 @@
+"""The typed config sections mirror the schema: same keys, the schema's defaults, its errors, tuples for lists."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+import pytest
+
+from medxfer.config import ConfigError, load_schema, section_defaults
+from medxfer.sections import ConfigSection, ExplainSection, FeaturesSection, FusionSection, RobustnessSection
+
+SECTIONS = [ExplainSection, FusionSection, RobustnessSection, FeaturesSection]
+# per section: a key the schema types as an integer (or boolean), and a value of the wrong type for it
+WRONG_TYPE = [
+    (ExplainSection, "lime_samples", "many"),
+    (FusionSection, "standardize", "yes"),
+    (FeaturesSection, "batch_size", 2.5),
+]
+
+
+JSON_TYPES = {"null": type(None), "boolean": bool, "integer": int, "number": float, "string": str, "array": tuple}
+
+
+def schema_section(section: type[ConfigSection]) -> dict:
+    return load_schema()["properties"][section.SECTION]
+
+
+def schema_types(prop: dict) -> set[type]:
+    """The Python types a schema property allows (arrays as tuples), from `type`, `enum` or `oneOf`."""
+    if "oneOf" in prop:
+        return set().union(*(schema_types(option) for option in prop["oneOf"]))
+    if "enum" in prop:
+        return {type(value) for value in prop["enum"]}
+    names = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+    return {JSON_TYPES[name] for name in names}
+
+
+def hint_types(hint: object) -> set[type]:
+    """The types a field's annotation allows: the members of a union, or the annotation's own class."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set().union(*(hint_types(arg) for arg in typing.get_args(hint)))
+    return {typing.get_origin(hint) or hint}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_fields_are_the_schema_keys_without_defaults(section):
+    fields = dataclasses.fields(section)
+    assert [f.name for f in fields] == list(schema_section(section)["properties"])
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    assert dataclasses.is_dataclass(section) and section.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_type_hints_are_the_schema_types(section):
+    hints = typing.get_type_hints(section)
+    for name, prop in schema_section(section)["properties"].items():
+        assert hint_types(hints[name]) == schema_types(prop), name
+        if "items" in prop:  # tuple[X, ...]: X is the items' type
+            assert {typing.get_args(hints[name])[0]} == schema_types(prop["items"]), name
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_empty_section_takes_the_schema_defaults_with_tuples_for_lists(section):
+    built = section.from_config({})
+    assert section.from_config(None) == built
+    defaults = section_defaults(section.SECTION)
+    assert defaults  # every key of these sections has a default
+    for name, value in defaults.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(built, name) == expected and type(getattr(built, name)) is type(expected), name
+
+
+def test_given_values_replace_defaults_and_lists_become_tuples():
+    explain = ExplainSection.from_config({"methods": ["lime"], "layers": [-2], "n_images": 2})
+    assert explain.methods == ("lime",) and explain.layers == (-2,) and explain.n_images == 2
+    assert explain.lime_samples == section_defaults("explain")["lime_samples"]
+    robustness = RobustnessSection.from_config({"perturbations": ["blur"], "severities": [3, 1]})
+    assert (robustness.perturbations, robustness.severities) == (("blur",), (3, 1))
+    hash(robustness)  # frozen, and tuples: hashable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        robustness.severities = (1,)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_an_unknown_key_is_an_error_naming_section_and_key(section):
+    with pytest.raises(ConfigError, match=rf"config key '{section.SECTION}'.*'misspelt_key' was unexpected"):
+        section.from_config({"misspelt_key": 1})
+
+
+@pytest.mark.parametrize(("section", "key", "value"), WRONG_TYPE)
+def test_a_wrong_type_is_an_error_naming_the_key(section, key, value):
+    with pytest.raises(ConfigError, match=rf"config key '{section.SECTION}\.{key}'"):
+        section.from_config({key: value})
+
+
+def test_schema_rules_beyond_types_hold():
+    with pytest.raises(ConfigError, match=r"config key 'robustness\.severities\[0\]'"):
+        RobustnessSection.from_config({"severities": [4]})
+    with pytest.raises(ConfigError, match=r"config key 'features\.stages'"):
+        FeaturesSection.from_config({"stages": 3})
+    with pytest.raises(ConfigError, match=r"config key 'fusion\.pca_components'"):
+        FusionSection.from_config({"pca_components": 1.5})
