@@ -15,12 +15,14 @@ from medxfer.cams import heatmaps, segments
 from medxfer.explain import PANEL, choose_images, explain_model, outcomes
 from medxfer.faithfulness import deletion_insertion
 from medxfer.localisation import LOCALISATION_COLUMNS, mask_iou, pointing_hit, random_maps
-from medxfer.sections import ExplainSection
+from medxfer.sections import ExplainSection, FinetuneTraining, PretrainTraining
 from medxfer.train import finetune_model, pretrain_model
 
-PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, class_weights=True, augment={})
+# no augmentation: every transform off (the schema's defaults would turn most on)
+NO_AUGMENT = dict(hflip=0, degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0)
+PARAMS = dict(lr=2e-3, weight_decay=1e-4, epochs=2, batch_size=16, imbalance="weighted_loss", augment=NO_AUGMENT)
 # the config's explain section, small: the defaults themselves live in the schema only
-FINETUNE = PARAMS | dict(imbalance="weighted_loss", strategy="full", epochs=1)
+FINETUNE = FinetuneTraining.from_config(PARAMS | dict(strategy="full", epochs=1))
 SETTINGS = ExplainSection.from_config(dict(n_images=3, lime_samples=30, n_faithfulness=6, deletion_steps=8))
 
 
@@ -28,7 +30,7 @@ SETTINGS = ExplainSection.from_config(dict(n_images=3, lime_samples=30, n_faithf
 def trained(cached, tmp_path_factory):
     manifest, images = cached["xray_source"]
     out = tmp_path_factory.mktemp("explain_model")
-    pretrain_model(manifest, images, "resnet10t", PARAMS, out, threads=2, seed=0)
+    pretrain_model(manifest, images, "resnet10t", PretrainTraining.from_config(PARAMS), out, threads=2, seed=0)
     return out
 
 

@@ -2,33 +2,57 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
 
 import pytest
 
-from medxfer.config import ConfigError, load_schema, section_defaults
-from medxfer.sections import ConfigSection, ExplainSection, FeaturesSection, FusionSection, RobustnessSection
+from medxfer.config import JOB_SELECTORS, ConfigError, checked, load_schema, section_defaults, training_params, validate
+from medxfer.sections import (
+    ConfigSection,
+    ExplainSection,
+    FeaturesSection,
+    FinetuneTraining,
+    FusionSection,
+    PretrainTraining,
+    RobustnessSection,
+)
 
 SECTIONS = [ExplainSection, FusionSection, RobustnessSection, FeaturesSection]
+TRAINING = [PretrainTraining, FinetuneTraining]
 # per section: a key the schema types as an integer (or boolean), and a value of the wrong type for it
 WRONG_TYPE = [
     (ExplainSection, "lime_samples", "many"),
     (FusionSection, "standardize", "yes"),
     (FeaturesSection, "batch_size", 2.5),
+    (PretrainTraining, "multilabel", "yes"),
+    (FinetuneTraining, "epochs", 2.5),
 ]
 
 
-JSON_TYPES = {"null": type(None), "boolean": bool, "integer": int, "number": float, "string": str, "array": tuple}
+JSON_TYPES = {
+    "null": type(None),
+    "boolean": bool,
+    "integer": int,
+    "number": float,
+    "string": str,
+    "array": tuple,
+    "object": collections.abc.Mapping,
+}
 
 
 def schema_section(section: type[ConfigSection]) -> dict:
-    return load_schema()["properties"][section.SECTION]
+    return section.schema()
 
 
-def schema_types(prop: dict) -> set[type]:
-    """The Python types a schema property allows (arrays as tuples), from `type`, `enum` or `oneOf`."""
+def schema_types(prop: dict, definitions: dict | None = None) -> set[type]:
+    """The Python types a schema property allows (arrays as tuples), from `type`, `enum`, `oneOf` or `$ref`."""
+    if "$ref" in prop:
+        prefix = "#/definitions/"
+        assert prop["$ref"].startswith(prefix)
+        return schema_types(definitions[prop["$ref"].removeprefix(prefix)], definitions)
     if "oneOf" in prop:
         return set().union(*(schema_types(option) for option in prop["oneOf"]))
     if "enum" in prop:
@@ -44,7 +68,7 @@ def hint_types(hint: object) -> set[type]:
     return {typing.get_origin(hint) or hint}
 
 
-@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("section", SECTIONS + TRAINING)
 def test_fields_are_the_schema_keys_without_defaults(section):
     fields = dataclasses.fields(section)
     assert [f.name for f in fields] == list(schema_section(section)["properties"])
@@ -52,11 +76,12 @@ def test_fields_are_the_schema_keys_without_defaults(section):
     assert dataclasses.is_dataclass(section) and section.__dataclass_params__.frozen
 
 
-@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("section", SECTIONS + TRAINING)
 def test_type_hints_are_the_schema_types(section):
     hints = typing.get_type_hints(section)
-    for name, prop in schema_section(section)["properties"].items():
-        assert hint_types(hints[name]) == schema_types(prop), name
+    schema = schema_section(section)
+    for name, prop in schema["properties"].items():
+        assert hint_types(hints[name]) == schema_types(prop, schema["definitions"]), name
         if "items" in prop:  # tuple[X, ...]: X is the items' type
             assert {typing.get_args(hints[name])[0]} == schema_types(prop["items"]), name
 
@@ -83,7 +108,7 @@ def test_given_values_replace_defaults_and_lists_become_tuples():
         robustness.severities = (1,)  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("section", SECTIONS + TRAINING)
 def test_an_unknown_key_is_an_error_naming_section_and_key(section):
     with pytest.raises(ConfigError, match=rf"config key '{section.SECTION}'.*'misspelt_key' was unexpected"):
         section.from_config({"misspelt_key": 1})
@@ -102,3 +127,40 @@ def test_schema_rules_beyond_types_hold():
         FeaturesSection.from_config({"stages": 3})
     with pytest.raises(ConfigError, match=r"config key 'fusion\.pca_components'"):
         FusionSection.from_config({"pca_components": 1.5})
+
+
+@pytest.mark.parametrize("section", TRAINING)
+def test_training_sections_are_their_stage_without_the_job_selectors(section):
+    whole = load_schema()["properties"][section.SECTION]["properties"]
+    assert list(schema_section(section)["properties"]) == [k for k in whole if k not in JOB_SELECTORS]
+    with pytest.raises(ConfigError, match=rf"config key '{section.SECTION}'.*was unexpected"):
+        section.from_config({[k for k in whole if k in JOB_SELECTORS][0]: None})
+
+
+@pytest.mark.parametrize("section", TRAINING)
+def test_empty_training_section_takes_the_schema_defaults_read_only(section):
+    built = section.from_config({})
+    defaults = checked({}, schema_section(section), section.SECTION)
+    assert built.as_dict() == defaults and list(built.as_dict()) == list(defaults)
+    assert built.augment["scale"] == tuple(defaults["augment"]["scale"])  # every augment key, filled in
+    with pytest.raises(TypeError):
+        built.augment["hflip"] = 0  # type: ignore[index]
+    with pytest.raises(KeyError):
+        built.augment["hfilp"]  # noqa: B018 - a misspelt key fails where it is read
+
+
+@pytest.mark.parametrize(("section", "stage"), [(PretrainTraining, "pretrain"), (FinetuneTraining, "finetune")])
+def test_training_params_round_trip_with_the_data_sets_augment(section, stage):
+    conf = validate(
+        {
+            "datasets": {
+                "ct": {"format": "npz", "root": ".", "file": "x.npz", "augment": {"hflip": 0.0}},
+            },
+            "pretrain": {"source": "ct"},
+            "finetune": {"targets": ["ct"], "inits": ["scratch"], "archs": ["resnet10t"], "epochs": 3},
+        }
+    )
+    params = training_params(conf, stage, "ct")
+    built = section.from_config(params)
+    assert built.augment["hflip"] == 0.0 and built.as_dict() == params  # as model.json and the fingerprint see it
+    assert section.from_config(built.as_dict()) == built

@@ -17,7 +17,7 @@ from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
-from medxfer.sections import FeaturesSection
+from medxfer.sections import FeaturesSection, FinetuneTraining, PretrainTraining
 from medxfer.train import finetune_model, fit, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
@@ -37,8 +37,10 @@ def tiny_data(n_train: int = 24, n_val: int = 8, size: int = 32, channels: int =
     return CachedDataset(classes=["normal", "finding"], splits=splits)
 
 
-def tiny_params(**overrides) -> dict:
-    return dict(lr=3e-3, weight_decay=1e-4, epochs=2, batch_size=8, augment=AUG, strategy="full") | overrides
+def tiny_params(**overrides) -> FinetuneTraining:
+    return FinetuneTraining.from_config(
+        dict(lr=3e-3, weight_decay=1e-4, epochs=2, batch_size=8, augment=AUG, strategy="full") | overrides
+    )
 
 
 AUG = dict(hflip=0.5, degrees=5, translate=0.05, scale=[0.95, 1.05], brightness=0.1, contrast=0.1, noise_std=0.01)
@@ -47,13 +49,19 @@ PARAMS = dict(
 )
 
 
+def ft(**overrides) -> FinetuneTraining:
+    return FinetuneTraining.from_config(PARAMS | overrides)
+
+
+def pre(**overrides) -> PretrainTraining:
+    return PretrainTraining.from_config({k: v for k, v in PARAMS.items() if k != "strategy"} | overrides)
+
+
 @pytest.fixture(scope="module")
 def pretrained(cached, tmp_path_factory):
     manifest, images = cached["xray_source"]
     out = tmp_path_factory.mktemp("pretrain")
-    pretrain_model(
-        manifest, images, "resnet10t", {k: v for k, v in PARAMS.items() if k != "strategy"}, out, threads=2, seed=0
-    )
+    pretrain_model(manifest, images, "resnet10t", pre(), out, threads=2, seed=0)
     return out
 
 
@@ -68,7 +76,7 @@ def test_pretrain_writes_checkpoint_trio_with_metadata(pretrained):
 def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pretrained, tmp_path):
     manifest, images = cached["ct"]
     metrics = finetune_model(
-        manifest, images, "resnet10t", "indomain", PARAMS, tmp_path, init_path=pretrained, threads=2, seed=0
+        manifest, images, "resnet10t", "indomain", ft(), tmp_path, init_path=pretrained, threads=2, seed=0
     )
     model, meta = models.load(tmp_path)
     assert meta["in_chans"] == 2 and meta["init"] == "indomain"
@@ -82,8 +90,8 @@ def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pre
 
 def test_training_is_deterministic_on_cpu(cached, tmp_path):
     manifest, images = cached["mura"]
-    first = finetune_model(manifest, images, "resnet10t", "scratch", PARAMS, tmp_path / "a", threads=2, seed=1)
-    second = finetune_model(manifest, images, "resnet10t", "scratch", PARAMS, tmp_path / "b", threads=2, seed=1)
+    first = finetune_model(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "a", threads=2, seed=1)
+    second = finetune_model(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "b", threads=2, seed=1)
     assert first == second
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
 
@@ -91,7 +99,7 @@ def test_training_is_deterministic_on_cpu(cached, tmp_path):
 def test_decision_threshold_comes_from_the_val_split(cached, tmp_path):
     manifest, images = cached["mura"]
     metrics = finetune_model(
-        manifest, images, "resnet10t", "scratch", PARAMS, tmp_path, threads=2, seed=0, decision="cohen_kappa"
+        manifest, images, "resnet10t", "scratch", ft(), tmp_path, threads=2, seed=0, decision="cohen_kappa"
     )
     model, _ = models.load(tmp_path)
     val = load_cached(manifest, images).splits["val"]
@@ -112,7 +120,7 @@ def test_linear_probe_trains_only_the_head(cached, tmp_path):
     manifest, images = cached["mura"]
     seed_everything(0)  # finetune_model seeds the same way before it builds the model
     before = models.create("resnet10t", 2, 1).state_dict()
-    probe = PARAMS | {"strategy": "linear_probe", "epochs": 1}
+    probe = ft(strategy="linear_probe", epochs=1)
     finetune_model(manifest, images, "resnet10t", "scratch", probe, tmp_path, threads=2, seed=0)
     after = models.load(tmp_path)[0].state_dict()
     assert torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
@@ -200,7 +208,7 @@ def test_truncation_beyond_the_network_is_a_clear_error():
 
 def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_path):
     manifest, images = cached["mura"]
-    params = PARAMS | {"strategy": "truncated", "truncate_stages": 4, "epochs": 1}
+    params = ft(strategy="truncated", truncate_stages=4, epochs=1)
     metrics = finetune_model(
         manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0
     )
@@ -222,7 +230,7 @@ def _train(tmp_path, name, resume_dir=None, kill_after=None, **overrides):
     seed_everything(0)
     model = models.create("resnet10t", 2, 1)
     aug = AUG | {"elastic": 0.5, "elastic_sigma": 3.0}
-    params = tiny_params(epochs=3, imbalance="weighted_sampler", augment=aug) | overrides
+    params = tiny_params(**{"epochs": 3, "imbalance": "weighted_sampler", "augment": aug} | overrides)
     last = {}
 
     def on_epoch_end(epoch):
@@ -265,7 +273,7 @@ def test_finetune_removes_its_resume_state_and_the_empty_folders_it_leaves(cache
     resume, sibling = root / "finetune/mura/scratch/resnet10t", root / "finetune/mura/imagenet/resnet10t"
     sibling.mkdir(parents=True)
     (sibling / "state.pt").write_bytes(b"another run, still going")
-    params = PARAMS | {"epochs": 1}
+    params = ft(epochs=1)
     finetune_model(
         manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, resume_root=root
     )
@@ -305,9 +313,6 @@ def test_weighted_sampler_draws_classes_evenly():
     assert len(drawn) == 200 and 0.4 < drawn.float().mean() < 0.6
 
 
-PRE = {k: v for k, v in PARAMS.items() if k != "strategy"} | {"epochs": 1}
-
-
 def test_multilabel_pretraining_from_a_medmnist_style_npz(tmp_path):
     from medxfer.cache import cache_images
     from medxfer.config import validate
@@ -330,7 +335,7 @@ def test_multilabel_pretraining_from_a_medmnist_style_npz(tmp_path):
     ingest_dataset("chest", ds["chest"], manifest, tmp_path / "chest/quarantine.csv", seed=0)
     cache_images(ds["chest"], manifest, images)
     assert pd.read_csv(manifest)["label_name"].str.contains(";").any()
-    metrics = pretrain_model(manifest, images, "resnet10t", PRE | {"multilabel": True}, tmp_path / "out", threads=2)
+    metrics = pretrain_model(manifest, images, "resnet10t", pre(epochs=1, multilabel=True), tmp_path / "out", threads=2)
     model, meta = models.load(tmp_path / "out")
     assert meta["classes"] == ["effusion", "mass", "nodule"] and meta["multilabel"] is True
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
@@ -349,7 +354,7 @@ def test_pooled_sources_share_one_label_space(cached, tmp_path):
     from medxfer.cache import load_cached
 
     (m1, i1), (m2, i2) = cached["xray_source"], cached["mura"]
-    pretrain_model([m1, m2], [i1, i2], "resnet10t", PRE, tmp_path, threads=2)
+    pretrain_model([m1, m2], [i1, i2], "resnet10t", pre(epochs=1), tmp_path, threads=2)
     meta = json.loads((tmp_path / "model.json").read_text())
     first, second = load_cached(m1, i1).classes, load_cached(m2, i2).classes
     assert meta["classes"] == first + [c for c in second if c not in first]
@@ -375,7 +380,7 @@ def test_nt_xent_rewards_matching_views():
 
 def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, tmp_path):
     manifest, images = cached["mura"]
-    params = PRE | {"objective": "simclr", "temperature": 0.2, "projection_dim": 32, "batch_size": 16}
+    params = pre(epochs=1, objective="simclr", temperature=0.2, projection_dim=32, batch_size=16)
     pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
     model, meta = models.load(tmp_path / "ssl")
     assert meta["classes"] == [] and meta["objective"] == "simclr"
@@ -383,7 +388,7 @@ def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, 
     log = pd.read_csv(tmp_path / "ssl/log.csv")
     assert np.isfinite(log["val_loss"]).all() and 0 <= log["val_accuracy"].iloc[0] <= 1
     tuned = finetune_model(
-        manifest, images, "resnet10t", "indomain", PARAMS | {"epochs": 1}, tmp_path / "ft", tmp_path / "ssl", threads=2
+        manifest, images, "resnet10t", "indomain", ft(epochs=1), tmp_path / "ft", tmp_path / "ssl", threads=2
     )
     assert tuned["n"] > 0
     source = model.state_dict()["layer4.0.conv1.weight"]
@@ -410,7 +415,7 @@ def test_unlabeled_folder_gives_a_simclr_checkpoint_and_refuses_supervised(tmp_p
     table = pd.read_csv(manifest, keep_default_na=False)
     assert len(table) == 40 and set(table["label_name"]) == {"none"} and set(table["split"]) == {"train", "val", "test"}
     with pytest.raises(ValueError, match="use pretrain.objective simclr"):
-        pretrain_model(manifest, images, "resnet10t", PRE, tmp_path / "sup", threads=2)
-    params = PRE | {"objective": "simclr", "batch_size": 16}
+        pretrain_model(manifest, images, "resnet10t", pre(epochs=1), tmp_path / "sup", threads=2)
+    params = pre(epochs=1, objective="simclr", batch_size=16)
     pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
     assert models.load(tmp_path / "ssl")[1]["objective"] == "simclr"

@@ -222,14 +222,17 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {err}") from None
 
 
+JOB_SELECTORS = ("source", "targets", "inits", "archs", "imagenet_weights", "seeds")
+"""Keys of `pretrain`/`finetune` that only choose which jobs exist: no job's training settings (training_params)."""
+
+
 def training_params(config: Mapping[str, Any], stage: str, dataset: str | None = None) -> dict[str, Any]:
     """The training settings of `pretrain` or `finetune`, without the keys that only choose which jobs exist.
 
     With `dataset`, that data set's own `augment` keys replace the stage's (e.g. no flips for a modality where
     left and right matter), so a job sees the augmentation it actually uses.
     """
-    selectors = {"source", "targets", "inits", "archs", "imagenet_weights", "seeds"}
-    params = {k: copy.deepcopy(v) for k, v in config[stage].items() if k not in selectors}
+    params = {k: copy.deepcopy(v) for k, v in config[stage].items() if k not in JOB_SELECTORS}
     if dataset is not None:
         params["augment"] = dict(params.get("augment", {})) | config["datasets"][dataset].get("augment", {})
     return params

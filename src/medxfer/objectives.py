@@ -3,8 +3,7 @@ multi-label BCE, SimCLR's NT-Xent). The fit loop only sees `views`, `extra`, `ta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from medxfer.inference import predict_logits
 from medxfer.ingestbase import NO_LABEL
 from medxfer.metrics import classification_metrics
 from medxfer.runtime import autocast
+from medxfer.sections import PretrainTraining, Training
 
 
 def label_sets(classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -37,9 +37,9 @@ class Supervised:
 
     views = 1
 
-    def __init__(self, data: CachedDataset, params: Mapping[str, Any]) -> None:
+    def __init__(self, data: CachedDataset, params: Training) -> None:
         self.classes = list(data.classes)
-        weighted = params.get("imbalance", "weighted_loss") == "weighted_loss"
+        weighted = params.imbalance == "weighted_loss"
         self.weights = class_weights(data.splits["train"].labels, len(self.classes)) if weighted else None
         self.extra = nn.Module()
 
@@ -60,13 +60,13 @@ class MultiLabel(Supervised):
     """Multi-label classification (label sets 'a;b'): one sigmoid per label, BCE with logits; `weighted_loss`
     weighs each label's positives by its negative/positive ratio."""
 
-    def __init__(self, data: CachedDataset, params: Mapping[str, Any]) -> None:
+    def __init__(self, data: CachedDataset, params: Training) -> None:
         self.classes, self.matrix = label_sets(data.classes)
         if not self.classes:
             raise ValueError(f"multi-label training needs labels other than '{NO_LABEL}'; classes: {data.classes}")
         train = self.matrix[data.splits["train"].labels]
         positives = train.sum(axis=0)
-        weighted = params.get("imbalance", "weighted_loss") == "weighted_loss"
+        weighted = params.imbalance == "weighted_loss"
         self.pos_weight = torch.tensor((len(train) - positives) / np.maximum(positives, 1)) if weighted else None
         self.extra = nn.Module()
 
@@ -106,11 +106,11 @@ class SimCLR:
 
     views = 2
 
-    def __init__(self, data: CachedDataset, params: Mapping[str, Any], num_features: int, seed: int) -> None:
-        dim = params.get("projection_dim", 128)
+    def __init__(self, data: CachedDataset, params: PretrainTraining, num_features: int, seed: int) -> None:
+        dim = params.projection_dim
         self.extra = nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, dim))
-        self.temperature = params.get("temperature", 0.2)
-        self.augment = build_augment(params.get("augment", {}))
+        self.temperature = params.temperature
+        self.augment = build_augment(params.augment)
         self.seed, self.classes = seed, []
 
     def targets(self, split: Split) -> torch.Tensor:

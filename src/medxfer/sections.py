@@ -9,10 +9,11 @@ key) and turns lists into tuples, so a section is hashable and nothing downstrea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
-from medxfer.config import checked, load_schema
+from medxfer.config import JOB_SELECTORS, checked, load_schema
 
 
 class ConfigSection:
@@ -21,12 +22,39 @@ class ConfigSection:
     SECTION: ClassVar[str]
 
     @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """The section's part of the config schema, with the schema's `definitions` its `$ref`s point into."""
+        full = load_schema()
+        return {**full["properties"][cls.SECTION], "definitions": full.get("definitions", {})}
+
+    @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> Self:
         """The section with the schema's defaults for the keys `values` leaves out; ConfigError naming a key the
         schema does not know or a value it rejects."""
-        schema = load_schema()["properties"][cls.SECTION]
-        valid = checked(values or {}, schema, cls.SECTION)
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in valid.items()})
+        valid = checked(values or {}, cls.schema(), cls.SECTION)
+        return cls(**{key: _frozen(value) for key, value in valid.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain values again, in field order: lists for tuples, dicts for read-only mappings (for JSON)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples and objects as read-only mappings, all the way down."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """The inverse of `_frozen`: what the config's YAML (and JSON) holds."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -75,3 +103,67 @@ class FeaturesSection(ConfigSection):
 
     batch_size: int
     stages: int
+
+
+class TrainingSection(ConfigSection):
+    """The training settings of one stage: its section's keys without the job selectors (config.JOB_SELECTORS).
+
+    `from_config` takes what `config.training_params` returns, so a data set's own `augment` keys are in already;
+    `augment` becomes a read-only mapping with every key of the schema's `augment` (a misspelt key is a KeyError).
+    `as_dict` gives back the same dict, for model.json and the resume fingerprint.
+    """
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        section = super().schema()
+        keep = {key: prop for key, prop in section["properties"].items() if key not in JOB_SELECTORS}
+        return section | {"properties": keep}
+
+
+@dataclass(frozen=True)
+class PretrainTraining(TrainingSection):
+    """`pretrain` without `source`: the objective and how to train on the source set(s).
+
+    Pretraining has no pretrained backbone and no new head to warm up: the backbone trains at `lr` (multiplier 1)
+    from the first epoch, which `fit` reads as for fine-tuning."""
+
+    SECTION: ClassVar[str] = "pretrain"
+    backbone_lr_mult: ClassVar[float] = 1.0
+    unfreeze_epoch: ClassVar[int | None] = None
+
+    objective: str
+    multilabel: bool
+    temperature: float
+    projection_dim: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    patience: int | None
+    imbalance: str
+    augment: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FinetuneTraining(TrainingSection):
+    """`finetune` without targets, inits, archs, imagenet_weights and seeds: how one fine-tuning job trains."""
+
+    SECTION: ClassVar[str] = "finetune"
+
+    strategy: str
+    truncate_stages: int
+    backbone_lr_mult: float
+    unfreeze_epoch: int | None
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    patience: int | None
+    imbalance: str
+    augment: Mapping[str, Any]
+
+
+Training = PretrainTraining | FinetuneTraining
+"""What `medxfer.train.fit` and the objectives take."""

@@ -15,7 +15,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from medxfer.log import get_logger, logged
-from medxfer.sections import ExplainSection, FeaturesSection, FusionSection, RobustnessSection
+from medxfer.sections import (
+    ExplainSection,
+    FeaturesSection,
+    FinetuneTraining,
+    FusionSection,
+    PretrainTraining,
+    RobustnessSection,
+)
 
 STAGES: dict[str, Callable[[Any], None]] = {}
 
@@ -132,7 +139,7 @@ def pretrain_model(job: Any) -> None:
         job.input.manifest,  # one path, or a list of pooled source sets
         job.input.images,
         job.wildcards.arch,
-        job.params.train,
+        PretrainTraining.from_config(job.params.train),
         Path(job.output.weights).parent,
         threads=job.threads,
         seed=job.params.seed,
@@ -154,7 +161,7 @@ def finetune_model(job: Any) -> None:
         Path(job.input.images),
         job.wildcards.arch,
         init,
-        job.params.train,
+        FinetuneTraining.from_config(job.params.train),
         Path(job.output.weights).parent,
         init_path=init_path(init, job.input.get("weights")),
         threads=job.threads,

@@ -32,6 +32,7 @@ from medxfer.objectives import MultiLabel, SimCLR, Supervised
 from medxfer.plots import plot_reliability
 from medxfer.resume import clear_resume, load_resume, resume_fingerprint, save_resume
 from medxfer.runtime import autocast
+from medxfer.sections import FinetuneTraining, PretrainTraining, Training
 
 STRATEGIES = ("full", "linear_probe", "truncated")
 
@@ -49,19 +50,19 @@ def set_strategy(model: nn.Module, strategy: str) -> None:
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
-def _param_groups(model: nn.Module, extra: nn.Module, params: Mapping[str, Any]) -> list[dict]:
+def _param_groups(model: nn.Module, extra: nn.Module, params: Training) -> list[dict]:
     """The new head (and SimCLR projector) at `lr`, the (pretrained) backbone at `lr * backbone_lr_mult`."""
     head = models.head_prefix(model) + "."
     named = list(model.named_parameters())
     backbone = [p for n, p in named if not n.startswith(head)]
     new = [p for n, p in named if n.startswith(head)] + list(extra.parameters())
-    lr = params["lr"]
-    groups = [{"params": backbone, "lr": lr * params.get("backbone_lr_mult", 1.0)}, {"params": new, "lr": lr}]
+    lr = params.lr
+    groups = [{"params": backbone, "lr": lr * params.backbone_lr_mult}, {"params": new, "lr": lr}]
     return [g for g in groups if g["params"]]
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, params: Mapping[str, Any], total_steps: int) -> Any:
-    kind = params.get("schedule", "onecycle")
+def _scheduler(optimizer: torch.optim.Optimizer, params: Training, total_steps: int) -> Any:
+    kind = params.schedule
     if kind == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.15)
@@ -145,7 +146,7 @@ def _write_log(log_csv: Path, history: Sequence[Mapping[str, Any]]) -> None:
 def fit(
     model: nn.Module,
     data: CachedDataset,
-    params: Mapping[str, Any],
+    params: Training,
     device: torch.device,
     log_csv: Path,
     seed: int,
@@ -169,29 +170,28 @@ def fit(
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise ValueError(f"need train and val images; got {len(train.labels)} train, {len(val.labels)} val")
     objective = objective or Supervised(data, params)
-    fingerprint = resume_fingerprint(model, data, params, seed) if resume_dir is not None else ""
+    fingerprint = resume_fingerprint(model, data, params.as_dict(), seed) if resume_dir is not None else ""
     model, extra = model.to(device), objective.extra.to(device)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params["weight_decay"])
+    optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    imbalance = params.get("imbalance", "weighted_loss")
-    augment = build_augment(params.get("augment", {}))
+    augment = build_augment(params.augment)
     loader = train_loader(
-        train, objective.targets(train), params["batch_size"], generator, imbalance, device.type == "cuda"
+        train, objective.targets(train), params.batch_size, generator, params.imbalance, device.type == "cuda"
     )
-    scheduler = _scheduler(optimizer, params, params["epochs"] * len(loader))
+    scheduler = _scheduler(optimizer, params, params.epochs * len(loader))
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
     state["stopped"] = False
     resumed = load_resume(resume_dir, fingerprint, model, extra, optimizer, scheduler, generator, device, logger)
     state |= resumed or {}
     mark_work_start()
-    for epoch in range(state["epoch"] + 1, params["epochs"] + 1):
+    for epoch in range(state["epoch"] + 1, params.epochs + 1):
         if state["stopped"]:
             break
         row = _run_epoch(
             epoch, model, extra, trainable, loader, objective, augment, optimizer, scheduler, val, device, params
         )
-        _end_epoch(state, row, model, params.get("patience"), params["epochs"], logger)
+        _end_epoch(state, row, model, params.patience, params.epochs, logger)
         if resume_dir is not None:
             save_resume(resume_dir, fingerprint, state, model, extra, optimizer, scheduler, generator, device)
         if on_epoch_end is not None:
@@ -212,14 +212,14 @@ def _run_epoch(
     scheduler: Any,
     val: Split,
     device: torch.device,
-    params: Mapping[str, Any],
+    params: Training,
 ) -> dict[str, Any]:
     """Train one epoch, then score val; the row log.csv and early stopping read."""
     started = time.perf_counter()
     model.train()
     extra.train()
-    _freeze_for_epoch(model, trainable, epoch, params.get("unfreeze_epoch"))
-    desc = f"epoch {epoch}/{params['epochs']}"
+    _freeze_for_epoch(model, trainable, epoch, params.unfreeze_epoch)
+    desc = f"epoch {epoch}/{params.epochs}"
     train_loss = _train_epoch(model, loader, objective, augment, optimizer, scheduler, device, desc)
     val_loss, val_metrics = objective.evaluate(model, val, device)
     return {
@@ -249,14 +249,14 @@ def _restore_best(model: nn.Module, state: Mapping[str, Any], log_csv: Path, log
 # --- stages ----------------------------------------------------------------------------------------------------
 
 
-def _meta(arch: str, data: CachedDataset, params: Mapping[str, Any], data_sha256: str, **extra: Any) -> dict:
+def _meta(arch: str, data: CachedDataset, params: Training, data_sha256: str, **extra: Any) -> dict:
     """What the checkpoint's model.json records, so a reader can rebuild the model and trace its data and settings."""
     return {
         "arch": arch,
         "classes": data.classes,
         "in_chans": data.in_chans,
         "input_size": [data.in_chans, data.size, data.size],
-        "config": dict(params),
+        "config": params.as_dict(),
         "data_sha256": data_sha256,
         **extra,
     }
@@ -267,13 +267,13 @@ def _as_list(value: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _pretrain_objective(
-    kind: str, data: CachedDataset, params: Mapping[str, Any], arch: str, seed: int, source: str
+    kind: str, data: CachedDataset, params: PretrainTraining, arch: str, seed: int, source: str
 ) -> tuple[Any, nn.Module]:
     """The objective and the freshly initialised model it trains (in this order of random draws)."""
     if kind == "simclr":
         model = models.create(arch, 0, data.in_chans)
         return SimCLR(data, params, getattr(model, "head_hidden_size", model.num_features), seed), model
-    if params.get("multilabel", False):
+    if params.multilabel:
         objective = MultiLabel(data, params)
         return objective, models.create(arch, len(objective.classes), data.in_chans)
     if len(data.classes) < 2:
@@ -289,7 +289,7 @@ def pretrain_model(
     manifest: Path | Sequence[Path],
     images: Path | Sequence[Path],
     arch: str,
-    params: Mapping[str, Any],
+    params: PretrainTraining,
     out_dir: Path,
     threads: int = 1,
     seed: int = 0,
@@ -310,7 +310,7 @@ def pretrain_model(
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = pool([load_cached(m, i) for m, i in zip(manifests, caches, strict=True)], names)
-    kind = params.get("objective", "supervised")
+    kind = params.objective
     logger.info(
         "pretraining %s (%s) on %s (%d train images, classes %s) on %s",
         arch,
@@ -345,7 +345,7 @@ def finetune_model(
     images: Path,
     arch: str,
     init: str,
-    params: Mapping[str, Any],
+    params: FinetuneTraining,
     out_dir: Path,
     init_path: Path | None = None,
     threads: int = 1,
@@ -372,7 +372,7 @@ def finetune_model(
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
     data = load_cached(manifest, images)
-    strategy = params["strategy"]
+    strategy = params.strategy
     logger.info(
         "fine-tuning %s (init %s, strategy %s) on %s: %d train / %d val / %d test images on %s",
         arch,
@@ -382,7 +382,7 @@ def finetune_model(
         *(len(s.labels) for s in data.splits.values()),
         runtime.describe(dev),
     )
-    truncate = params.get("truncate_stages", 3) if strategy == "truncated" else None
+    truncate = params.truncate_stages if strategy == "truncated" else None
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate)
     set_strategy(model, strategy)
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
