@@ -98,18 +98,20 @@ def dataset_config(demo: Path, kind: str, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def cached(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """Ingested + cached demo sets: name -> (manifest, images)."""
+    out = tmp_path_factory.mktemp("cached")
+    kinds = ("xray_source", "mura", "ct")
+    return {kind: ingest_and_cache(dataset_config(demo_root, kind), kind, out / kind) for kind in kinds}
+
+
+def ingest_and_cache(entry: dict, name: str, out: Path, threads: int = 2) -> tuple[Path, Path]:
+    """One validated data set entry ingested and cached under `out` at 64 px: (manifest, images)."""
     from medxfer.cache import cache_images
     from medxfer.ingest import ingest_dataset
 
-    out = tmp_path_factory.mktemp("cached")
-    result = {}
-    for kind in ("xray_source", "mura", "ct"):
-        ds = dataset_config(demo_root, kind)
-        manifest, images = out / kind / "manifest.csv", out / kind / "images_64.npy"
-        ingest_dataset(kind, ds, manifest, out / kind / "quarantine.csv", seed=0)
-        cache_images(ds, manifest, images, threads=2)
-        result[kind] = (manifest, images)
-    return result
+    manifest, images = out / "manifest.csv", out / "images_64.npy"
+    ingest_dataset(name, entry, manifest, out / "quarantine.csv", seed=0)
+    cache_images(entry, manifest, images, threads=threads)
+    return manifest, images
 
 
 def result_identity(rel: str) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import dataset_config
+from conftest import dataset_config, ingest_and_cache
 
 from medxfer import cams, heatmap_choice, models
 from medxfer.cache import load_cached
@@ -194,16 +194,10 @@ def test_rank_correlation_of_maps():
 def limbs(tmp_path_factory):
     """The demo's humerus and wrist set at the demo's size (120 patients, 64 px), ingested and cached."""
     from medxfer import demo
-    from medxfer.cache import cache_images
-    from medxfer.ingest import ingest_dataset
 
     root = tmp_path_factory.mktemp("limbs")
     demo.synthesize_mura(root / "mura", 120, 64, 3)
-    entry = dataset_config(root, "mura")
-    manifest, images = root / "manifest.csv", root / "images_64.npy"
-    ingest_dataset("mura", entry, manifest, root / "quarantine.csv", seed=0)
-    cache_images(entry, manifest, images, threads=1)
-    return manifest, images
+    return ingest_and_cache(dataset_config(root, "mura"), "mura", root, threads=1)
 
 
 def test_the_method_chosen_on_val_points_at_demo_findings(limbs, tmp_path):

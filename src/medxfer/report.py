@@ -110,12 +110,15 @@ def summarize_faithfulness(
         )
         if set(COMPARED) <= set(part.columns):
             table = table.merge(versus_baselines(part, keys, n_bootstrap, seed), on=[*keys, "method"])
-        per_model.append(table.assign(subset=subset))
-        mean = part.groupby(["target", "method"], sort=False).agg(
-            n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores
+        mean = (
+            part.groupby(["target", "method"], sort=False)
+            .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
+            .reset_index()
         )
-        means.append(mean.reset_index().assign(subset=subset))
-    per_model, means = (_subset_after_method(pd.concat(parts, ignore_index=True)) for parts in (per_model, means))
+        for frame, collected in ((table, per_model), (mean, means)):
+            frame.insert(frame.columns.get_loc("method") + 1, "subset", subset)
+            collected.append(frame)
+    per_model, means = (pd.concat(collected, ignore_index=True) for collected in (per_model, means))
     with atomic_path(out_csv) as tmp:
         per_model.round(4).to_csv(tmp, index=False)
     with atomic_path(out_means) as tmp:
@@ -133,9 +136,3 @@ def _faithfulness_subsets(images: pd.DataFrame) -> list[tuple[str, pd.DataFrame]
         if len(detected):
             subsets.append(("detected", detected))
     return subsets
-
-
-def _subset_after_method(table: pd.DataFrame) -> pd.DataFrame:
-    columns = [c for c in table.columns if c != "subset"]
-    at = columns.index("method") + 1
-    return table[[*columns[:at], "subset", *columns[at:]]]

@@ -3,7 +3,7 @@
 A function reading `settings["lime_sample"]` fails only when it gets there, and a signature that repeats a schema
 default (`batch_size=256`) drifts from the schema unnoticed. These frozen dataclasses have exactly their section's
 schema keys and no defaults of their own: `from_config` fills the schema's, validates against it (errors name the
-key) and turns lists into tuples, so a section is hashable and nothing downstream can change it.
+key) and turns lists into tuples and objects into read-only mappings, so nothing downstream can change it.
 """
 
 from __future__ import annotations
