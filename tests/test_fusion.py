@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medxfer.fusion import SPLITS, fuse_features, refit_fusion
+from medxfer.fusion import SPLITS, fuse_features, load_fusion
 from medxfer.io import read_json, save_npz
 from medxfer.sections import FusionSection
 
@@ -196,13 +196,14 @@ def test_supervised_selection_keeps_the_informative_dims(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("settings", [{}, {"pca_components": 4}, {"select_k": 5}, {"standardize": False}])
-def test_refit_fusion_maps_new_rows_like_the_fused_file(tmp_path: Path, settings: dict) -> None:
-    """Robustness checks push perturbed images through the same fusion: refitting must give the same statistics."""
+def test_saved_fusion_maps_new_rows_like_the_fused_file(tmp_path: Path, settings: dict) -> None:
+    """Robustness checks and bundles push new images through the transform fuse_features saved: it must give the
+    fused file's rows, whatever the second file's row order."""
     a = _write(tmp_path / "a.npz", dim=5, seed=1)
     b = _shuffled(_write(tmp_path / "b.npz", dim=3, seed=2, scale=100.0), tmp_path / "b_shuf.npz", seed=3)
-    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(**settings), seed=0)
+    fuse_features([a, b], tmp_path / "f.npz", tmp_path / "r.json", section(**settings), 0, tmp_path / "t.skops")
     fused = _load(tmp_path / "f.npz")
-    fusion = refit_fusion([a, b], section(**settings), seed=0)
+    fusion = load_fusion(tmp_path / "t.skops")
     data_a, data_b = _load(a), _load(b)
     order = {str(i): k for k, i in enumerate(data_b["ids_test"])}
     rows_b = [order[str(i)] for i in data_a["ids_test"]]

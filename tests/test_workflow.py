@@ -339,18 +339,28 @@ def test_cli_redoes_a_finetune_job(run_dir, tmp_path):
 
 
 def test_cli_redoes_an_extract_features_job(run_dir, tmp_path):
-    """Same feature files and fusion; fusion.json names the files it read and wrote, so it names them under --out."""
+    """Same feature files and fusion; fusion.json names the files it read and wrote, so it names them under --out.
+    A skops file is stamped with object ids and the time, so the fitted transforms are compared by their output."""
+    from medxfer.fusion import load_feature_file, load_fusion
+
     ours = cli_redo(run_dir, tmp_path, "extract", "--target", "demo_mura", "--init", "scratch", "--seed", "0")
-    results = run_dir / "results"
+    results, run = run_dir / "results", "demo_mura/scratch/seed0"
     assert sorted(ours) == [
-        "features/demo_mura/scratch/seed0/resnet10t.npz",
-        "features/demo_mura/scratch/seed0/resnet18.npz",
-        "fused/demo_mura/scratch/seed0/features.npz",
-        "fused/demo_mura/scratch/seed0/fusion.json",
+        f"features/{run}/resnet10t.npz",
+        f"features/{run}/resnet18.npz",
+        f"fused/{run}/features.npz",
+        f"fused/{run}/fusion.json",
+        f"fused/{run}/fusion.skops",
     ]
-    assert_same_bytes(ours, results, skip=("fusion.json",))
-    report = ours["fused/demo_mura/scratch/seed0/fusion.json"].read_text().replace(str(tmp_path), "results")
-    assert report == (results / "fused/demo_mura/scratch/seed0/fusion.json").read_text()
+    assert_same_bytes(ours, results, skip=("fusion.json", "fusion.skops"))
+    report = ours[f"fused/{run}/fusion.json"].read_text().replace(str(tmp_path), "results")
+    assert report == (results / f"fused/{run}/fusion.json").read_text()
+    files = [load_feature_file(results / f"features/{run}/{arch}.npz") for arch in ("resnet10t", "resnet18")]
+    blocks = [data["X_test"].astype(np.float64) for data in files]  # as fuse_features reads them
+    theirs = load_fusion(results / f"fused/{run}/fusion.skops").transform(blocks)
+    np.testing.assert_array_equal(load_fusion(ours[f"fused/{run}/fusion.skops"]).transform(blocks), theirs)
+    fused_test = load_feature_file(results / f"fused/{run}/features.npz")["X_test"]
+    np.testing.assert_array_equal(theirs.astype(np.float32), fused_test)  # the saved transform made the fused file
 
 
 def test_cli_redoes_a_train_classifiers_job(run_dir, tmp_path):

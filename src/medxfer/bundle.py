@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 
 from medxfer.identity import read as read_identity
-from medxfer.io import atomic_path, read_json, sha256_file, write_json, write_text
+from medxfer.io import read_json, sha256_file, write_json, write_text
 from medxfer.metrics import N_BOOTSTRAP
 from medxfer.runrecord import package_versions
-from medxfer.sections import FusionSection
 from medxfer.selection import best_row, selection_auc
 
 FORMAT = "medxfer-bundle/1"
@@ -118,24 +117,22 @@ def _preprocessing(dataset: Mapping[str, Any], cnn_meta: Mapping[str, Any]) -> d
 def export_bundle(
     metrics_paths: Sequence[str | os.PathLike],
     model_dirs: Sequence[str | os.PathLike],
-    feature_paths: Sequence[str | os.PathLike],
+    fusion_path: str | os.PathLike,
     manifest: str | os.PathLike,
     dataset: Mapping[str, Any],
     out_dir: str | os.PathLike,
-    fusion: FusionSection,
     stages: int,
     record: str | os.PathLike | None = None,
     choose: Mapping[str, Any] | None = None,
     robustness_table: str | os.PathLike | None = None,
-    seed: int = 0,
     n_bootstrap: int = N_BOOTSTRAP,
     bootstrap_seed: int = 0,
 ) -> dict[str, Any]:
     """Write the bundle of the model chosen among `metrics_paths` (one run's CNNs and classifiers) to `out_dir`.
 
-    `model_dirs` and `feature_paths`: every CNN of the run and its feature file, in the order the fusion was fitted
-    (finetune.archs); the fusion is refitted from them (medxfer.fusion.refit_fusion, the same statistics) with the
-    config's `fusion` section and the run's `seed`; `stages`: features.stages, as the features were extracted.
+    `model_dirs`: every CNN of the run, in the order the fusion was fitted (finetune.archs); `fusion_path`: the
+    transform extract_features fitted on their train features (medxfer.fusion.save_fusion), copied as it is;
+    `stages`: features.stages, as the features were extracted.
     `bootstrap_seed`: the report's, for intervals a metrics file lacks. `record`: a small JSON beside the folder with
     the digest of its bundle.json, which changes exactly when the bundle does (a rule downstream reads it: Snakemake
     checksums files, but only times folders).
@@ -160,7 +157,7 @@ def export_bundle(
             (out_dir / CNN_DIR / arch).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(archs[arch] / name, out_dir / CNN_DIR / arch / name)
     if fused:
-        _save_fusion(feature_paths, fusion, seed, out_dir / FUSION_FILE)
+        shutil.copyfile(fusion_path, out_dir / FUSION_FILE)
     if ident["classifier"] != "cnn":
         shutil.copyfile(chosen.with_name("model.skops"), out_dir / CLASSIFIER_FILE)
     if chosen.with_name(RELIABILITY_FILE).is_file():  # test calibration before and after, drawn by the model's job
@@ -211,15 +208,6 @@ def _calibration(metrics: Mapping[str, Any]) -> dict[str, Any]:
     if metrics["identity"]["classifier"] == "cnn":
         return out | {"temperature": found["temperature"], "fitted_on": found.get("fitted_on", "val")}
     return out | {"temperature": None, "recalibration": found.get("mapping"), "chosen_on": found.get("chosen_on")}
-
-
-def _save_fusion(feature_paths: Sequence[str | os.PathLike], settings: FusionSection, seed: int, out: Path) -> None:
-    from medxfer.classifiers import skops_io
-    from medxfer.fusion import refit_fusion
-
-    fitted = refit_fusion(feature_paths, settings, seed)
-    with atomic_path(out) as tmp:
-        skops_io().dump({"scalers": fitted.scalers, "kept": fitted.kept, "pca": fitted.pca}, tmp)
 
 
 @dataclass
@@ -325,8 +313,8 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
     CNNs `medxfer export-onnx` wrote (onnxruntime on the CPU)."""
     from medxfer import models
     from medxfer import runtime as torch_runtime
-    from medxfer.classifiers import load_classifier, load_sklearn_objects
-    from medxfer.fusion import Fusion
+    from medxfer.classifiers import load_classifier
+    from medxfer.fusion import load_fusion
 
     path = Path(path)
     meta = verify(path)
@@ -348,8 +336,7 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
         cnns = onnx_cnns(path, meta, threads or 1)
     fusion = None
     if meta["predictor"]["fusion"]:
-        saved = load_sklearn_objects(path / FUSION_FILE)
-        fusion = Fusion(saved["scalers"], saved["kept"], saved["pca"])
+        fusion = load_fusion(path / FUSION_FILE)
     classifier = None
     if meta["predictor"]["classifier"] is not None:
         classifier = load_classifier(path / CLASSIFIER_FILE)

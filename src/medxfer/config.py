@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,12 @@ _DefaultingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The schema, parsed once per process (each config section validates against it), as a copy of its own."""
+    return copy.deepcopy(_parsed_schema(path))
+
+
+@functools.cache
+def _parsed_schema(path: Path) -> dict[str, Any]:
     return read_yaml(path)
 
 

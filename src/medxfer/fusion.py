@@ -21,7 +21,7 @@ from sklearn.feature_selection import f_classif
 from sklearn.preprocessing import StandardScaler
 
 from medxfer.identity import from_array, to_array
-from medxfer.io import save_npz, write_json
+from medxfer.io import atomic_path, save_npz, write_json
 from medxfer.sections import FusionSection
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -220,13 +220,21 @@ def _aligned(paths: Sequence[Path]) -> tuple[list[dict[str, np.ndarray]], list[d
     return files, aligned
 
 
-def refit_fusion(feature_paths: Sequence[str | os.PathLike], settings: FusionSection, seed: int) -> Fusion:
-    """The fusion fuse_features fitted on these files with these settings and seed (deterministic: the same
-    statistics), e.g. for perturbed images or a bundle."""
-    paths = [Path(p) for p in feature_paths]
-    files, aligned = _aligned(paths)
-    train = [blocks["train"] for blocks in aligned]
-    return fit_fusion(train, files[0]["y_train"], settings, seed, [str(p) for p in paths])
+def save_fusion(fusion: Fusion, path: str | os.PathLike) -> None:
+    """The fitted transform as skops (sklearn and numpy types only), so robustness checks and bundles map new rows
+    with exactly the statistics the classifiers were trained on, without refitting (a full SVD on big train sets)."""
+    from medxfer.classifiers import skops_io
+
+    with atomic_path(Path(path)) as tmp:
+        skops_io().dump({"scalers": fusion.scalers, "kept": fusion.kept, "pca": fusion.pca}, tmp)
+
+
+def load_fusion(path: str | os.PathLike) -> Fusion:
+    """A transform save_fusion wrote; a file holding types beyond sklearn and numpy is refused."""
+    from medxfer.classifiers import load_sklearn_objects
+
+    saved = load_sklearn_objects(path)
+    return Fusion(saved["scalers"], saved["kept"], saved["pca"])
 
 
 def fuse_features(
@@ -235,12 +243,14 @@ def fuse_features(
     report_path: str | os.PathLike,
     settings: FusionSection,
     seed: int,
+    transform_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fuse per-model feature files into one, in the order of the first file's ids; returns the report dict.
 
     `settings.pca_components`: None (no PCA), an int (number of components) or a float in (0, 1) (fraction of train
     variance to keep). `settings.select_k`: keep the k fused dimensions with the highest ANOVA F-score against the
-    train labels (supervised selection, an alternative to PCA; the two cannot be combined).
+    train labels (supervised selection, an alternative to PCA; the two cannot be combined). `transform_path`: where
+    the fitted transform goes (save_fusion), for new rows later.
     Long on purpose: the order of steps (align, fit on train only, transform every split, record) is the
     guarantee that nothing fitted here sees val or test rows, and it reads best in one place.
     """
@@ -269,6 +279,8 @@ def fuse_features(
         for split in SPLITS:
             arrays[f"study_{split}"] = ref[f"study_{split}"]
     save_npz(out_path, **arrays)
+    if transform_path is not None:
+        save_fusion(fusion, transform_path)
 
     report: dict[str, Any] = {
         **({} if fused_identity is None else {"identity": fused_identity}),

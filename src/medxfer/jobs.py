@@ -156,12 +156,14 @@ def features_file(results: str, wildcards: Any, features: str) -> str:
 
 
 def extract_outputs(config: Mapping[str, Any], results: str, wildcards: Any) -> dict[str, Any]:
-    """extract_features' outputs: one feature file per arch, the fused features and the fusion report."""
+    """extract_features' outputs: one feature file per arch, the fused features, the fusion report and the fitted
+    fusion transform."""
     run = run_fields(wildcards)
     return {
         "features": [features_file(results, wildcards, arch) for arch in config["finetune"]["archs"]],
         "fused": paths.artifact(results, paths.FUSED, **run),
         "report": paths.artifact(results, paths.FUSION_REPORT, **run),
+        "transform": paths.artifact(results, paths.FUSION_TRANSFORM, **run),
     }
 
 
@@ -300,8 +302,8 @@ def training_logs(config: Mapping[str, Any], wildcards: Any) -> list[str]:
 
 
 def robustness_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
-    """The target's CNNs, their features (the fusion is refitted on their train rows), the fused classifiers (the best
-    by out-of-fold val AUC is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again)."""
+    """The target's CNNs, the fusion fitted on their features, the fused classifiers (the best by out-of-fold val AUC
+    is assessed) and, for CT, the raw data (the HU-window shift decodes raw HU again)."""
     run = run_fields(wildcards)
 
     def fused(clf: str, name: str) -> str:
@@ -310,7 +312,7 @@ def robustness_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, An
     inputs: dict[str, Any] = {
         "weights": model_files(config, "model.safetensors", wildcards),
         "metas": model_files(config, "model.json", wildcards),
-        "features": [features_file(config["results"], wildcards, a) for a in config["finetune"]["archs"]],
+        "fusion": paths.artifact(config["results"], paths.FUSION_TRANSFORM, **run),
         "classifiers": [fused(c, "metrics.json") for c in config["classifiers"]],
         "models": [fused(c, "model.skops") for c in config["classifiers"]],
     }
@@ -326,7 +328,6 @@ def robustness_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, An
     return {
         "dataset": config["datasets"][wildcards.target],
         "robustness": config["robustness"],
-        "fusion": config["fusion"],
         "features": config["features"],
         "seed": config["seed"],
         "device": config["device"],
@@ -367,8 +368,8 @@ def summary_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def bundle_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
-    """What export_bundle chooses from and copies: the first seed's CNNs, their features (the fusion is refitted on
-    their train rows) and every classifier, the target's manifest (the card's data) and the robustness sweep."""
+    """What export_bundle chooses from and copies: the first seed's CNNs, the fusion fitted on their features and
+    every classifier, the target's manifest (the card's data) and the robustness sweep."""
     first = SimpleNamespace(target=wildcards.target, init=wildcards.init, seed=first_seed(config))
     run = run_fields(first)
 
@@ -383,7 +384,7 @@ def bundle_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
         "cnn": model_files(config, "metrics.json", first),
         "weights": model_files(config, "model.safetensors", first),
         "metas": model_files(config, "model.json", first),
-        "features": [features_file(config["results"], first, a) for a in config["finetune"]["archs"]],
+        "fusion": paths.artifact(config["results"], paths.FUSION_TRANSFORM, **run),
         "classifiers": classifier_files("metrics.json"),
         "models": classifier_files("model.skops"),
         # the chosen model's reliability diagram goes into the bundle
@@ -397,9 +398,7 @@ def bundle_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
     return {
         "dataset": config["datasets"][wildcards.target],
         "choose": config["bundle"],
-        "fusion": config["fusion"],
         "stages": config["features"]["stages"],
-        "seed": first_seed(config),  # the run's: the fusion is refitted as extract_features fitted it
         "bootstrap_seed": config["seed"],
     }
 

@@ -22,6 +22,7 @@ MODEL = "finetune/{target}/{init}/seed{seed}/{arch}"  # the same, and metrics.js
 FEATURES = "features/{target}/{init}/seed{seed}/{arch}.npz"
 FUSED = "fused/{target}/{init}/seed{seed}/features.npz"
 FUSION_REPORT = "fused/{target}/{init}/seed{seed}/fusion.json"
+FUSION_TRANSFORM = "fused/{target}/{init}/seed{seed}/fusion.skops"  # fitted on train rows (medxfer.fusion)
 CLASSIFIER = "classify/{target}/{init}/seed{seed}/{features}/{clf}"
 HEATMAPS = "explain/{target}/{init}/seed{seed}/{arch}"
 FAITHFULNESS = "faithfulness/{target}/{init}/seed{seed}/{arch}.csv"

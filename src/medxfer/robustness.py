@@ -2,7 +2,7 @@
 
 Each fine-tuned CNN (its own softmax head) and the best fused classifier (picked by out-of-fold AUC on val, never by
 test) see the same perturbed test images; the fused classifier gets them through the fine-tuned CNNs' features
-and the fusion refitted from the same train features (medxfer.fusion.refit_fusion), as at training time.
+and the fusion transform extract_features fitted on the train features (medxfer.fusion), as at training time.
 
 The HU-window shift (CT only) is exact, not approximated: the cache holds windowed uint8 images, so the test
 slices are decoded again from their raw HU values (DICOM or HU arrays) with every window centre moved up by the
@@ -28,7 +28,7 @@ from medxfer.cache import Split, image_files, load_cached
 from medxfer.classifiers import load_classifier
 from medxfer.classify import classifier_proba
 from medxfer.features import features_and_proba
-from medxfer.fusion import refit_fusion
+from medxfer.fusion import load_fusion
 from medxfer.identity import read as read_identity
 from medxfer.imaging import load_image, withheld_warnings
 from medxfer.ingest import read_manifest
@@ -36,7 +36,7 @@ from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import classification_metrics
 from medxfer.plots import new_figure, save_figure
-from medxfer.sections import FeaturesSection, FusionSection, RobustnessSection
+from medxfer.sections import FeaturesSection, RobustnessSection
 from medxfer.selection import best_row, selection_auc
 
 # perturbation -> (what the level means, the level at severity 1, 2, 3)
@@ -113,7 +113,7 @@ def best_fused(metrics_paths: Sequence[str | os.PathLike]) -> Path:
 
 def assess_robustness(
     model_dirs: Sequence[Path],
-    feature_paths: Sequence[Path],
+    fusion_path: Path,
     classifier_metrics: Sequence[Path],
     manifest: Path,
     images: Path,
@@ -121,7 +121,6 @@ def assess_robustness(
     out_csv: Path,
     out_plot: Path,
     robustness: RobustnessSection,
-    fusion: FusionSection,
     features: FeaturesSection,
     seed: int = 0,
     threads: int = 1,
@@ -130,10 +129,10 @@ def assess_robustness(
 ) -> pd.DataFrame:
     """Accuracy, ROC AUC and kappa of each CNN and the best fused classifier per perturbation and severity.
 
-    Severity 0 is the clean test split. `robustness`, `fusion` and `features`: the config's sections of those names
-    (medxfer.sections), the latter two as the features were extracted and fused. `feature_paths` are the CNNs'
-    feature files (same order as `model_dirs`), the train rows the fusion is refitted on; `classifier_metrics` are
-    the fused classifiers' metrics.json files (their model.skops beside them). hu_window runs only on CT data sets.
+    Severity 0 is the clean test split. `robustness` and `features`: the config's sections of those names
+    (medxfer.sections), the latter as the features were extracted. `fusion_path`: the transform extract_features
+    fitted on these CNNs' train features (medxfer.fusion.save_fusion); `classifier_metrics` are the fused
+    classifiers' metrics.json files (their model.skops beside them). hu_window runs only on CT data sets.
     One call for every model: each scores the same perturbed batch, made once per perturbation and severity.
     """
     logger = get_logger("medxfer.robustness", log_path)
@@ -144,8 +143,8 @@ def assess_robustness(
     data = load_cached(manifest, images)
     test = data.splits["test"]
     cnns = _load_cnns(model_dirs, dev, data.classes)
-    mark_work_start()  # refitting the fusion (scaler, PCA) on the train rows is work, not loading
-    fused = refit_fusion(feature_paths, fusion, seed)
+    fused = load_fusion(fusion_path)
+    mark_work_start()
     n_classes = len(data.classes)
     best = best_fused(classifier_metrics)
     classifier = load_classifier(best.with_name("model.skops"))

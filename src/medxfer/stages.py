@@ -193,7 +193,9 @@ def extract_features(job: Any) -> None:
         log_path=_log_path(job),
     )
     fusion = FusionSection.from_config(job.params.fusion)
-    report = fuse_features(features, Path(job.output.fused), Path(job.output.report), fusion, job.params.seed)
+    report = fuse_features(
+        features, Path(job.output.fused), Path(job.output.report), fusion, job.params.seed, Path(job.output.transform)
+    )
     _logger(job, "medxfer.fusion").info("fused %s -> %s", report["concat_dim"], report["fused_dim"])
 
 
@@ -243,7 +245,7 @@ def assess_robustness(job: Any) -> None:
 
     assess(
         [Path(p).parent for p in job.input.weights],
-        [Path(p) for p in job.input.features],
+        Path(job.input.fusion),
         [Path(p) for p in job.input.classifiers],
         Path(job.input.manifest),
         Path(job.input.images),
@@ -251,7 +253,6 @@ def assess_robustness(job: Any) -> None:
         Path(job.output.table),
         Path(job.output.plot),
         RobustnessSection.from_config(job.params.robustness),
-        FusionSection.from_config(job.params.fusion),
         FeaturesSection.from_config(job.params.features),
         seed=job.params.seed,
         threads=job.threads,
@@ -267,16 +268,14 @@ def export_bundle(job: Any) -> None:
     meta = export(
         [Path(p) for p in [*job.input.cnn, *job.input.classifiers]],
         [Path(p).parent for p in job.input.weights],
-        [Path(p) for p in job.input.features],
+        Path(job.input.fusion),
         Path(job.input.manifest),
         job.params.dataset,
         Path(job.output.bundle),
-        FusionSection.from_config(job.params.fusion),
         job.params.stages,
         record=Path(job.output.record),
         choose=job.params.choose,
         robustness_table=Path(job.input.robustness),
-        seed=job.params.seed,
         bootstrap_seed=job.params.bootstrap_seed,
     )
     _logger(job, "medxfer.bundle").info("bundled %s, chosen by %s", meta["identity"], meta["chosen_by"])

@@ -7,6 +7,7 @@ rule extract_features:
         features=[at(paths.FEATURES, arch=arch) for arch in ARCHS],
         fused=at(paths.FUSED),
         report=at(paths.FUSION_REPORT),
+        transform=at(paths.FUSION_TRANSFORM),
     log:
         f"{R}/logs/extract_features/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
