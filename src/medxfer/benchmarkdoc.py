@@ -52,9 +52,9 @@ def load_run(results: str | os.PathLike) -> Run:
     )
 
 
-def _minutes(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+def minutes(seconds: float) -> str:
+    whole, rest = divmod(round(seconds), 60)
+    return f"{whole} min {rest:02d} s"
 
 
 def machine_line(record: dict[str, Any]) -> str:
@@ -68,8 +68,8 @@ def machine_line(record: dict[str, Any]) -> str:
     return (
         f"Run of `{configs}` at commit {commit}, finished {record['date']}; "
         f"{machine['cpu_model']} (SIMD: {flags}; torch kernels: {kernels}), {record['cores']} cores. "
-        f"Wall time {_minutes(record['wall_s'])} ({scope}), {record['jobs']} jobs, "
-        f"{_minutes(record['job_s'])} of job time, fixed cost {record['fixed_share']:.0%} of it, "
+        f"Wall time {minutes(record['wall_s'])} ({scope}), {record['jobs']} jobs, "
+        f"{minutes(record['job_s'])} of job time, fixed cost {record['fixed_share']:.0%} of it, "
         f"cores busy {record['cores_busy']:.0%} of the wall time."
     )
 
@@ -115,7 +115,7 @@ def headline_table(runs: Sequence[Run]) -> str:
                 model = f"{best['features']} CNN" if kind == "CNN" else f"{best['classifier']} on fused features"
                 cells = [run.name, str(target), model, str(best["init"]), str(best["seeds"])]
                 cells += [f"{best['selection_auc']:.3f}", *(_mean_sd(best, m) for m in HEADLINE_METRICS)]
-                cells += [str(best["n_test"]), _minutes(run.record["wall_s"])]
+                cells += [str(best["n_test"]), minutes(run.record["wall_s"])]
                 lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

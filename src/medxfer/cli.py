@@ -69,6 +69,13 @@ def cmd_benchmark_docs(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} and the headline table in {args.readme} from {len(args.results)} run(s)")
 
 
+def cmd_ablation_docs(args: argparse.Namespace) -> None:
+    from medxfer.ablation import write_ablation_docs
+
+    write_ablation_docs(args.base, args.variants, args.output)
+    print(f"wrote {args.output} from {1 + len(args.variants)} run(s)")
+
+
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from medxfer import demo
 
@@ -245,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="finished runs' results folders (each with report/run.json)")
     p.add_argument("--output", default="docs/benchmarks.md")
     p.add_argument("--readme", default="README.md")
+    p = add("ablation-docs", cmd_ablation_docs, "an ablation table: finished runs against a base run, by config change")
+    p.add_argument("base", help="the base run's results folder (report/run.json with its config)")
+    p.add_argument("variants", nargs="+", help="results folders of runs that change one choice each")
+    p.add_argument("--output", default="docs/ablations.md")
     p = add("synthesize", cmd_synthesize, "generate one demo data set")
     p.add_argument("kind", choices=["xray_source", "mura", "ct"])
     p.add_argument("out")

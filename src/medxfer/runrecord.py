@@ -179,7 +179,7 @@ def run_record(
     configfiles: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """The record of the jobs that ran since `since` (epoch seconds; all jobs when None), or None if none did;
-    with the validated `config`'s digest and the config files it came from."""
+    with the validated `config`, its digest and the config files it came from."""
     records = read_job_records(results)
     ran = [r for r in records if since is None or r["process_start"] >= since]
     if not ran:
@@ -193,6 +193,7 @@ def run_record(
         **git_commit(checkout),
         "configfiles": [_relative(f, checkout) for f in configfiles],
         "config_sha256": None if config is None else _digest(config),
+        "config": None if config is None else json.loads(json.dumps(config, default=str)),  # ablations diff these
         "machine": machine() | {"torch_cpu_capability": capability},
         "torch_threads": {rule: t for rule, t in threads.items() if t},
         "packages": package_versions(),

@@ -1,0 +1,78 @@
+"""Ablation tables from runs' own records: the choice comes from the recorded configs, the pick from val AUC."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medxfer.ablation import ablation_markdown, config_changes, run_config
+from medxfer.benchmarkdoc import load_run
+from medxfer.io import read_json, write_json
+
+
+def test_config_changes_name_every_changed_key_and_nothing_else() -> None:
+    base = {"results": "a", "finetune": {"epochs": 4, "archs": ["x"]}, "fusion": {"pca_components": None}}
+    variant = copy.deepcopy(base) | {"results": "b"}
+    assert config_changes(base, variant) == []  # where a run writes is not a choice
+    variant["finetune"]["epochs"] = 8
+    variant["finetune"]["archs"] = ["x", "y"]
+    variant["classify"] = {"pca_components": 64}
+    assert config_changes(base, variant) == [
+        "classify.pca_components: — → `64`",
+        "finetune.archs: `['x']` → `['x', 'y']`",
+        "finetune.epochs: `4` → `8`",
+    ]
+
+
+def _variant(base: Path, out: Path, change: dict, val_auc_of_worst_test: float) -> Path:
+    """A copy of a finished run's records whose config changes `change` (dotted key -> value) and whose table gives
+    the row with the lowest test AUC of each target the highest val AUC."""
+    shutil.copytree(base / "report", out / "report")
+    record = read_json(out / "report" / "run.json")
+    for key, value in change.items():
+        *parents, leaf = key.split(".")
+        node = record["config"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    write_json(out / "report" / "run.json", record)
+    table = pd.read_csv(out / "report" / "benchmark.csv")
+    for _, rows in table.groupby("target"):
+        table.loc[rows["roc_auc"].idxmin(), "selection_auc"] = val_auc_of_worst_test
+    table.to_csv(out / "report" / "benchmark.csv", index=False)
+    return out
+
+
+def test_ablation_table_from_the_workflows_records(run_dir: Path, tmp_path: Path) -> None:
+    """The tiny run's own run.json and benchmark.csv as the base; a variant whose records change one setting."""
+    base = load_run(run_dir / "results")
+    config = run_config(base)  # the workflow records its validated config
+    assert config["finetune"]["epochs"] >= 1 and config["results"] == "results"
+    variant_dir = _variant(run_dir / "results", tmp_path / "more-epochs", {"finetune.epochs": 99}, 2.0)
+    markdown = ablation_markdown(base, [load_run(variant_dir)])
+    targets = list(dict.fromkeys(base.table["target"]))
+    assert [line[3:] for line in markdown.splitlines() if line.startswith("## ")] == [*targets, "Runs"]
+    variant_rows = [line for line in markdown.splitlines() if line.startswith("| more-epochs |")]
+    assert len(variant_rows) == len(targets)
+    for line, target in zip(variant_rows, targets, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == f"finetune.epochs: `{config['finetune']['epochs']}` → `99`"
+        rows = base.table[base.table["target"] == target]
+        worst = rows.loc[rows["roc_auc"].idxmin()]  # picked for its val AUC, though its test AUC is the lowest
+        assert cells[2] == f"{worst['init']} / {worst['features']} / {worst['classifier']}"
+        assert cells[4] == "2.000"
+        best_val = rows.sort_values("selection_auc", ascending=False, kind="stable").iloc[0]
+        assert float(cells[-3]) == pytest.approx(worst["roc_auc"] - best_val["roc_auc"], abs=1.5e-3)
+
+
+def test_a_run_without_a_recorded_config_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(run_dir / "results" / "report", tmp_path / "old" / "report")
+    record = read_json(tmp_path / "old" / "report" / "run.json")
+    del record["config"]
+    write_json(tmp_path / "old" / "report" / "run.json", record)
+    with pytest.raises(ValueError, match=r"old: report/run.json records no config"):
+        ablation_markdown(load_run(run_dir / "results"), [load_run(tmp_path / "old")])
