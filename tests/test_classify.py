@@ -19,6 +19,7 @@ from medxfer.fusion import load_feature_file
 from medxfer.io import read_json, save_npz
 from medxfer.metrics import choose_threshold
 from medxfer.model_selection import cv_splits, fit_data, select_hyperparameters, split_grid
+from medxfer.sections import ClassifySection, DecisionSection
 
 CLASSES = np.array(["normal", "benign", "malignant"])
 N = {"train": 60, "val": 24, "test": 24}
@@ -53,10 +54,18 @@ def _write_blobs(path: Path, seed: int = 0, dim: int = 6, with_study: bool = Fal
     return path
 
 
+def _sections(decision: str | None = None, pca_components: int | None = None) -> dict:
+    """train_classifier's `decision` and `classify` sections: the config's defaults but for what a test sets."""
+    return {
+        "decision": DecisionSection.from_config({} if decision is None else {"threshold": decision}),
+        "classify": ClassifySection.from_config({} if pca_components is None else {"pca_components": pca_components}),
+    }
+
+
 def _train(features: Path, out: Path, name: str, params: dict | None = None, **kwargs) -> dict:
     members = []
+    shared = {k: kwargs.pop(k) for k in ("decision", "pca_components") if k in kwargs}
     if name == ENSEMBLE:
-        shared = {k: v for k, v in kwargs.items() if k in ("decision", "pca_components")}
         for member in MEMBERS:
             _train(features, out / "members" / member, member, GRIDS[member], **shared)
             members.append(out / "members" / member / "metrics.json")
@@ -71,6 +80,7 @@ def _train(features: Path, out: Path, name: str, params: dict | None = None, **k
         member_metrics=members,
         n_bootstrap=200,
         oof_path=out / "oof.csv",
+        **_sections(**shared),
         **kwargs,
     )
 
@@ -229,7 +239,7 @@ def test_ensemble_refuses_members_of_other_features(blobs: Path, tmp_path: Path)
     with pytest.raises(ValueError, match=r"not a classifier result on"):
         train_classifier(
             blobs, ENSEMBLE, {}, tmp_path / "e.skops", tmp_path / "p.csv", tmp_path / "m.json",
-            member_metrics=[tmp_path / "m" / "metrics.json"],
+            member_metrics=[tmp_path / "m" / "metrics.json"], **_sections(),
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"at least two members"):
         create_classifier(ENSEMBLE, {"members": {"logreg": {}}}, seed=0, threads=1)
@@ -382,5 +392,6 @@ def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"members/knn/oof\.csv: missing; the ensemble's threshold needs"):
         train_classifier(
             features, ENSEMBLE, {}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
-            member_metrics=[tmp_path / "e" / "members" / m / "metrics.json" for m in MEMBERS], decision="cohen_kappa",
+            member_metrics=[tmp_path / "e" / "members" / m / "metrics.json" for m in MEMBERS],
+            **_sections("cohen_kappa"),
         )  # fmt: skip

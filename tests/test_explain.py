@@ -15,7 +15,7 @@ from medxfer.cams import heatmaps, segments
 from medxfer.explain import PANEL, choose_images, explain_model, outcomes
 from medxfer.faithfulness import deletion_insertion
 from medxfer.localisation import LOCALISATION_COLUMNS, mask_iou, pointing_hit, random_maps
-from medxfer.sections import ExplainSection, FinetuneTraining, PretrainTraining
+from medxfer.sections import DecisionSection, ExplainSection, FinetuneTraining, PretrainTraining
 from medxfer.train import finetune_model, pretrain_model
 
 # no augmentation: every transform off (the schema's defaults would turn most on)
@@ -161,7 +161,15 @@ def test_gallery_outcomes_follow_the_threshold_the_model_carries(cached, tmp_pat
     manifest, images = cached["mura"]
     model_dir = tmp_path / "model"
     finetune_model(
-        manifest, images, "resnet10t", "scratch", FINETUNE, model_dir, threads=2, seed=0, decision="cohen_kappa"
+        manifest,
+        images,
+        "resnet10t",
+        "scratch",
+        FINETUNE,
+        model_dir,
+        threads=2,
+        seed=0,
+        decision=DecisionSection.from_config({"threshold": "cohen_kappa"}),
     )
     meta = models.read_meta(model_dir)
     assert meta["decision"]["rule"] == "cohen_kappa" and meta["decision"]["chosen_on"] == "val"

@@ -201,6 +201,26 @@ def test_imagefolder_plain_and_split_layouts(tmp_path):
     assert classes_of(table) == ["neg", "pos"]
 
 
+def test_an_entry_that_leaves_keys_out_takes_the_schemas_defaults_in_ingest_and_cache(tmp_path):
+    """Library callers may pass the entry as written: ingest quarantines below the schema's min_image_side (16, not
+    the decoder's 1) and the cache writes the schema's size, both exactly as for the workflow's filled entry."""
+    root = tmp_path / "raw"
+    for k, label in enumerate(("normal", "lesion")):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(noise(i + 10 * k)).save(root / label / f"{i}.png")
+    Image.fromarray(noise(99, (12, 40))).save(root / "lesion" / "thin.png")
+    raw = {"format": "imagefolder", "root": str(root), "max_reject_fraction": 0.2}
+    for out, ds in ((tmp_path / "raw_entry", raw), (tmp_path / "workflow_entry", entry(**raw))):
+        out.mkdir()
+        table = run(out, "d", ds)
+        reasons = pd.read_csv(out / "quarantine.csv")["reason"].tolist()
+        assert reasons == ["image is 40 x 12 pixels, smaller than min_image_side 16"] and len(table) == 12
+        assert cache_images(ds, out / "manifest.csv", out / "images.npy") == (12, 1, 64, 64)
+    for name in ("manifest.csv", "quarantine.csv", "images.npy"):
+        assert (tmp_path / "raw_entry" / name).read_bytes() == (tmp_path / "workflow_entry" / name).read_bytes()
+
+
 def test_dicom_series_folder_rows_and_salt(tmp_path, monkeypatch):
     from test_imaging import write_dicom
 

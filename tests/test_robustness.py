@@ -6,6 +6,7 @@ from conftest import dataset_config
 
 from medxfer.cache import load_cached
 from medxfer.robustness import LEVELS, hu_shift, perturb
+from medxfer.sections import dataset_entry
 
 
 @pytest.mark.parametrize("kind", [k for k in LEVELS if k != "hu_window"])
@@ -32,3 +33,14 @@ def test_hu_shift_redecodes_raw_ct_and_zero_shift_is_the_cache(cached, demo_root
     assert shifted.astype(float).mean() < test.images[:4].astype(float).mean()  # a higher centre shows tissue darker
     with pytest.raises(ValueError, match="CT"):
         hu_shift(dataset_config(demo_root, "mura"), cached["mura"][0], [], 10.0)
+
+
+def test_hu_shift_takes_the_schemas_defaults_for_what_an_entry_leaves_out(cached, demo_root):
+    """Without windows and size, the schema's: one channel at its default window (the demo config's first) and
+    64 pixels, so the cache's first channel comes back."""
+    manifest, images = cached["ct"]
+    test = load_cached(manifest, images).splits["test"]
+    given = dataset_config(demo_root, "ct")
+    raw = {key: given[key] for key in ("format", "root", "manifest", "modality")}
+    assert dataset_entry(raw)["windows"] == given["windows"][:1]
+    np.testing.assert_array_equal(hu_shift(raw, manifest, test.ids[:4], 0.0), test.images[:4, :1])

@@ -11,16 +11,21 @@ import pytest
 
 from medxfer.config import JOB_SELECTORS, ConfigError, checked, load_schema, section_defaults, training_params, validate
 from medxfer.sections import (
+    BundleSection,
+    ClassifySection,
     ConfigSection,
+    DecisionSection,
     ExplainSection,
     FeaturesSection,
     FinetuneTraining,
     FusionSection,
     PretrainTraining,
     RobustnessSection,
+    dataset_entry,
 )
 
-SECTIONS = [ExplainSection, FusionSection, RobustnessSection, FeaturesSection]
+SECTIONS = [ExplainSection, FusionSection, RobustnessSection, FeaturesSection, ClassifySection, DecisionSection]
+SECTIONS += [BundleSection]
 TRAINING = [PretrainTraining, FinetuneTraining]
 # per section: a key the schema types as an integer (or boolean), and a value of the wrong type for it
 WRONG_TYPE = [
@@ -29,6 +34,9 @@ WRONG_TYPE = [
     (FeaturesSection, "batch_size", 2.5),
     (PretrainTraining, "multilabel", "yes"),
     (FinetuneTraining, "epochs", 2.5),
+    (ClassifySection, "pca_components", 0.5),
+    (DecisionSection, "threshold", "auc"),
+    (BundleSection, "features", 3),
 ]
 
 
@@ -164,3 +172,60 @@ def test_training_params_round_trip_with_the_data_sets_augment(section, stage):
     built = section.from_config(params)
     assert built.augment["hflip"] == 0.0 and built.as_dict() == params  # as model.json and the fingerprint see it
     assert section.from_config(built.as_dict()) == built
+
+
+def test_library_entry_points_take_the_sections_without_defaults_of_their_own():
+    """The decision rule, the classifiers' PCA width and the bundle's choice come from the config, never from a
+    keyword default that could drift from the schema's."""
+    import inspect
+
+    from medxfer.bundle import export_bundle
+    from medxfer.classify import train_classifier
+
+    for function, name, section in (
+        (train_classifier, "decision", DecisionSection),
+        (train_classifier, "classify", ClassifySection),
+        (export_bundle, "choose", BundleSection),
+    ):
+        parameter = inspect.signature(function).parameters[name]
+        assert parameter.default is inspect.Parameter.empty and parameter.annotation == section.__name__, name
+    assert "pca_components" not in inspect.signature(train_classifier).parameters
+
+
+def workflow_entry(entry: dict) -> dict:
+    """The data set entry as the workflow validates it (with the whole config)."""
+    return validate({"datasets": {"d": entry}, "finetune": {"targets": ["d"], "inits": ["scratch"]}})["datasets"]["d"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"format": "mura", "root": "raw"},
+        {"format": "npz", "root": "raw", "file": "x.npz", "modality": "ct", "npz_masks": {"file": "m.npz", "key": "k"}},
+        {"format": "csv", "root": "raw", "manifest": "m.csv", "windows": [[50, 350], [-600, 1500]], "size": 128},
+    ],
+)
+def test_a_dataset_entry_is_filled_as_the_workflow_fills_it(entry):
+    built = dataset_entry(entry, "d")
+    assert dict(built) == workflow_entry(entry) and list(built) == list(workflow_entry(entry))
+    assert dataset_entry(built, "d") == built  # filling a filled entry changes nothing
+    assert built["min_image_side"] == 16 and type(built["windows"]) is list  # the schema's, printed as YAML has it
+    with pytest.raises(TypeError):
+        built["size"] = 32  # type: ignore[index]
+    built["windows"].append([0, 1])
+    assert entry.get("windows", [[40, 400]]) != built["windows"]  # a copy: the caller's entry stays as it was
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"format": "mura", "root": "raw", "min_image_side": 0}, r"config key 'datasets\.bone\.min_image_side'"),
+        ({"format": "mura", "root": "raw", "window": [[40, 400]]}, r"config key 'datasets\.bone'.*'window' was unexp"),
+        ({"format": "mura"}, r"config key 'datasets\.bone': 'root' is a required property"),
+        ({"format": "csv", "root": "raw"}, r"config key 'datasets\.bone\.manifest': required for format 'csv'"),
+        ({"format": "mura", "root": "raw", "test_fraction": 0.9}, r"'datasets\.bone': val_fraction \+ test_fraction"),
+    ],
+)
+def test_a_bad_dataset_entry_is_an_error_naming_the_key(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        dataset_entry(entry, "bone")

@@ -17,7 +17,7 @@ from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
-from medxfer.sections import FeaturesSection, FinetuneTraining, PretrainTraining
+from medxfer.sections import DecisionSection, FeaturesSection, FinetuneTraining, PretrainTraining
 from medxfer.train import finetune_model, fit, pretrain_model, set_strategy
 
 LOG = get_logger("test_train")
@@ -49,6 +49,15 @@ PARAMS = dict(
 )
 
 
+ARGMAX = DecisionSection.from_config({})
+KAPPA = DecisionSection.from_config({"threshold": "cohen_kappa"})
+
+
+def tune(*args, decision: DecisionSection = ARGMAX, **kwargs) -> dict:
+    """finetune_model with the config's default decision unless a test sets one."""
+    return finetune_model(*args, decision=decision, **kwargs)
+
+
 def ft(**overrides) -> FinetuneTraining:
     return FinetuneTraining.from_config(PARAMS | overrides)
 
@@ -75,9 +84,7 @@ def test_pretrain_writes_checkpoint_trio_with_metadata(pretrained):
 
 def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pretrained, tmp_path):
     manifest, images = cached["ct"]
-    metrics = finetune_model(
-        manifest, images, "resnet10t", "indomain", ft(), tmp_path, init_path=pretrained, threads=2, seed=0
-    )
+    metrics = tune(manifest, images, "resnet10t", "indomain", ft(), tmp_path, init_path=pretrained, threads=2, seed=0)
     model, meta = models.load(tmp_path)
     assert meta["in_chans"] == 2 and meta["init"] == "indomain"
     assert 0 <= metrics["accuracy"] <= 1 and metrics["n"] == len(pd.read_csv(tmp_path / "predictions.csv"))
@@ -90,17 +97,15 @@ def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pre
 
 def test_training_is_deterministic_on_cpu(cached, tmp_path):
     manifest, images = cached["mura"]
-    first = finetune_model(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "a", threads=2, seed=1)
-    second = finetune_model(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "b", threads=2, seed=1)
+    first = tune(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "a", threads=2, seed=1)
+    second = tune(manifest, images, "resnet10t", "scratch", ft(), tmp_path / "b", threads=2, seed=1)
     assert first == second
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
 
 
 def test_decision_threshold_comes_from_the_val_split(cached, tmp_path):
     manifest, images = cached["mura"]
-    metrics = finetune_model(
-        manifest, images, "resnet10t", "scratch", ft(), tmp_path, threads=2, seed=0, decision="cohen_kappa"
-    )
+    metrics = tune(manifest, images, "resnet10t", "scratch", ft(), tmp_path, threads=2, seed=0, decision=KAPPA)
     model, _ = models.load(tmp_path)
     val = load_cached(manifest, images).splits["val"]
     expected = choose_threshold(val.labels, predict_proba(model, val.images, torch.device("cpu")), "cohen_kappa")
@@ -121,7 +126,7 @@ def test_linear_probe_trains_only_the_head(cached, tmp_path):
     seed_everything(0)  # finetune_model seeds the same way before it builds the model
     before = models.create("resnet10t", 2, 1).state_dict()
     probe = ft(strategy="linear_probe", epochs=1)
-    finetune_model(manifest, images, "resnet10t", "scratch", probe, tmp_path, threads=2, seed=0)
+    tune(manifest, images, "resnet10t", "scratch", probe, tmp_path, threads=2, seed=0)
     after = models.load(tmp_path)[0].state_dict()
     assert torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
@@ -209,9 +214,7 @@ def test_truncation_beyond_the_network_is_a_clear_error():
 def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_path):
     manifest, images = cached["mura"]
     params = ft(strategy="truncated", truncate_stages=4, epochs=1)
-    metrics = finetune_model(
-        manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0
-    )
+    metrics = tune(manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0)
     model, meta = models.load(tmp_path)
     assert meta["truncate_stages"] == metrics["truncate_stages"] == 4
     assert metrics["num_parameters"] == meta["num_parameters"] == models.num_parameters(model)
@@ -274,9 +277,7 @@ def test_finetune_removes_its_resume_state_and_the_empty_folders_it_leaves(cache
     sibling.mkdir(parents=True)
     (sibling / "state.pt").write_bytes(b"another run, still going")
     params = ft(epochs=1)
-    finetune_model(
-        manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, resume_root=root
-    )
+    tune(manifest, images, "resnet10t", "scratch", params, tmp_path / "out", resume_dir=resume, resume_root=root)
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
     calibration = metrics["calibration"]  # a temperature fitted on val, its effect on test and val
     assert calibration["temperature"] > 0 and calibration["fitted_on"] == "val"
@@ -387,8 +388,8 @@ def test_simclr_pretraining_gives_a_headless_checkpoint_that_fine_tunes(cached, 
     assert set(model.state_dict()) == set(models.create("resnet10t", 0, 1).state_dict())  # projector dropped
     log = pd.read_csv(tmp_path / "ssl/log.csv")
     assert np.isfinite(log["val_loss"]).all() and 0 <= log["val_accuracy"].iloc[0] <= 1
-    tuned = finetune_model(
-        manifest, images, "resnet10t", "indomain", ft(epochs=1), tmp_path / "ft", tmp_path / "ssl", threads=2
+    tuned = tune(
+        manifest, images, "resnet10t", "indomain", ft(epochs=1), tmp_path / "ft", init_path=tmp_path / "ssl", threads=2
     )
     assert tuned["n"] > 0
     source = model.state_dict()["layer4.0.conv1.weight"]

@@ -23,6 +23,7 @@ from medxfer.identity import read as read_identity
 from medxfer.io import read_json, sha256_file, write_json, write_text
 from medxfer.metrics import N_BOOTSTRAP
 from medxfer.runrecord import package_versions
+from medxfer.sections import BundleSection, dataset_entry
 from medxfer.selection import best_row, selection_auc
 
 FORMAT = "medxfer-bundle/1"
@@ -107,9 +108,9 @@ def _preprocessing(dataset: Mapping[str, Any], cnn_meta: Mapping[str, Any]) -> d
         "modality": dataset["modality"],
         "size": int(dataset["size"]),
         "channels": int(cnn_meta["in_chans"]),
-        "windows": dataset.get("windows") if dataset["modality"] == "ct" else None,
-        "min_image_side": int(dataset.get("min_image_side", 1)),
-        "assume_rescale": dataset.get("assume_rescale"),
+        "windows": dataset["windows"] if dataset["modality"] == "ct" else None,
+        "min_image_side": int(dataset["min_image_side"]),
+        "assume_rescale": dataset["assume_rescale"],
         "normalization": cnn_meta["normalization"],
     }
 
@@ -122,8 +123,8 @@ def export_bundle(
     dataset: Mapping[str, Any],
     out_dir: str | os.PathLike,
     stages: int,
+    choose: BundleSection,
     record: str | os.PathLike | None = None,
-    choose: Mapping[str, Any] | None = None,
     robustness_table: str | os.PathLike | None = None,
     n_bootstrap: int = N_BOOTSTRAP,
     bootstrap_seed: int = 0,
@@ -133,6 +134,8 @@ def export_bundle(
     `model_dirs`: every CNN of the run, in the order the fusion was fitted (finetune.archs); `fusion_path`: the
     transform extract_features fitted on their train features (medxfer.fusion.save_fusion), copied as it is;
     `stages`: features.stages, as the features were extracted.
+    `choose`: the config's `bundle` section; `dataset`: the target's config entry (keys it leaves out take the
+    schema's defaults).
     `bootstrap_seed`: the report's, for intervals a metrics file lacks. `record`: a small JSON beside the folder with
     the digest of its bundle.json, which changes exactly when the bundle does (a rule downstream reads it: Snakemake
     checksums files, but only times folders).
@@ -141,8 +144,9 @@ def export_bundle(
     from medxfer.card import model_card  # the card's wording stays out of the bundle's logic
     from medxfer.results import metrics_with_intervals
 
-    named = {k: v for k, v in (choose or {}).items() if v is not None}
-    chosen = choose_model(metrics_paths, named.get("features"), named.get("classifier"))
+    dataset = dataset_entry(dataset)
+    named = {k: v for k, v in choose.as_dict().items() if v is not None}
+    chosen = choose_model(metrics_paths, choose.features, choose.classifier)
     metrics = metrics_with_intervals(chosen, n_bootstrap, bootstrap_seed)
     ident = read_identity(metrics, chosen, "features", "classifier")
     metas = {Path(d): read_json(Path(d) / "model.json") for d in model_dirs}

@@ -16,11 +16,14 @@ from medxfer.ingest import classes_of, read_manifest
 from medxfer.io import atomic_path
 from medxfer.privacy import path_id, private_paths, salt_of
 from medxfer.readers import READERS
+from medxfer.sections import dataset_entry
 
 
 def image_files(dataset: Mapping[str, Any], paths: Sequence[str]) -> list[Path]:
     """The files behind manifest paths. Pseudonymous paths are found by listing the data set again with its reader
-    and hashing each path as ingest did: the way back needs the raw data and the salt, never a file in results/."""
+    and hashing each path as ingest did: the way back needs the raw data and the salt, never a file in results/.
+    `dataset`: its config entry (keys it leaves out take the schema's defaults)."""
+    dataset = dataset_entry(dataset)
     root = Path(dataset["root"])
     if not private_paths(dataset):
         return [root / p for p in paths]
@@ -39,12 +42,13 @@ def image_files(dataset: Mapping[str, Any], paths: Sequence[str]) -> list[Path]:
 def cache_images(
     dataset: Mapping[str, Any], manifest_path: Path, out_path: Path, threads: int = 1, log: Any = None
 ) -> tuple[int, ...]:
-    """Write images in manifest order as a (N, C, size, size) uint8 array; decode in parallel over `threads`."""
+    """Write images in manifest order as a (N, C, size, size) uint8 array; decode in parallel over `threads`.
+    `dataset`: its config entry, as ingest read it (keys it leaves out take the schema's defaults)."""
+    dataset = dataset_entry(dataset)
     if not Path(manifest_path).is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; ingest the data set first (a failed one leaves none)")
     manifest = read_manifest(manifest_path)
     size, n_channels = dataset["size"], channels(dataset)
-    windows = dataset.get("windows", [[40, 400]])
     shape = (len(manifest), n_channels, size, size)
     paths = image_files(dataset, list(manifest["path"]))
 
@@ -53,10 +57,10 @@ def cache_images(
             return load_image(
                 paths[i],
                 dataset["modality"],
-                windows,
+                dataset["windows"],
                 size,
-                min_side=dataset.get("min_image_side", 1),
-                assume_rescale=dataset.get("assume_rescale"),
+                min_side=dataset["min_image_side"],
+                assume_rescale=dataset["assume_rescale"],
             )
         except ImageError as err:  # named as the manifest names it: the real path may be private
             name = manifest["path"][i]

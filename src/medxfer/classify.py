@@ -35,6 +35,7 @@ from medxfer.model_selection import (
     validation_metrics,
     validation_threshold,
 )
+from medxfer.sections import ClassifySection, DecisionSection
 
 OOF = "oof.csv"
 
@@ -171,6 +172,9 @@ def train_classifier(
     model_path: str | os.PathLike,
     predictions_path: str | os.PathLike,
     metrics_path: str | os.PathLike,
+    *,
+    decision: DecisionSection,
+    classify: ClassifySection,
     seed: int = 0,
     threads: int = 1,
     roc_path: str | os.PathLike | None = None,
@@ -180,8 +184,6 @@ def train_classifier(
     member_metrics: Sequence[str | os.PathLike] = (),
     n_bootstrap: int = N_BOOTSTRAP,
     cv_folds: int = CV_FOLDS,
-    decision: str = "argmax",
-    pca_components: int | None = None,
     oof_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
@@ -190,9 +192,9 @@ def train_classifier(
     train+val predictions at `oof_path` (NaN where a class has too few cases for folds). The ensemble votes over
     its members' fitted models, found beside their metrics.json files (`member_metrics`), and thresholds on the
     mean of their oof.csv.
-    `decision`: argmax, or the metric whose best binary threshold is chosen out of fold on train+val.
-    `pca_components`: features wider than this are standardised and PCA-reduced inside the pipeline (the cost of
-    SVM and k-NN grows with the width; the fused set is usually reduced already, by the fusion).
+    `decision` (the config's section): argmax, or the metric whose best binary threshold is chosen out of fold on
+    train+val. `classify.pca_components`: features wider than this are standardised and PCA-reduced inside the
+    pipeline (the cost of SVM and k-NN grows with the width; the fused set is usually reduced already, by the fusion).
     Long on purpose: what is left is the job's sequence in order, with its one look at the test split in view.
     """
     params = dict(params or {})
@@ -203,8 +205,8 @@ def train_classifier(
     x_fit, y_fit, groups = fit_data(data)
     if data["X_train"].shape[0] == 0 or data["X_test"].shape[0] == 0:
         raise ValueError(f"{features_path}: train and test splits must not be empty")
-    reduce_to = _pca_width(features_path, x_fit.shape, pca_components, cv_folds)
-    want_oof = oof_path is not None or decision != "argmax"
+    reduce_to = _pca_width(features_path, x_fit.shape, classify.pca_components, cv_folds)
+    want_oof = oof_path is not None or decision.threshold != "argmax"
     mark_work_start()
     with threadpool_limits(limits=threads):
         try:
@@ -218,7 +220,7 @@ def train_classifier(
                 seed,
                 threads,
                 cv_folds,
-                decision,
+                decision.threshold,
                 reduce_to,
                 want_oof,
             )
@@ -284,7 +286,7 @@ def train_run_classifiers(
     model, predictions, oof, metrics, roc, roc_plot, confusion_plot, reliability_plot to one path per (classifier,
     feature set),
     classifiers in the order given (the ensemble last), feature sets in `feature_sets` order. `settings`: seed,
-    threads, decision and pca_components of train_classifier.
+    threads, decision and classify of train_classifier (the last two the config's sections).
     """
     slot = {(c, f): i * len(feature_sets) + j for i, c in enumerate(classifiers) for j, f in enumerate(feature_sets)}
     for clf, hyperparameters in classifiers.items():

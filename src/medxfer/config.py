@@ -174,17 +174,23 @@ def _cross_check(config: dict[str, Any]) -> None:
                 )
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
-        if ds["format"] == "csv" and "manifest" not in ds:
-            problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
-        if ds["format"] == "npz" and "file" not in ds:
-            problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
-        if "npz_masks" in ds and ds["format"] != "npz":
-            problems.append(f"config key 'datasets.{name}.npz_masks': only for format 'npz' (use masks: a folder)")
-        if ds["val_fraction"] + ds["test_fraction"] >= 1:
-            problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
-        problems += _path_lookup_problems(name, ds, config["results"])
+        problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def entry_problems(name: str, ds: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about one data set entry (defaults filled): keys one format needs or refuses."""
+    problems = []
+    if ds["format"] == "csv" and "manifest" not in ds:
+        problems.append(f"config key 'datasets.{name}.manifest': required for format 'csv'")
+    if ds["format"] == "npz" and "file" not in ds:
+        problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
+    if "npz_masks" in ds and ds["format"] != "npz":
+        problems.append(f"config key 'datasets.{name}.npz_masks': only for format 'npz' (use masks: a folder)")
+    if ds["val_fraction"] + ds["test_fraction"] >= 1:
+        problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
+    return problems
 
 
 def _bundle_problems(config: Mapping[str, Any]) -> list[str]:

@@ -31,6 +31,7 @@ from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
 from medxfer.privacy import path_id, private_paths, pseudonymize, salt_of, write_path_lookup
 from medxfer.readers import READERS
+from medxfer.sections import dataset_entry
 from medxfer.splits import assign_splits, describe_leaks, drop_leaked, leaked, subsample_train
 
 NEGATIVE_NAMES = ("normal", "negative", "no_finding", "0", "false", NO_LABEL)
@@ -90,7 +91,6 @@ def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found:
     """Rows whose image decodes as the cache will decode it, with its content hash and the perceptual hash of those
     pixels; the others are rejected with the decoder's reason (unreadable, too small, fully transparent, multi-frame,
     too large to decode safely)."""
-    windows = dataset.get("windows", [[40, 400]])
     accepted = []
     for row in rows:
         path = root / row["path"]
@@ -99,10 +99,10 @@ def _decode_all(root: Path, rows: list[dict], dataset: Mapping[str, Any], found:
                 image = load_image(
                     path,
                     dataset["modality"],
-                    windows,
+                    dataset["windows"],
                     dataset["size"],
                     min_side=dataset["min_image_side"],
-                    assume_rescale=dataset.get("assume_rescale"),
+                    assume_rescale=dataset["assume_rescale"],
                 )
                 accepted.append(row | {"sha256": content_hash(path), "phash": perceptual_hash(image)})
             except ImageError as err:
@@ -350,12 +350,13 @@ def ingest_dataset(
     duplicates_path: Path | None = None,
 ) -> pd.DataFrame:
     """Read, check and split one data set; write manifest.csv, quarantine.csv and duplicates.csv (default: beside
-    the manifest) atomically.
+    the manifest) atomically. `dataset`: its config entry; keys it leaves out take the schema's defaults.
 
     The previous run's files go first: a failed or killed run must not leave a manifest that looks current."""
     duplicates_path = duplicates_path or manifest_path.with_name("duplicates.csv")
     for previous in (manifest_path, quarantine_path, duplicates_path):
         Path(previous).unlink(missing_ok=True)
+    dataset = dataset_entry(dataset, name)
     root = Path(dataset["root"])
     if not root.is_dir():
         raise IngestError(f"data set '{name}': root folder {root} does not exist")

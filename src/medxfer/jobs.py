@@ -316,7 +316,7 @@ def robustness_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, An
         "classifiers": [fused(c, "metrics.json") for c in config["classifiers"]],
         "models": [fused(c, "model.skops") for c in config["classifiers"]],
     }
-    if config["datasets"][wildcards.target].get("modality") == "ct":
+    if config["datasets"][wildcards.target]["modality"] == "ct":
         inputs["raw"] = dataset_root(config, wildcards.target)
     return inputs
 

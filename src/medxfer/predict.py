@@ -113,10 +113,10 @@ def decode_inputs(
                 image = load_image(
                     file,
                     pre["modality"],
-                    pre.get("windows") or [[40, 400]],
+                    pre["windows"] or (),  # None for radiographs, which have no windows
                     pre["size"],
-                    min_side=pre.get("min_image_side", 1),
-                    assume_rescale=pre.get("assume_rescale"),
+                    min_side=pre["min_image_side"],
+                    assume_rescale=pre["assume_rescale"],
                 )
             except ImageError as err:
                 found.reject(row["rel"], err.reason)

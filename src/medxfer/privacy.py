@@ -33,8 +33,9 @@ def pseudonymize(raw_id: str, salt: str | None = None) -> str:
 
 def private_paths(dataset: Mapping[str, Any]) -> bool:
     """Whether results/ name this data set's files by pseudonym: `pseudonymous_paths`, where `auto` means yes for
-    DICOM (whose exports name folders after patients) and no for the other formats."""
-    setting = dataset.get("pseudonymous_paths", "auto")
+    DICOM (whose exports name folders after patients) and no for the other formats. `dataset`: an entry with the
+    schema's defaults filled in (medxfer.sections.dataset_entry)."""
+    setting = dataset["pseudonymous_paths"]
     return dataset["format"] == "dicom" if setting == "auto" else bool(setting)
 
 

@@ -1,6 +1,7 @@
 """Format readers: each turns one raw layout (MURA folders, class folders, CSV manifest, DICOM files or series,
 .npz arrays) into candidate rows and rejected files. They only find and describe files; decoding, label checks and
-splitting happen once for every format in `medxfer.ingest`.
+splitting happen once for every format in `medxfer.ingest`. Each takes a data set entry with the schema's defaults
+filled in (medxfer.sections.dataset_entry, as ingest and the cache pass it).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def inside_root(root: Path, relative: str | Path, what: str) -> Path:
 def _read_mura(root: Path, dataset: Mapping[str, Any]) -> Found:
     """MURA's train/ and valid/ trees; valid/ becomes the test split, labels come from the study folder name."""
     found = Found()
-    parts = {p.upper() for p in dataset.get("body_parts", [])}
+    parts = {p.upper() for p in dataset["body_parts"]}
     for split_dir, split in MURA_SPLITS.items():
         for path in walk_files(root / split_dir, root, found):
             rel = path.relative_to(root)
@@ -346,7 +347,7 @@ def _read_npz(root: Path, dataset: Mapping[str, Any]) -> Found:
             meta = {k: data[k] for k in keys if not k.endswith("images") and k != "meta"}
     except Exception as err:
         raise IngestError(f"{file}: not a readable .npz file ({err})") from None
-    layout = _npz_layout(keys, dataset.get("layout", "auto"), file)
+    layout = _npz_layout(keys, dataset["layout"], file)
     parts = [(f"{s}_images", f"{s}_labels", s) for s in SPLITS if f"{s}_images" in keys]
     label_keys = [label for _, label, _ in parts] if layout == "medmnist" else ["labels"]
     names = _npz_class_names(dataset, meta, [meta[k] for k in label_keys if k in meta])

@@ -36,7 +36,7 @@ from medxfer.io import atomic_path, read_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import classification_metrics
 from medxfer.plots import new_figure, save_figure
-from medxfer.sections import FeaturesSection, RobustnessSection
+from medxfer.sections import FeaturesSection, RobustnessSection, dataset_entry
 from medxfer.selection import best_row, selection_auc
 
 # perturbation -> (what the level means, the level at severity 1, 2, 3)
@@ -91,15 +91,18 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def hu_shift(dataset: Mapping[str, Any], manifest: Path, image_ids: Sequence[str], shift: float) -> np.ndarray:
-    """The given images decoded again from raw HU with every window centre moved by `shift` HU."""
-    if dataset.get("modality") != "ct":
+    """The given images decoded again from raw HU with every window centre moved by `shift` HU, as the cache decoded
+    them otherwise. `dataset`: its config entry (keys it leaves out take the schema's defaults)."""
+    dataset = dataset_entry(dataset)
+    if dataset["modality"] != "ct":
         raise ValueError("a HU-window shift needs a CT data set (modality: ct)")
     table = read_manifest(manifest).set_index("image_id").loc[list(image_ids)]
-    windows = [[center + shift, width] for center, width in dataset.get("windows", [[40, 400]])]
-    size, assume, files = dataset["size"], dataset.get("assume_rescale"), image_files(dataset, list(table["path"]))
+    windows = [[center + shift, width] for center, width in dataset["windows"]]
+    size, files = dataset["size"], image_files(dataset, list(table["path"]))
+    settings = {"min_side": dataset["min_image_side"], "assume_rescale": dataset["assume_rescale"]}
     with withheld_warnings():  # pydicom quotes header values; ingest has logged these files' warnings already
-        images = [load_image(file, "ct", windows, size, assume_rescale=assume) for file in files]
-    return np.stack(images) if images else np.zeros((0, len(windows), dataset["size"], dataset["size"]), np.uint8)
+        images = [load_image(file, "ct", windows, size, **settings) for file in files]
+    return np.stack(images) if images else np.zeros((0, len(windows), size, size), np.uint8)
 
 
 def best_fused(metrics_paths: Sequence[str | os.PathLike]) -> Path:
@@ -134,7 +137,9 @@ def assess_robustness(
     fitted on these CNNs' train features (medxfer.fusion.save_fusion); `classifier_metrics` are the fused
     classifiers' metrics.json files (their model.skops beside them). hu_window runs only on CT data sets.
     One call for every model: each scores the same perturbed batch, made once per perturbation and severity.
+    `dataset`: the target's config entry (keys it leaves out take the schema's defaults).
     """
+    dataset = dataset_entry(dataset)
     logger = get_logger("medxfer.robustness", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
@@ -180,7 +185,7 @@ def _applicable(perturbations: Sequence[str], severities: Sequence[int], dataset
             f"perturbations {sorted(unknown)} / severities {list(severities)} not allowed: use "
             f"{list(PERTURBATIONS)} and 1, 2, 3"
         )
-    if dataset.get("modality") != "ct":
+    if dataset["modality"] != "ct":
         return [p for p in perturbations if p not in CT_ONLY]
     return list(perturbations)
 

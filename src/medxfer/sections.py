@@ -4,6 +4,7 @@ A function reading `settings["lime_sample"]` fails only when it gets there, and 
 default (`batch_size=256`) drifts from the schema unnoticed. These frozen dataclasses have exactly their section's
 schema keys and no defaults of their own: `from_config` fills the schema's, validates against it (errors name the
 key) and turns lists into tuples and objects into read-only mappings, so nothing downstream can change it.
+A data set entry, whose keys depend on its format, is a read-only mapping filled the same way (`dataset_entry`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
-from medxfer.config import JOB_SELECTORS, checked, load_schema
+from medxfer.config import JOB_SELECTORS, ConfigError, checked, entry_problems, load_schema
+
+
+def _schema_part(*keys: str) -> dict[str, Any]:
+    """The part of the config schema at `keys`, with the schema's `definitions`, which its `$ref`s point into."""
+    full = part = load_schema()
+    for key in keys:
+        part = part[key]
+    return {**part, "definitions": full.get("definitions", {})}
 
 
 class ConfigSection:
@@ -24,8 +33,7 @@ class ConfigSection:
     @classmethod
     def schema(cls) -> dict[str, Any]:
         """The section's part of the config schema, with the schema's `definitions` its `$ref`s point into."""
-        full = load_schema()
-        return {**full["properties"][cls.SECTION], "definitions": full.get("definitions", {})}
+        return _schema_part("properties", cls.SECTION)
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> Self:
@@ -167,3 +175,47 @@ class FinetuneTraining(TrainingSection):
 
 Training = PretrainTraining | FinetuneTraining
 """What `medxfer.train.fit` and the objectives take."""
+
+
+@dataclass(frozen=True)
+class ClassifySection(ConfigSection):
+    """`classify`: what the classifiers' pipelines do to the features before the classifier."""
+
+    SECTION: ClassVar[str] = "classify"
+
+    pca_components: int | None
+
+
+@dataclass(frozen=True)
+class DecisionSection(ConfigSection):
+    """`decision`: argmax, or the metric whose best binary threshold is chosen on validation data."""
+
+    SECTION: ClassVar[str] = "decision"
+
+    threshold: str
+
+
+@dataclass(frozen=True)
+class BundleSection(ConfigSection):
+    """`bundle`: which models export_bundle may choose from (None = no restriction)."""
+
+    SECTION: ClassVar[str] = "bundle"
+
+    features: str | None
+    classifier: str | None
+
+
+def dataset_entry(values: Mapping[str, Any], name: str = "<name>") -> Mapping[str, Any]:
+    """One `datasets.<name>` entry with the schema's defaults filled in and checked as the workflow checks it
+    (errors name `datasets.<name>.<key>`), read-only.
+
+    Library entry points that take a data set entry call this once, so an entry that leaves a key out gets the
+    schema's default and not a reader's own. A mapping, not a dataclass: which keys exist depends on the format.
+    Read-only at the top only: the nested values stay lists and dicts of a fresh copy, as the messages, the manifest
+    and bundle.json print them. The workflow's entries come filled already; filling them again changes nothing.
+    """
+    schema = _schema_part("properties", "datasets", "additionalProperties")
+    entry = checked(values, schema, f"datasets.{name}")
+    if problems := entry_problems(name, entry):
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return MappingProxyType(entry)

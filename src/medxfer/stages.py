@@ -16,6 +16,9 @@ from typing import Any
 
 from medxfer.log import get_logger, logged
 from medxfer.sections import (
+    BundleSection,
+    ClassifySection,
+    DecisionSection,
     ExplainSection,
     FeaturesSection,
     FinetuneTraining,
@@ -170,7 +173,7 @@ def finetune_model(job: Any) -> None:
         log_path=_log_path(job),
         resume_dir=Path(job.params.resume),
         resume_root=Path(job.params.resume_root),
-        decision=job.params.decision,
+        decision=DecisionSection.from_config({"threshold": job.params.decision}),
         target=job.wildcards.target,
         run=job.params.run,
     )
@@ -214,8 +217,8 @@ def train_classifiers(job: Any) -> None:
         log=_logger(job, "medxfer.classify"),
         seed=job.params.seed,
         threads=job.threads,
-        decision=job.params.decision,
-        pca_components=job.params.pca_components,
+        decision=DecisionSection.from_config({"threshold": job.params.decision}),
+        classify=ClassifySection.from_config({"pca_components": job.params.pca_components}),
     )
 
 
@@ -273,8 +276,8 @@ def export_bundle(job: Any) -> None:
         job.params.dataset,
         Path(job.output.bundle),
         job.params.stages,
+        BundleSection.from_config(job.params.choose),
         record=Path(job.output.record),
-        choose=job.params.choose,
         robustness_table=Path(job.input.robustness),
         bootstrap_seed=job.params.bootstrap_seed,
     )

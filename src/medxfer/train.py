@@ -32,7 +32,7 @@ from medxfer.objectives import MultiLabel, SimCLR, Supervised
 from medxfer.plots import plot_reliability
 from medxfer.resume import clear_resume, load_resume, resume_fingerprint, save_resume
 from medxfer.runtime import autocast
-from medxfer.sections import FinetuneTraining, PretrainTraining, Training
+from medxfer.sections import DecisionSection, FinetuneTraining, PretrainTraining, Training
 
 STRATEGIES = ("full", "linear_probe", "truncated")
 
@@ -347,6 +347,8 @@ def finetune_model(
     init: str,
     params: FinetuneTraining,
     out_dir: Path,
+    *,
+    decision: DecisionSection,
     init_path: Path | None = None,
     threads: int = 1,
     seed: int = 0,
@@ -354,14 +356,14 @@ def finetune_model(
     log_path: Path | None = None,
     resume_dir: Path | None = None,
     resume_root: Path | None = None,
-    decision: str = "argmax",
     target: str | None = None,
     run: str | None = None,
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
     Long for its parameters: the job's whole sequence (init, fit, threshold on val, one look at test) stays in view.
 
-    `decision`: argmax, or the metric whose best binary threshold is chosen on the val split (never on test).
+    `decision` (the config's section): argmax, or the metric whose best binary threshold is chosen on the val split
+    (never on test).
     `target` (default: the manifest's folder, as ingest names it) and `run` (the seed replicate's name, default
     `init`) go into the identity model.json and metrics.json carry (medxfer.identity).
     `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
@@ -391,13 +393,14 @@ def finetune_model(
     logits, val_logits = predict_logits(model, test.images, dev), predict_logits(model, val.images, dev)
     proba, val_proba = softmax_proba(logits), softmax_proba(val_logits)
     temperature = fit_temperature(val_logits.numpy(), val.labels)
-    threshold = None if decision == "argmax" else choose_threshold(val.labels, val_proba, decision)
+    rule = decision.threshold
+    threshold = None if rule == "argmax" else choose_threshold(val.labels, val_proba, rule)
     metrics = classification_metrics(test.labels, proba, threshold)
     metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
     ident = identity(target or manifest.parent.name, init, seed, run, features=arch, classifier="cnn")
     metrics |= {
         "identity": ident,
-        "decision": _decision_record(decision, threshold),
+        "decision": _decision_record(rule, threshold),
         "arch": arch,
         "init": init,
         "strategy": strategy,
