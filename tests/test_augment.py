@@ -4,6 +4,7 @@ import torch
 from medxfer.augment import augment_batch, build_augment
 
 FULL = dict(hflip=0.5, degrees=10, translate=0.05, scale=[0.9, 1.1], brightness=0.2, contrast=0.2, noise_std=0.02)
+OFF = dict(hflip=0, vflip=0, degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0, elastic=0)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])
@@ -33,11 +34,19 @@ def test_seeded_augmentation_is_reproducible():
 
 def test_no_augmentation_is_identity():
     batch = torch.rand(4, 1, 16, 16)
-    params = dict(hflip=0, degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0)
-    assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+    assert torch.equal(augment_batch(batch, build_augment(OFF)), batch)
 
 
-ELASTIC = dict(elastic=1.0, elastic_alpha=20.0, elastic_sigma=4.0)
+def test_keys_left_out_take_the_schemas_defaults_as_in_a_config():
+    from medxfer.sections import augment_entry
+
+    assert build_augment({}).__dict__ == build_augment(dict(augment_entry({}))).__dict__
+    assert build_augment({}).hflip == augment_entry({})["hflip"] > 0  # `{}` is the default augmentation, not none
+    with pytest.raises(ValueError, match="augment.hflip"):
+        build_augment({"hflip": 2})
+
+
+ELASTIC = OFF | dict(elastic=1.0, elastic_alpha=20.0, elastic_sigma=4.0)
 
 
 def test_elastic_deformation_moves_pixels_smoothly():
@@ -52,15 +61,16 @@ def test_elastic_deformation_moves_pixels_smoothly():
 
 
 @pytest.mark.parametrize("key", ["hflip", "vflip", "elastic"])
-def test_probability_zero_is_identity(key):
+def test_probability_zero_is_identity_and_one_is_not(key):
+    torch.manual_seed(0)
     batch = torch.rand(4, 2, 16, 16)
-    params = dict(degrees=0, translate=0, scale=[1, 1], brightness=0, contrast=0, noise_std=0) | {key: 0.0}
-    assert torch.equal(augment_batch(batch, build_augment(params)), batch)
+    assert torch.equal(augment_batch(batch, build_augment(OFF | {key: 0.0})), batch)
+    assert not torch.equal(augment_batch(batch, build_augment(OFF | {key: 1.0})), batch)
 
 
 def test_vertical_flip_at_probability_one_flips():
     batch = torch.rand(3, 1, 8, 8)
-    assert torch.equal(augment_batch(batch, build_augment({"vflip": 1.0})), batch.flip(-2))
+    assert torch.equal(augment_batch(batch, build_augment(OFF | {"vflip": 1.0})), batch.flip(-2))
 
 
 def test_data_set_augment_overrides_the_stage_keys():

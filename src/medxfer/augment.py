@@ -49,17 +49,17 @@ def gaussian_blur(field: torch.Tensor, sigma: float) -> torch.Tensor:
 
 class BatchAugment:
     """Flips, rotation, scale, translation, elastic deformation, brightness/contrast and Gaussian noise for a
-    float (B, C, H, W) batch in [0, 1]. Keys as in the config schema's `augment`; a missing or zero key leaves its
-    transform out, so `{}` is the identity. Any number of channels (multi-window CT)."""
+    float (B, C, H, W) batch in [0, 1]. `params`: every key of the config schema's `augment` (build_augment fills
+    the ones a caller leaves out); a zero turns its transform off. Any number of channels (multi-window CT)."""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        self.hflip, self.vflip = float(params.get("hflip", 0)), float(params.get("vflip", 0))
-        self.degrees, self.translate = float(params.get("degrees", 0)), float(params.get("translate", 0))
-        self.scale = tuple(float(s) for s in params.get("scale", [1, 1]))
-        self.elastic = float(params.get("elastic", 0))
-        self.alpha, self.sigma = float(params.get("elastic_alpha", 30.0)), float(params.get("elastic_sigma", 5.0))
-        self.brightness, self.contrast = float(params.get("brightness", 0)), float(params.get("contrast", 0))
-        self.noise_std = float(params.get("noise_std", 0))
+        self.hflip, self.vflip = float(params["hflip"]), float(params["vflip"])
+        self.degrees, self.translate = float(params["degrees"]), float(params["translate"])
+        self.scale = tuple(float(s) for s in params["scale"])
+        self.elastic = float(params["elastic"])
+        self.alpha, self.sigma = float(params["elastic_alpha"]), float(params["elastic_sigma"])
+        self.brightness, self.contrast = float(params["brightness"]), float(params["contrast"])
+        self.noise_std = float(params["noise_std"])
         self.affine = self.degrees > 0 or self.translate > 0 or self.scale != (1.0, 1.0)
 
     def affine_theta(self, n: int) -> torch.Tensor:
@@ -104,8 +104,11 @@ class BatchAugment:
 
 
 def build_augment(params: Mapping[str, Any]) -> BatchAugment:
-    """The augmentation the config's `augment` keys describe."""
-    return BatchAugment(params)
+    """The augmentation the config's `augment` keys describe; keys left out take the schema's defaults, as they do in
+    a config (so `{}` is the default augmentation, not none: turning a transform off takes a zero)."""
+    from medxfer.sections import augment_entry
+
+    return BatchAugment(augment_entry(params))
 
 
 def augment_batch(batch: torch.Tensor, transform: BatchAugment) -> torch.Tensor:

@@ -205,6 +205,12 @@ class BundleSection(ConfigSection):
     classifier: str | None
 
 
+def augment_entry(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An `augment` mapping with the schema's defaults for the keys it leaves out, checked (errors name the key),
+    read-only: library callers get what a config with the same keys gets."""
+    return MappingProxyType(checked(_plain(values), _schema_part("definitions", "augment"), "augment"))
+
+
 def dataset_entry(values: Mapping[str, Any], name: str = "<name>") -> Mapping[str, Any]:
     """One `datasets.<name>` entry with the schema's defaults filled in and checked as the workflow checks it
     (errors name `datasets.<name>.<key>`), read-only.
