@@ -9,7 +9,7 @@ SLURM_VENV ?= .venv-slurm
 SLURM_STAMP := $(SLURM_VENV)/installed.stamp
 
 .PHONY: setup demo test test-slurm lint system-deps clean
-.PHONY: docs benchmark
+.PHONY: docs benchmark ablation
 
 $(BIN)/snakemake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ CORES ?= 2
 benchmark: setup
 	for name in $(BENCHMARKS); do $(BIN)/snakemake --cores $(CORES) --configfile config/benchmark-$$name.yaml || exit 1; done
 	$(BIN)/medxfer benchmark-docs $(foreach name,$(BENCHMARKS),results/benchmark-$(name))
+
+# PneumoniaMNIST ablations (config/ablation/): the cut-down base run, then every chest-<variant>.yaml over it, then
+# docs/ablations.md from their own records: each row's change is read from the configs the runs recorded.
+ABLATION_BASE := --configfile config/benchmark-chest.yaml config/ablation/chest.yaml
+ABLATIONS ?= $(patsubst config/ablation/chest-%.yaml,%,$(wildcard config/ablation/chest-*.yaml))
+ablation: setup
+	$(BIN)/snakemake --cores $(CORES) $(ABLATION_BASE)
+	for name in $(ABLATIONS); do \
+	  $(BIN)/snakemake --cores $(CORES) $(ABLATION_BASE) config/ablation/chest-$$name.yaml || exit 1; done
+	$(BIN)/medxfer ablation-docs results/ablation-chest/base $(addprefix results/ablation-chest/,$(ABLATIONS))
 
 # docs/config.md is generated from workflow/schemas/config.schema.yaml; tests/test_configdoc.py fails when it is stale.
 docs: setup
