@@ -11,9 +11,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-
-from medxfer.benchmarkdoc import Run, load_run, machine_line, minutes
+from medxfer.benchmarkdoc import Run, load_run, machine_line, mean_sd, minutes
 from medxfer.io import write_text
 from medxfer.selection import best_row
 
@@ -56,12 +54,6 @@ def _shown(value: Any) -> str:
     return "—" if value is ... else f"`{value}`"
 
 
-def _cell(row: pd.Series, metric: str) -> str:
-    if row["seeds"] > 1:
-        return f"{row[metric]:.3f} ± {row[f'{metric}_sd']:.3f}"
-    return f"{row[metric]:.3f}"
-
-
 def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
     """One target's rows: the base run first, then each variant with its change and its AUC against the base's.
     Runs are named by their results folder: variants usually share the base's first config file."""
@@ -78,7 +70,7 @@ def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
         delta = "" if run is base or base_pick is None else f"{pick['roc_auc'] - base_pick['roc_auc']:+.3f}"
         model = f"{pick['init']} / {pick['features']} / {pick['classifier']}"
         cells = [run.results.name, choice, model, str(pick["seeds"]), f"{pick['selection_auc']:.3f}"]
-        cells += [_cell(pick, m) for m in METRICS] + [delta, minutes(run.record["wall_s"])]
+        cells += [mean_sd(pick, m) for m in METRICS] + [delta, minutes(run.record["wall_s"])]
         cells.append(minutes(run.record["job_s"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -94,7 +94,8 @@ def benchmarks_markdown(runs: Sequence[Run]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _mean_sd(row: pd.Series, metric: str) -> str:
+def mean_sd(row: pd.Series, metric: str) -> str:
+    """A benchmark row's metric as mean ± sd over its seeds (the mean alone for one seed)."""
     return f"{row[metric]:.3f} ± {row[f'{metric}_sd']:.3f}" if row["seeds"] > 1 else f"{row[metric]:.3f}"
 
 
@@ -114,7 +115,7 @@ def headline_table(runs: Sequence[Run]) -> str:
                 best = group.sort_values("selection_auc", ascending=False, kind="stable").iloc[0]
                 model = f"{best['features']} CNN" if kind == "CNN" else f"{best['classifier']} on fused features"
                 cells = [run.name, str(target), model, str(best["init"]), str(best["seeds"])]
-                cells += [f"{best['selection_auc']:.3f}", *(_mean_sd(best, m) for m in HEADLINE_METRICS)]
+                cells += [f"{best['selection_auc']:.3f}", *(mean_sd(best, m) for m in HEADLINE_METRICS)]
                 cells += [str(best["n_test"]), minutes(run.record["wall_s"])]
                 lines.append("| " + " | ".join(cells) + " |")
     lines += [
