@@ -89,17 +89,24 @@ def test_every_shipped_config_validates_on_top_of_the_demo_config(name):
     assert validate(merged)["results"] != "results"  # each writes a results folder of its own
 
 
-@pytest.mark.parametrize("variant", [None, *sorted(p.name for p in (REPO / "config" / "ablation").glob("*-*.yaml"))])
-def test_every_ablation_validates_over_its_base_and_writes_a_results_folder_of_its_own(variant):
-    """An ablation run merges its base benchmark, the cut-down base (config/ablation/<base>.yaml) and at most one
-    variant; each variant must change its results folder, or it would overwrite the base run's."""
+ABLATIONS = REPO / "config" / "ablation"
+
+
+@pytest.mark.parametrize(
+    ("study", "variant"),
+    [(p.stem, None) for p in sorted(ABLATIONS.glob("*.yaml")) if "-" not in p.stem]
+    + [(p.stem.split("-")[0], p.name) for p in sorted(ABLATIONS.glob("*-*.yaml"))],
+)
+def test_every_ablation_validates_over_its_base_and_writes_a_results_folder_of_its_own(study, variant):
+    """An ablation run merges its study's benchmark, the cut-down base (config/ablation/<study>.yaml) and at most one
+    variant (<study>-<name>.yaml); each variant must change its results folder, or it would overwrite the base run's.
+    `make ablation` reads each run's summary from the folder the file name gives."""
     from snakemake.utils import update_config
 
     from medxfer.config import read_yaml
 
-    base = "chest"
     merged = read_yaml(REPO / "config" / "config.yaml")
-    for name in [f"benchmark-{base}.yaml", f"ablation/{base}.yaml", *([f"ablation/{variant}"] if variant else [])]:
+    for name in [f"benchmark-{study}.yaml", f"ablation/{study}.yaml", *([f"ablation/{variant}"] if variant else [])]:
         update_config(merged, read_yaml(REPO / "config" / name))
-    expected = "base" if variant is None else variant.removeprefix(f"{base}-").removesuffix(".yaml")
-    assert validate(merged)["results"] == f"results/ablation-{base}/{expected}"
+    expected = "base" if variant is None else variant.removeprefix(f"{study}-").removesuffix(".yaml")
+    assert validate(merged)["results"] == f"results/ablation-{study}/{expected}"

@@ -76,9 +76,9 @@ def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
     return lines
 
 
-def ablation_markdown(base: Run, variants: Sequence[Run]) -> str:
-    """Per target of the base run, the ablation table; then which machine and code made each run."""
-    run_config(base)
+def ablation_markdown(studies: Sequence[tuple[Run, Sequence[Run]]]) -> str:
+    """Per study (a base run and the variants over it) and per target of its base run, the ablation table; then
+    which machine and code made each run."""
     lines = [
         "# Ablations",
         "",
@@ -87,12 +87,22 @@ def ablation_markdown(base: Run, variants: Sequence[Run]) -> str:
         "and the run's cost. The choice is the difference between the run's recorded config and the base run's.",
         "",
     ]
-    for target in dict.fromkeys(base.table["target"]):
-        lines += [f"## {target}", "", *target_table(base, variants, str(target)), ""]
+    runs: list[Run] = []
+    for base, variants in studies:
+        run_config(base)
+        for target in dict.fromkeys(base.table["target"]):
+            lines += [f"## {target}", "", *target_table(base, variants, str(target)), ""]
+        runs += [base, *variants]
     lines += ["## Runs", ""]
-    lines += [f"- **{run.results.name}**: {machine_line(run.record)}" for run in (base, *variants)]
+    lines += [f"- **{run.results.parent.name}/{run.results.name}**: {machine_line(run.record)}" for run in runs]
     return "\n".join(lines) + "\n"
 
 
-def write_ablation_docs(base: str | os.PathLike, variants: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
-    write_text(out, ablation_markdown(load_run(base), [load_run(v) for v in variants]))
+def write_ablation_docs(studies: Sequence[Sequence[str | os.PathLike]], out: str | os.PathLike) -> None:
+    """`studies`: per study its base run's results folder first, then its variants'."""
+    loaded = []
+    for folders in studies:
+        if len(folders) < 2:
+            raise ValueError(f"an ablation study needs a base run and at least one variant, got {list(folders)}")
+        loaded.append((load_run(folders[0]), [load_run(v) for v in folders[1:]]))
+    write_text(out, ablation_markdown(loaded))

@@ -72,8 +72,8 @@ def cmd_benchmark_docs(args: argparse.Namespace) -> None:
 def cmd_ablation_docs(args: argparse.Namespace) -> None:
     from medxfer.ablation import write_ablation_docs
 
-    write_ablation_docs(args.base, args.variants, args.output)
-    print(f"wrote {args.output} from {1 + len(args.variants)} run(s)")
+    write_ablation_docs(args.study, args.output)
+    print(f"wrote {args.output} from {sum(len(study) for study in args.study)} run(s)")
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
@@ -253,8 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="docs/benchmarks.md")
     p.add_argument("--readme", default="README.md")
     p = add("ablation-docs", cmd_ablation_docs, "an ablation table: finished runs against a base run, by config change")
-    p.add_argument("base", help="the base run's results folder (report/run.json with its config)")
-    p.add_argument("variants", nargs="+", help="results folders of runs that change one choice each")
+    p.add_argument(
+        "--study",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="RESULTS",
+        help="a base run's results folder (report/run.json with its config), then those of runs that each change "
+        "one choice over it; repeat for each study",
+    )
     p.add_argument("--output", default="docs/ablations.md")
     p = add("synthesize", cmd_synthesize, "generate one demo data set")
     p.add_argument("kind", choices=["xray_source", "mura", "ct"])
