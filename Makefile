@@ -58,7 +58,7 @@ benchmark: setup
 # S-<variant>.yaml over both, then docs/ablations.md from their own records (each row's change is read from the
 # configs the runs recorded). Only the summary is built: heatmaps and robustness are not what an ablation compares,
 # and at 128 px they cost more than the training.
-ABLATION_STUDIES ?= chest bone
+ABLATION_STUDIES ?= chest bone grades
 ablation_runs = results/ablation-$(1)/base $(patsubst config/ablation/$(1)-%.yaml,results/ablation-$(1)/%,$(wildcard config/ablation/$(1)-*.yaml))
 ablation: setup
 	for study in $(ABLATION_STUDIES); do \

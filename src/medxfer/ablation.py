@@ -17,6 +17,7 @@ from medxfer.selection import best_row
 
 COMMAND = "medxfer ablation-docs"
 METRICS = {"roc_auc": "AUC", "accuracy": "ACC", "cohen_kappa": "kappa"}
+GRADED = {"quadratic_kappa": "QWK", "mean_absolute_error": "MAE"}  # shown where the target is ordinal
 IGNORED = ("results",)  # where a run writes is not a choice of method
 
 
@@ -57,9 +58,12 @@ def _shown(value: Any) -> str:
 def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
     """One target's rows: the base run first, then each variant with its change and its AUC against the base's.
     Runs are named by their results folder: variants usually share the base's first config file."""
-    header = ["run", "choice", "picked on val", "seeds", "val AUC", *METRICS.values(), "Δ AUC", "wall", "job time"]
+    base_rows = base.table[base.table["target"] == target]
+    graded = "quadratic_kappa" in base_rows and base_rows["quadratic_kappa"].notna().any()
+    shown = METRICS | (GRADED if graded else {})
+    header = ["run", "choice", "picked on val", "seeds", "val AUC", *shown.values(), "Δ AUC", "wall", "job time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base_pick = best_row(base.table[base.table["target"] == target])
+    base_pick = best_row(base_rows)
     for run in (base, *variants):
         rows = run.table[run.table["target"] == target]
         pick = best_row(rows)
@@ -70,7 +74,7 @@ def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
         delta = "" if run is base or base_pick is None else f"{pick['roc_auc'] - base_pick['roc_auc']:+.3f}"
         model = f"{pick['init']} / {pick['features']} / {pick['classifier']}"
         cells = [run.results.name, choice, model, str(pick["seeds"]), f"{pick['selection_auc']:.3f}"]
-        cells += [mean_sd(pick, m) for m in METRICS] + [delta, minutes(run.record["wall_s"])]
+        cells += [mean_sd(pick, m) for m in shown] + [delta, minutes(run.record["wall_s"])]
         cells.append(minutes(run.record["job_s"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

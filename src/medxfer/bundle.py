@@ -34,7 +34,11 @@ FUSION_FILE = "fusion.skops"
 CLASSIFIER_FILE = "classifier.skops"
 RELIABILITY_FILE = "reliability.png"
 CNN_FILES = ("model.safetensors", "model.json")
-METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "cohen_kappa", "f1", "sensitivity", "specificity")
+# the last two only where the model's data set is ordinal (its metrics.json has them)
+METRICS = (
+    *("accuracy", "balanced_accuracy", "roc_auc", "cohen_kappa", "f1", "sensitivity", "specificity"),
+    *("quadratic_kappa", "mean_absolute_error"),
+)
 
 
 def headline_candidate(ident: Mapping[str, Any]) -> bool:

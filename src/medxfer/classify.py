@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from medxfer.calibration import N_BINS, calibration_scores, choose_recalibration, recalibrated
 from medxfer.classifiers import ENSEMBLE, create_classifier, load_classifier, skops_io
-from medxfer.fusion import feature_identity, load_feature_file
+from medxfer.fusion import feature_identity, is_ordinal, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
 from medxfer.log import mark_work_start
 from medxfer.metrics import N_BOOTSTRAP, evaluate, read_predictions, roc_points, write_predictions
@@ -237,8 +237,9 @@ def train_classifier(
             oof_path, data, no_oof if fit.oof is None else fit.oof, fit.threshold, splits=("train", "val")
         )
 
-    metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, fit.threshold)
-    val_metrics = validation_metrics(data, fit.oof, fit.threshold)
+    ordinal = is_ordinal(data)
+    metrics = evaluate(data["y_test"], proba, data.get("study_test"), n_bootstrap, seed, fit.threshold, ordinal)
+    val_metrics = validation_metrics(data, fit.oof, fit.threshold, ordinal)
     mapping, recalibration = choose_recalibration(y_fit, fit.oof, seed)
     features_identity = feature_identity(data, features_path)
     metrics |= {

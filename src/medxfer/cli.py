@@ -79,8 +79,7 @@ def cmd_ablation_docs(args: argparse.Namespace) -> None:
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from medxfer import demo
 
-    generators = {"xray_source": demo.synthesize_xray_source, "mura": demo.synthesize_mura, "ct": demo.synthesize_ct}
-    generators[args.kind](Path(args.out), args.n, args.size, args.seed)
+    demo.GENERATORS[args.kind](Path(args.out), args.n, args.size, args.seed)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -264,9 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="docs/ablations.md")
     p = add("synthesize", cmd_synthesize, "generate one demo data set")
-    p.add_argument("kind", choices=["xray_source", "mura", "ct"])
+    p.add_argument("kind", choices=paths.DEMO_SETS)
     p.add_argument("out")
-    p.add_argument("--n", type=int, required=True, help="images (xray_source) or patients (mura, ct)")
+    p.add_argument("--n", type=int, required=True, help="images (xray_source) or patients (the others)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=7)
     for name, func, help_text in (

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxfer.metrics import N_BOOTSTRAP, paired_bootstrap, read_predictions, replicate_bootstrap
+from medxfer.metrics import N_BOOTSTRAP, ORDINAL_METRICS, paired_bootstrap, read_predictions, replicate_bootstrap
 from medxfer.results import is_missing
 from medxfer.selection import REPLICATE, best_group
 
@@ -22,6 +22,11 @@ SPLITS = ("train", "val", "test")
 
 def _threshold(value: Any) -> float | None:
     return None if is_missing(value) else float(value)
+
+
+def graded(group: pd.DataFrame) -> bool:
+    """Whether a group of result rows scores grades (their metrics.json said `ordinal: true`)."""
+    return "ordinal" in group and bool(group["ordinal"].fillna(False).astype(bool).all())
 
 
 def _replicate_predictions(group: pd.DataFrame, ids: pd.Series | None = None) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -64,6 +69,7 @@ def paired_groups(a: pd.DataFrame, b: pd.DataFrame, n_bootstrap: int = N_BOOTSTR
         seed,
         threshold_a=[_threshold(t) for t in a["threshold"]],
         threshold_b=[_threshold(t) for t in b["threshold"]],
+        ordinal=graded(a) and graded(b),
     )
     return {"a": _group_name(a), "b": _group_name(b), "n": len(table), **result}
 
@@ -123,13 +129,14 @@ def benchmark_table(table: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, seed: i
         first, probas = _replicate_predictions(group)
         groups = first["study_id"].to_numpy(str) if "study_id" in first else None
         thresholds = [_threshold(t) for t in group["threshold"]]
-        stats = replicate_bootstrap(first["label"].to_numpy(np.int64), probas, thresholds, groups, n_bootstrap, seed)
+        labels = first["label"].to_numpy(np.int64)
+        stats = replicate_bootstrap(labels, probas, thresholds, groups, n_bootstrap, seed, ordinal=graded(group))
         spent = [_cost(r, costs) for r in group.to_dict("records")]
         seconds = [t for _, t in spent if t is not None]
         rows.append(
             dict(zip(["target", "init", "features", "classifier"], keys, strict=True))
             | {"seeds": len(group), "n_test": stats["n"], "selection_auc": float(group["selection_auc"].mean())}
-            | {k: v for k, v in stats.items() if k.startswith(BENCHMARK_METRICS)}
+            | {k: v for k, v in stats.items() if k.startswith(BENCHMARK_METRICS + ORDINAL_METRICS)}
             | {"parameters": spent[0][0], "train_seconds": float(np.mean(seconds)) if seconds else None}
         )
     return pd.DataFrame(rows)

@@ -172,6 +172,13 @@ def _cross_check(config: dict[str, Any]) -> None:
                     f"config key 'finetune.imagenet_weights.{arch}': missing; the 'imagenet' init needs a local "
                     "safetensors file for every arch (nothing is downloaded)"
                 )
+    if finetune["head"] == "ordinal":
+        problems += [
+            f"config key 'finetune.head': ordinal needs graded labels, but data set '{t}' does not say "
+            f"'ordinal: true' (with its classes in grade order)"
+            for t in finetune["targets"]
+            if t in datasets and not datasets[t]["ordinal"]
+        ]
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])
@@ -188,6 +195,11 @@ def entry_problems(name: str, ds: Mapping[str, Any]) -> list[str]:
         problems.append(f"config key 'datasets.{name}.file': required for format 'npz' (the .npz file, under root)")
     if "npz_masks" in ds and ds["format"] != "npz":
         problems.append(f"config key 'datasets.{name}.npz_masks': only for format 'npz' (use masks: a folder)")
+    if ds["ordinal"] and len(ds.get("classes", [])) < 3:
+        problems.append(
+            f"config key 'datasets.{name}.ordinal': needs classes, at least three, in grade order (the order is the "
+            "scale: the lowest grade first)"
+        )
     if ds["val_fraction"] + ds["test_fraction"] >= 1:
         problems.append(f"config key 'datasets.{name}': val_fraction + test_fraction must be < 1")
     return problems

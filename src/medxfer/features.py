@@ -95,6 +95,7 @@ def extract_features(
             )
         mark_work_start()  # first call wins: the first model's load still counts as fixed cost
         arrays: dict[str, np.ndarray] = {"classes": np.array(data.classes)}
+        arrays |= {"ordinal": np.array(True)} if meta.get("ordinal") else {}  # graded classes (fusion.is_ordinal)
         if "identity" in meta:  # a fine-tuned model's; a pretrained checkpoint has none
             ident = read_identity(meta, Path(model_dir) / models.META_FILE, "features")
             arrays["identity"] = identity_array({k: v for k, v in ident.items() if k != "classifier"})

@@ -28,6 +28,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_KEYS: tuple[str, ...] = tuple(f"{k}_{s}" for s in SPLITS for k in ("X", "y", "ids")) + ("classes",)
 
 
+def is_ordinal(data: Mapping[str, np.ndarray]) -> bool:
+    """Whether a feature file's classes are grades (its CNN's data set said `ordinal: true`)."""
+    return bool(data["ordinal"]) if "ordinal" in data else False
+
+
 def load_feature_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load and validate one feature .npz, so a broken file fails here with its name, not deep inside sklearn."""
     path = Path(path)
@@ -267,6 +272,7 @@ def fuse_features(
     selection_report, pca_report = fusion.selection_report, fusion.pca_report
 
     arrays: dict[str, np.ndarray] = {"classes": ref["classes"]}
+    arrays |= {"ordinal": np.array(True)} if is_ordinal(ref) else {}
     fused_identity = _fused_identity(files, paths)
     if fused_identity is not None:
         arrays["identity"] = to_array(fused_identity)

@@ -115,6 +115,7 @@ def finetune_settings(config: Mapping[str, Any], wildcards: Any, results: str | 
             "run": run_name(config, wildcards),
             "seed": run_seed(wildcards),
             "decision": config["decision"]["threshold"],
+            "ordinal": config["datasets"][wildcards.target]["ordinal"],
             "device": config["device"],
         }
     )

@@ -7,6 +7,8 @@ the values equal sklearn's (tests/test_report.py checks that).
 
 Binary tasks: F1, sensitivity and specificity of the positive class (index 1), AUC on its probability.
 Multi-class tasks: macro F1, macro sensitivity (= balanced accuracy), macro specificity, one-vs-rest macro AUC.
+Graded (ordinal) labels add ORDINAL_METRICS: the quadratic-weighted kappa and the mean absolute error in grades,
+which count a miss by two grades as worse than a miss by one (the field reports both for e.g. Kellgren-Lawrence).
 The decision is argmax of the probabilities (0.5 for binary) unless a binary model carries a threshold, which is
 chosen on validation data (`choose_threshold`), never on test. ROC AUC does not depend on it.
 
@@ -33,6 +35,7 @@ METRICS: tuple[str, ...] = (
     "sensitivity",
     "specificity",
 )
+ORDINAL_METRICS: tuple[str, ...] = ("quadratic_kappa", "mean_absolute_error")
 N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 
@@ -90,10 +93,15 @@ def decide(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
     return (proba[:, 1] >= threshold).astype(np.int64)
 
 
+def metric_names(ordinal: bool = False) -> tuple[str, ...]:
+    """The metrics reported for a task: METRICS, and ORDINAL_METRICS when its classes are grades."""
+    return METRICS + ORDINAL_METRICS if ordinal else METRICS
+
+
 def _batch_metrics(
-    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray, threshold: float | None = None
+    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray, threshold: float | None = None, ordinal: bool = False
 ) -> dict[str, np.ndarray]:
-    """Every metric in METRICS for each row of `weights` (B, n): the one place the formulas live."""
+    """Every metric of metric_names(ordinal) for each row of `weights` (B, n): the one place the formulas live."""
     n_classes = proba.shape[1]
     y_pred = decide(proba, threshold)
     cm = _confusion(y_true, y_pred, weights, n_classes)
@@ -121,16 +129,37 @@ def _batch_metrics(
         per_class = np.stack([_auc(y_true == k, proba[:, k], weights) for k in range(n_classes)], axis=1)
         # like sklearn: one-vs-rest AUC is only defined when every class is present
         result["roc_auc"] = np.where(np.isnan(per_class).any(axis=1), np.nan, per_class.mean(axis=1))
+    if ordinal:
+        result |= _ordinal_metrics(cm, true_count, pred_count, n)
     return result
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
-    """Point estimates of METRICS, the test size and the confusion matrix (rows true, columns predicted)."""
+def _ordinal_metrics(
+    cm: np.ndarray, true_count: np.ndarray, pred_count: np.ndarray, n: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Quadratic-weighted kappa (as sklearn's cohen_kappa_score(weights='quadratic')) and the mean absolute error
+    in grades, from (B, K, K) confusion matrices."""
+    grades = np.arange(cm.shape[1])
+    distance = np.abs(grades[:, None] - grades[None, :]).astype(np.float64)
+    observed = (cm * distance**2).sum(axis=(1, 2))
+    expected = (true_count[:, :, None] * pred_count[:, None, :] * distance**2).sum(axis=(1, 2)) / np.where(n > 0, n, 1)
+    kappa = 1.0 - _divide(observed, expected, np.nan)
+    kappa = np.where(np.isnan(kappa) & (n > 0), 0.0, kappa)  # one grade everywhere: no agreement beyond chance
+    return {"quadratic_kappa": kappa, "mean_absolute_error": _divide((cm * distance).sum(axis=(1, 2)), n, np.nan)}
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None, ordinal: bool = False
+) -> dict[str, Any]:
+    """Point estimates of metric_names(ordinal), the test size and the confusion matrix (rows true, columns
+    predicted); graded tasks say `ordinal: true`, so readers of the record know which metrics it has."""
     y_true, proba = _check(y_true, proba)
     ones = np.ones((1, y_true.size))
-    point = {name: float(values[0]) for name, values in _batch_metrics(y_true, proba, ones, threshold).items()}
+    scored = _batch_metrics(y_true, proba, ones, threshold, ordinal)
+    point = {name: float(values[0]) for name, values in scored.items()}
     cm = _confusion(y_true, decide(proba, threshold), ones, proba.shape[1])[0].astype(np.int64)
-    result = {"n": int(y_true.size), **{m: point[m] for m in METRICS}, "confusion_matrix": cm.tolist()}
+    result = {"n": int(y_true.size), **{m: point[m] for m in metric_names(ordinal)}, "confusion_matrix": cm.tolist()}
+    result |= {"ordinal": True} if ordinal else {}
     return result | ({} if threshold is None else {"threshold": float(threshold)})
 
 
@@ -197,16 +226,17 @@ def bootstrap_metrics(
     seed: int = 0,
     level: float = CI_LEVEL,
     threshold: float | None = None,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """Point estimates plus percentile bootstrap intervals `ci: {metric: [low, high]}` for every metric.
 
     With `groups` (study ids) whole studies are resampled, because images of one study are not independent.
     """
     y_true, proba = _check(y_true, proba)
-    result = classification_metrics(y_true, proba, threshold)
+    result = classification_metrics(y_true, proba, threshold, ordinal)
     weights = _resample_weights(groups, y_true.size, n_resamples, seed)
-    replicates = _batch_metrics(y_true, proba, weights, threshold)
-    result["ci"] = {m: _interval(replicates[m], level) for m in METRICS}
+    replicates = _batch_metrics(y_true, proba, weights, threshold, ordinal)
+    result["ci"] = {m: _interval(replicates[m], level) for m in metric_names(ordinal)}
     result["bootstrap"] = {
         "resamples": int(n_resamples),
         "seed": int(seed),
@@ -240,16 +270,19 @@ def evaluate(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
     threshold: float | None = None,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """Image-level metrics with intervals and, where studies group several images, study-level ones under `study`."""
-    result = bootstrap_metrics(y_true, proba, studies, n_resamples, seed, threshold=threshold)
+    result = bootstrap_metrics(y_true, proba, studies, n_resamples, seed, threshold=threshold, ordinal=ordinal)
     if studies is not None and np.unique(np.asarray(studies).astype(str)).size < len(y_true):
         aggregated = study_level(y_true, proba, studies)
         if aggregated is None:
             result["study"] = {"skipped": "a study holds images with different labels"}
         else:
             labels, study_proba, _ = aggregated
-            result["study"] = bootstrap_metrics(labels, study_proba, None, n_resamples, seed, threshold=threshold)
+            result["study"] = bootstrap_metrics(
+                labels, study_proba, None, n_resamples, seed, threshold=threshold, ordinal=ordinal
+            )
             result["study"]["bootstrap"]["unit"] = "study"
     return result
 
@@ -298,20 +331,24 @@ def write_predictions(
 
 
 def evaluate_predictions(
-    path: Any, n_resamples: int = N_BOOTSTRAP, seed: int = 0, threshold: float | None = None
+    path: Any, n_resamples: int = N_BOOTSTRAP, seed: int = 0, threshold: float | None = None, ordinal: bool = False
 ) -> dict[str, Any]:
     """`evaluate` on a predictions.csv, so the CNN's own predictions get the same intervals as the classifiers."""
     table, proba = read_predictions(path)
     studies = table["study_id"].to_numpy(str) if "study_id" in table else None
-    return evaluate(table["label"].to_numpy(np.int64), proba, studies, n_resamples, seed, threshold)
+    return evaluate(table["label"].to_numpy(np.int64), proba, studies, n_resamples, seed, threshold, ordinal)
 
 
 def _replicate_means(
-    y_true: np.ndarray, probas: Sequence[np.ndarray], thresholds: Sequence[float | None], weights: np.ndarray
+    y_true: np.ndarray,
+    probas: Sequence[np.ndarray],
+    thresholds: Sequence[float | None],
+    weights: np.ndarray,
+    ordinal: bool = False,
 ) -> dict[str, np.ndarray]:
     """Each metric averaged over the replicates, for each row of `weights`: (B,) per metric."""
-    per_replicate = [_batch_metrics(y_true, p, weights, t) for p, t in zip(probas, thresholds, strict=True)]
-    return {m: np.mean([r[m] for r in per_replicate], axis=0) for m in METRICS}
+    per_replicate = [_batch_metrics(y_true, p, weights, t, ordinal) for p, t in zip(probas, thresholds, strict=True)]
+    return {m: np.mean([r[m] for r in per_replicate], axis=0) for m in metric_names(ordinal)}
 
 
 def _as_replicates(
@@ -333,6 +370,7 @@ def replicate_bootstrap(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
     level: float = CI_LEVEL,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """Replicates (seeds) of one model on the same test cases: per metric the mean, the standard deviation and
     range over replicates, and a bootstrap interval of the mean (each resample scores every replicate).
@@ -340,11 +378,13 @@ def replicate_bootstrap(
     y_true = np.asarray(y_true, dtype=np.int64)
     probas, thresholds = _as_replicates(y_true, probas, thresholds)
     ones = np.ones((1, y_true.size))
-    scored = [_batch_metrics(y_true, p, ones, t) for p, t in zip(probas, thresholds, strict=True)]
-    values = {m: np.array([s[m][0] for s in scored]) for m in METRICS}
-    means = _replicate_means(y_true, probas, thresholds, _resample_weights(groups, y_true.size, n_resamples, seed))
+    names = metric_names(ordinal)
+    scored = [_batch_metrics(y_true, p, ones, t, ordinal) for p, t in zip(probas, thresholds, strict=True)]
+    values = {m: np.array([s[m][0] for s in scored]) for m in names}
+    weights = _resample_weights(groups, y_true.size, n_resamples, seed)
+    means = _replicate_means(y_true, probas, thresholds, weights, ordinal)
     result: dict[str, Any] = {"n": int(y_true.size), "replicates": len(probas)}
-    for m in METRICS:
+    for m in names:
         v = values[m]
         result[m] = float(np.mean(v))
         result[f"{m}_sd"] = float(np.std(v, ddof=1)) if v.size > 1 else 0.0
@@ -363,6 +403,7 @@ def paired_bootstrap(
     level: float = CI_LEVEL,
     threshold_a: float | None | Sequence[float | None] = None,
     threshold_b: float | None | Sequence[float | None] = None,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """A minus B on the same test cases and the same resamples: difference, its interval and a two-sided p-value.
 
@@ -375,12 +416,12 @@ def paired_bootstrap(
     probas_b, thresholds_b = _as_replicates(y_true, proba_b, threshold_b)
     weights = _resample_weights(groups, y_true.size, n_resamples, seed)
     ones = np.ones((1, y_true.size))
-    point_a = _replicate_means(y_true, probas_a, thresholds_a, ones)
-    point_b = _replicate_means(y_true, probas_b, thresholds_b, ones)
-    reps_a = _replicate_means(y_true, probas_a, thresholds_a, weights)
-    reps_b = _replicate_means(y_true, probas_b, thresholds_b, weights)
+    point_a = _replicate_means(y_true, probas_a, thresholds_a, ones, ordinal)
+    point_b = _replicate_means(y_true, probas_b, thresholds_b, ones, ordinal)
+    reps_a = _replicate_means(y_true, probas_a, thresholds_a, weights, ordinal)
+    reps_b = _replicate_means(y_true, probas_b, thresholds_b, weights, ordinal)
     result: dict[str, Any] = {}
-    for m in METRICS:
+    for m in metric_names(ordinal):
         diff = reps_a[m] - reps_b[m]
         valid = diff[~np.isnan(diff)]
         p_value = None

@@ -158,7 +158,7 @@ def validation_threshold(
 
 
 def validation_metrics(
-    data: Mapping[str, np.ndarray], oof: np.ndarray | None, threshold: float | None
+    data: Mapping[str, np.ndarray], oof: np.ndarray | None, threshold: float | None, ordinal: bool = False
 ) -> dict[str, Any] | None:
     """Metrics of the out-of-fold predictions on the val rows: what the report picks classifiers by, on the same
     split it picks CNNs by (a CV mean over train+val would score classifiers partly on the rows the CNN was trained
@@ -166,7 +166,7 @@ def validation_metrics(
     n_train, n_val = data["X_train"].shape[0], data["X_val"].shape[0]
     if oof is None or n_val == 0 or np.isnan(oof[n_train:]).any():
         return None
-    return classification_metrics(data["y_val"], oof[n_train:], threshold) | {"predictions": "out of fold"}
+    return classification_metrics(data["y_val"], oof[n_train:], threshold, ordinal) | {"predictions": "out of fold"}
 
 
 __all__ = [

@@ -23,8 +23,14 @@ META_FILE = "model.json"
 NORM_MEAN, NORM_STD = 0.5, 0.25
 
 
-def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | None = None) -> nn.Module:
-    """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`.
+HEADS = ("linear", "ordinal")
+
+
+def create(
+    arch: str, num_classes: int, in_chans: int, truncate_stages: int | None = None, head: str = "linear"
+) -> nn.Module:
+    """A timm model by name with random weights; nothing is downloaded. `truncate_stages`: see `truncate`;
+    `head`: timm's linear classifier, or `ordinal` (CumulativeLinkHead) in its place.
 
     Weights are channels-last (NHWC), as `normalize` makes the inputs: on CUDA and on the CPU alike it is the fast
     layout for these convolutions (benchmarks/memory_format.py: EfficientNet-Lite training steps 1.7-2.8x faster on
@@ -34,11 +40,45 @@ def create(arch: str, num_classes: int, in_chans: int, truncate_stages: int | No
         raise ValueError(f"unknown architecture '{arch}': not a timm model name (see timm.list_models())")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     model = model if truncate_stages is None else truncate(model, truncate_stages, num_classes)
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}'; allowed: {list(HEADS)}")
+    if head == "ordinal":
+        model.set_submodule(head_prefix(model), CumulativeLinkHead(model.get_classifier().in_features, num_classes))
     init_head(model)
     return model.to(memory_format=torch.channels_last)
 
 
 HEAD_STD = 0.01
+
+
+class CumulativeLinkHead(nn.Linear):
+    """Ordinal head (proportional-odds cumulative link, McCullagh 1980): one score s = w.x + b and K-1 increasing
+    cut-points c_k, P(grade <= k) = sigmoid(c_k - s). Higher scores mean higher grades, so the class probabilities
+    respect the order (a model cannot favour grades 0 and 3 over 1 and 2).
+
+    The output is the log class probabilities: softmax of it gives them back and cross-entropy on it is the
+    model's negative log-likelihood, so the training loop, calibration, Grad-CAM and every reader of logits work
+    on it unchanged.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        if num_classes < 2:
+            raise ValueError(f"an ordinal head needs at least two grades, got {num_classes}")
+        super().__init__(in_features, 1)
+        self.num_classes = num_classes
+        # cut-points of equal grade shares at score 0: c_k = logit(k / K); stored as the first and positive gaps
+        cuts = torch.logit(torch.arange(1, num_classes) / num_classes)
+        self.first_cut = nn.Parameter(cuts[:1].clone())
+        self.cut_gaps = nn.Parameter(torch.log(torch.expm1(cuts[1:] - cuts[:-1])))  # softplus^-1 of the gaps
+
+    def cut_points(self) -> torch.Tensor:
+        return torch.cat([self.first_cut, self.first_cut + torch.cumsum(nn.functional.softplus(self.cut_gaps), 0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = super().forward(x).float()
+        below = torch.sigmoid(self.cut_points().float() - score)  # (B, K-1): P(grade <= k)
+        edges = torch.cat([torch.zeros_like(score), below, torch.ones_like(score)], dim=1)
+        return torch.log((edges[:, 1:] - edges[:, :-1]).clamp_min(1e-12))
 
 
 def init_head(model: nn.Module) -> None:
@@ -127,9 +167,10 @@ def create_initialised(
     init: str,
     init_path: str | Path | None = None,
     truncate_stages: int | None = None,
+    head: str = "linear",
 ) -> nn.Module:
     """Build a model for fine-tuning: `scratch`, `imagenet` (local safetensors file) or `indomain` (checkpoint dir)."""
-    model = create(arch, num_classes, in_chans, truncate_stages)
+    model = create(arch, num_classes, in_chans, truncate_stages, head)
     if init == "scratch":
         return model
     if init not in INITS:
@@ -161,6 +202,7 @@ def save(out_dir: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None
         "versions": {pkg: version(pkg) for pkg in ("torch", "timm", "medxfer")},
         "num_parameters": num_parameters(model),
         "truncate_stages": getattr(model, "truncate_stages", None),
+        "head": "ordinal" if isinstance(model.get_classifier(), CumulativeLinkHead) else "linear",
         **meta,
     }
     for key in ("arch", "classes", "in_chans", "input_size"):
@@ -179,7 +221,8 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
 def load(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its directory; reads tensors only (safetensors), never executes code from the file."""
     meta = read_meta(ckpt_dir)
-    model = create(meta["arch"], len(meta["classes"]), meta["in_chans"], meta.get("truncate_stages"))
+    head = meta.get("head", "linear")
+    model = create(meta["arch"], len(meta["classes"]), meta["in_chans"], meta.get("truncate_stages"), head)
     state = safetensors.torch.load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(device))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

@@ -39,7 +39,7 @@ BENCHMARKS = "benchmarks"
 RESUME = "resume"  # training jobs' per-epoch state, outside their outputs
 
 DEMO_ROOT = "data/demo"  # rule synthesize_demo makes <DEMO_ROOT>/<demo set> for each of DEMO_SETS
-DEMO_SETS = ("xray_source", "mura", "ct")
+DEMO_SETS = ("xray_source", "mura", "ct", "grades")
 # rule import_imagenet_weights: not under the results folder, every config shares the file
 IMPORTED_WEIGHTS = "results/weights/{arch}_imagenet.safetensors"
 

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 
 from medxfer.comparison import BENCHMARK_METRICS
-from medxfer.metrics import METRICS
+from medxfer.metrics import METRICS, ORDINAL_METRICS
 from medxfer.results import is_missing
 from medxfer.selection import best_row
 
+ORDINAL_NAMES = {"quadratic_kappa": "QWK", "mean_absolute_error": "MAE"}
 SHARE_SHIFT_POINTS = 5.0  # val/test class shares further apart than this get a warning beside the table
 
 
@@ -28,12 +29,19 @@ def _cell(record: dict[str, Any], column: str) -> str:
     return f"{value:.3f} [{low:.2f}, {high:.2f}]"
 
 
+def shown_metrics(rows: pd.DataFrame, base: tuple[str, ...] = METRICS) -> tuple[str, ...]:
+    """`base`, and the graded metrics where these rows have them (a target whose data set is ordinal)."""
+    graded = any(m in rows and rows[m].notna().any() for m in ORDINAL_METRICS)
+    return base + ORDINAL_METRICS if graded else base
+
+
 def _table(rows: pd.DataFrame, prefix: str) -> list[str]:
-    header = ["init", "features", "classifier", *METRICS, "n"]
+    shown = shown_metrics(rows)
+    header = ["init", "features", "classifier", *shown, "n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record in rows.to_dict("records"):
         cells = [record["init"], record["features"], record["classifier"]]
-        cells += [_cell(record, f"{prefix}{m}") for m in METRICS]
+        cells += [_cell(record, f"{prefix}{m}") for m in shown]
         n = record["n_test"] if not prefix else record.get(f"{prefix}n")
         cells.append("n/a" if is_missing(n) else str(int(n)))
         if record["best"]:
@@ -161,12 +169,13 @@ def to_html(table: pd.DataFrame, comparisons: dict[str, dict[str, Any]]) -> str:
         " kappa) in bold.</p>",
     ]
     for target, rows in table.groupby("target", sort=False):
-        header = ["init", "features", "classifier", *METRICS, "n"]
+        shown = shown_metrics(rows)
+        header = ["init", "features", "classifier", *shown, "n"]
         parts.append(f"<h2>{html.escape(str(target))}</h2><table class='summary'><tr>")
         parts.append("".join(f"<th>{h}</th>" for h in header) + "</tr>")
         for record in rows.to_dict("records"):
             cells = [record["init"], record["features"], record["classifier"]]
-            cells += [_cell(record, m) for m in METRICS] + [str(int(record["n_test"]))]
+            cells += [_cell(record, m) for m in shown] + [str(int(record["n_test"]))]
             css = " class='best'" if record["best"] else ""
             parts.append(f"<tr{css}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
@@ -255,11 +264,13 @@ def benchmark_markdown(
             lines += [_composition_text(compositions[target]), ""]
         if target in overlaps:
             lines += [_overlap_text(overlaps[target]), ""]
-        header = ["init", "features", "classifier", "seeds", *names, "parameters", "training time", "n"]
+        shown = shown_metrics(rows, BENCHMARK_METRICS)
+        graded_names = [ORDINAL_NAMES[m] for m in shown if m in ORDINAL_NAMES]
+        header = ["init", "features", "classifier", "seeds", *names, *graded_names, "parameters", "training time", "n"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for record in rows.to_dict("records"):
             cells = [record["init"], record["features"], record["classifier"], str(record["seeds"])]
-            cells += [_mean_cell(record, m) for m in BENCHMARK_METRICS]
+            cells += [_mean_cell(record, m) for m in shown]
             seconds = record["train_seconds"]
             cells += [_count(record["parameters"]), "n/a" if is_missing(seconds) else f"{seconds:.0f} s"]
             lines.append("| " + " | ".join(cells + [str(record["n_test"])]) + " |")

@@ -16,7 +16,7 @@ import pandas as pd
 from medxfer.comparison import benchmark_table, compare_best, init_comparisons, split_composition
 from medxfer.io import atomic_path, read_json, write_json, write_text
 from medxfer.localisation import COMPARED, SCORES, versus_baselines
-from medxfer.metrics import METRICS, N_BOOTSTRAP
+from medxfer.metrics import METRICS, N_BOOTSTRAP, ORDINAL_METRICS
 from medxfer.plots import plot_faithfulness
 from medxfer.render import benchmark_markdown, headline, to_html, to_markdown
 from medxfer.results import KEYS, check_faithfulness_table, is_missing, results_row, table_order
@@ -52,7 +52,7 @@ def summarize_results(
         # wall times differ from run to run: they go to benchmark.csv, never into the bit-for-bit summary
         table.drop(columns=["predictions", "train_seconds"]).round(4).to_csv(tmp, index=False)
     nested: dict[str, Any] = {}
-    point_columns = [c for c in table.columns if c.removeprefix("study_") in METRICS]
+    point_columns = [c for c in table.columns if c.removeprefix("study_") in METRICS + ORDINAL_METRICS]
     for record in table.to_dict("records"):
         node = nested
         for key in KEYS:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from medxfer.identity import read as read_identity
 from medxfer.io import read_json
-from medxfer.metrics import METRICS, evaluate_predictions
+from medxfer.metrics import evaluate_predictions, metric_names
 from medxfer.selection import selection_auc
 
 KEYS = ["target", "init", "features", "classifier"]
@@ -46,15 +46,17 @@ def metrics_with_intervals(path: Path, n_bootstrap: int, seed: int) -> dict[str,
     metrics = read_json(path)
     predictions = path.with_name(PREDICTIONS)
     if "ci" not in metrics and predictions.is_file():
-        computed = evaluate_predictions(predictions, n_bootstrap, seed, metrics.get("threshold"))
-        metrics = computed | {k: v for k, v in metrics.items() if k in METRICS or k == "n" or k not in computed}
+        ordinal = bool(metrics.get("ordinal"))
+        computed = evaluate_predictions(predictions, n_bootstrap, seed, metrics.get("threshold"), ordinal)
+        names = metric_names(ordinal)
+        metrics = computed | {k: v for k, v in metrics.items() if k in names or k == "n" or k not in computed}
     return metrics
 
 
 def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {f"{prefix}n": metrics.get("n")}
     ci = metrics.get("ci", {})
-    for m in METRICS:
+    for m in metric_names(bool(metrics.get("ordinal"))):
         low, high = ci.get(m, [None, None])
         row |= {f"{prefix}{m}": metrics.get(m), f"{prefix}{m}_lo": low, f"{prefix}{m}_hi": high}
     return row
@@ -63,7 +65,7 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 def results_row(path: Path, n_bootstrap: int, seed: int) -> dict[str, Any]:
     """A metrics.json as one flat row: its keys, every metric with _lo/_hi interval, selection AUC and costs."""
     metrics = metrics_with_intervals(path, n_bootstrap, seed)
-    row = _keys(metrics, path) | _flat("", metrics)
+    row = _keys(metrics, path) | _flat("", metrics) | ({"ordinal": True} if metrics.get("ordinal") else {})
     row["n_test"] = row.pop("n")
     study = metrics.get("study", {})
     if "accuracy" in study:

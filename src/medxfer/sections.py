@@ -160,6 +160,7 @@ class FinetuneTraining(TrainingSection):
     SECTION: ClassVar[str] = "finetune"
 
     strategy: str
+    head: str
     truncate_stages: int
     backbone_lr_mult: float
     unfreeze_epoch: int | None

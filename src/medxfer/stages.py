@@ -83,9 +83,8 @@ def synthesize_demo(job: Any) -> None:
     from medxfer import demo
     from medxfer.fingerprint import write_fingerprint
 
-    generators = {"xray_source": demo.synthesize_xray_source, "mura": demo.synthesize_mura, "ct": demo.synthesize_ct}
     settings = job.params.demo
-    generators[job.wildcards.demo_set](Path(job.output.root), settings["n"], settings["size"], settings["seed"])
+    demo.GENERATORS[job.wildcards.demo_set](Path(job.output.root), settings["n"], settings["size"], settings["seed"])
     write_fingerprint(job.output.root, job.output.stamp, demo_set=job.wildcards.demo_set, **settings)
 
 
@@ -176,6 +175,7 @@ def finetune_model(job: Any) -> None:
         decision=DecisionSection.from_config({"threshold": job.params.decision}),
         target=job.wildcards.target,
         run=job.params.run,
+        ordinal=job.params.ordinal,
     )
 
 

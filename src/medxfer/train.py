@@ -358,6 +358,7 @@ def finetune_model(
     resume_root: Path | None = None,
     target: str | None = None,
     run: str | None = None,
+    ordinal: bool = False,
 ) -> dict:
     """Fine-tune from an init on the target set; write the checkpoint trio, test predictions and metrics.json.
     Long for its parameters: the job's whole sequence (init, fit, threshold on val, one look at test) stays in view.
@@ -367,6 +368,8 @@ def finetune_model(
     `target` (default: the manifest's folder, as ingest names it) and `run` (the seed replicate's name, default
     `init`) go into the identity model.json and metrics.json carry (medxfer.identity).
     `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
+    `ordinal`: the target's classes are grades in label order (its data set says so): the metrics add the graded
+    ones, and `params.head` may be `ordinal`.
     """
     # Long because it is the whole stage in order (build, fit, choose the decision on val, score test, write the
     # outputs), and each step feeds the records the next writes.
@@ -385,7 +388,9 @@ def finetune_model(
         runtime.describe(dev),
     )
     truncate = params.truncate_stages if strategy == "truncated" else None
-    model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate)
+    if params.head == "ordinal" and not ordinal:
+        raise ValueError(f"{manifest}: head 'ordinal' needs graded labels; its data set does not say 'ordinal: true'")
+    model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate, params.head)
     set_strategy(model, strategy)
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
@@ -395,8 +400,8 @@ def finetune_model(
     temperature = fit_temperature(val_logits.numpy(), val.labels)
     rule = decision.threshold
     threshold = None if rule == "argmax" else choose_threshold(val.labels, val_proba, rule)
-    metrics = classification_metrics(test.labels, proba, threshold)
-    metrics["val"] = classification_metrics(val.labels, val_proba, threshold)
+    metrics = classification_metrics(test.labels, proba, threshold, ordinal)
+    metrics["val"] = classification_metrics(val.labels, val_proba, threshold, ordinal)
     ident = identity(target or manifest.parent.name, init, seed, run, features=arch, classifier="cnn")
     metrics |= {
         "identity": ident,
@@ -404,6 +409,7 @@ def finetune_model(
         "arch": arch,
         "init": init,
         "strategy": strategy,
+        "head": params.head,
         "truncate_stages": truncate,
         "epochs_trained": len(history),
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
@@ -422,6 +428,7 @@ def finetune_model(
     write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
     meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
     meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"], "identity": ident}
+    meta["ordinal"] = ordinal  # feature files and the classifiers' metrics take it from here
     meta["calibration"] = {"temperature": temperature, "fitted_on": "val"}  # readers may scale the logits by it
     models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)

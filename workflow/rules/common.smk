@@ -147,6 +147,7 @@ def demo_params(wildcards):
         "xray_source": "source_images",
         "mura": "mura_patients",
         "ct": "ct_patients",
+        "grades": "grade_patients",
     }[wildcards.demo_set]
     return {"seed": demo["seed"], "size": demo["image_size"], "n": demo[count]}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-TAG_XRAY, TAG_MURA, TAG_CT = 1, 2, 3  # one RNG stream family per data set
+TAG_XRAY, TAG_MURA, TAG_CT, TAG_GRADES = 1, 2, 3, 4  # one RNG stream family per data set
 
 Array = np.ndarray
 

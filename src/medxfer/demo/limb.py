@@ -234,15 +234,20 @@ def _split_and_parts(plan: np.random.Generator, n_patients: int) -> tuple[list[s
     splits = ["train"] * n_patients
     for i in order[:n_valid]:
         splits[int(i)] = "valid"
-    parts = [""] * n_patients
-    for split in ("train", "valid"):
-        members = [i for i in range(n_patients) if splits[i] == split]
+    return splits, _balanced_parts(plan, splits, ("train", "valid"))
+
+
+def _balanced_parts(plan: np.random.Generator, splits: list[str], names: tuple[str, ...]) -> list[str]:
+    """Each patient's body part, alternating within each split (in `names` order) so small splits hold both."""
+    parts = [""] * len(splits)
+    for split in names:
+        members = [i for i in range(len(splits)) if splits[i] == split]
         start = int(plan.integers(2))
         choice = [MURA_PARTS[(start + j) % 2] for j in range(len(members))]
         plan.shuffle(choice)
         for i, part in zip(members, choice, strict=True):
             parts[i] = part
-    return splits, parts
+    return parts
 
 
 def synthesize_mura(out_dir: Path, n_patients: int, size: int, seed: int) -> None:
