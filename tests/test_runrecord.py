@@ -92,6 +92,32 @@ def test_run_json_names_the_machine_and_is_kept_by_a_run_that_ran_nothing(tmp_pa
     assert partial["first_job_start"] >= later
 
 
+def test_a_partial_rerun_keeps_the_last_run_from_nothing_on_record(tmp_path):
+    from medxfer.benchmarkdoc import machine_line
+
+    here = Path(__file__).parent
+    run_job(tmp_path, "train_classifier", "a")
+    run_job(tmp_path, "train_classifier", "b")
+    first = read_json(write_run_record(tmp_path, run_record(tmp_path, 2, here, config={"epochs": 4})))
+    assert first["complete"] and first["jobs"] == 2 and "from_nothing" not in first
+
+    for name in ("c", "d"):  # two re-runs of one job each, the second with another config
+        since = max(r["end"] for r in read_job_records(tmp_path)) + 1e-3
+        run_job(tmp_path, "summarize_results", name)
+        config = {"epochs": 4 if name == "c" else 12}
+        record = read_json(write_run_record(tmp_path, run_record(tmp_path, 2, here, since=since, config=config)))
+        assert record["jobs"] == 1 and not record["complete"]
+        kept = record["from_nothing"]
+        assert (kept["jobs"], kept["wall_s"], kept["date"]) == (2, first["wall_s"], first["date"])
+        line = machine_line(record)
+        assert "(the last invocation only (a partial re-run))" in line and f"finished {first['date']}" in line
+        assert ("the same config" if name == "c" else "another config") in line
+
+    (tmp_path / RUN_RECORD).unlink()  # a whole new run from nothing replaces the record and what it kept
+    again = read_json(write_run_record(tmp_path, run_record(tmp_path, 2, here)))
+    assert again["complete"] and again["jobs"] == 4 and "from_nothing" not in again
+
+
 def test_cost_command_prints_json_with_its_limits(tmp_path):
     run_job(tmp_path, "train_classifier", "a", fixed=0.5)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "workflow_cost.py"

@@ -63,14 +63,23 @@ def machine_line(record: dict[str, Any]) -> str:
     flags = ", ".join(machine.get("cpu_flags") or []) or "none"
     kernels = "/".join(machine.get("torch_cpu_capability") or []) or "n/a"
     commit = (record.get("commit") or "unknown")[:10] + (" (with local changes)" if record.get("dirty") else "")
-    scope = "from nothing" if record.get("complete") else "the last invocation only (a resumed run)"
+    scope = "from nothing" if record.get("complete") else "the last invocation only (a partial re-run)"
     configs = " + ".join(Path(f).name for f in record.get("configfiles") or [])
-    return (
+    line = (
         f"Run of `{configs}` at commit {commit}, finished {record['date']}; "
         f"{machine['cpu_model']} (SIMD: {flags}; torch kernels: {kernels}), {record['cores']} cores. "
         f"Wall time {minutes(record['wall_s'])} ({scope}), {record['jobs']} jobs, "
         f"{minutes(record['job_s'])} of job time, fixed cost {record['fixed_share']:.0%} of it, "
         f"cores busy {record['cores_busy']:.0%} of the wall time."
+    )
+    first = record.get("from_nothing")
+    if record.get("complete") or not first:
+        return line
+    same = "the same config" if first.get("config_sha256") == record.get("config_sha256") else "another config"
+    return line + (
+        f" The run from nothing before it (commit {(first.get('commit') or 'unknown')[:10]}, {same}, finished "
+        f"{first['date']}): {minutes(first['wall_s'])} wall, {first['jobs']} jobs, {minutes(first['job_s'])} of job "
+        f"time, fixed cost {first['fixed_share']:.0%}, cores busy {first['cores_busy']:.0%}."
     )
 
 

@@ -204,23 +204,36 @@ def run_record(
     }
 
 
+# What a partial re-run keeps of the last run from nothing: its cost and what made it (docs cite both).
+FROM_NOTHING = ("date", "commit", "dirty", "configfiles", "config_sha256", "cores", "jobs", "wall_s", "job_s")
+FROM_NOTHING += ("fixed_share", "cores_busy")
+
+
 def write_run_record(results: str | os.PathLike, record: dict[str, Any] | None) -> Path | None:
     """Write `record` (from run_record) as `<results>/report/run.json`; a run that ran nothing (None) or the same
-    jobs again keeps the file as it was."""
+    jobs again keeps the file as it was. A partial re-run (a resumed run, or only the stages a change touched)
+    carries the last run from nothing along under `from_nothing`, so its cost is not lost to the re-run's."""
     path = Path(results, RUN_RECORD)
     if record is None:
         return None
-    if path.exists() and _same_jobs(path, record["jobs_digest"]):
+    previous = _previous(path)
+    if previous.get("jobs_digest") == record["jobs_digest"]:
         return path
+    if not record["complete"]:
+        kept = {k: previous[k] for k in FROM_NOTHING if k in previous} if previous.get("complete") else None
+        kept = kept or previous.get("from_nothing")
+        record = record | ({"from_nothing": kept} if kept else {})
     write_json(path, record)
     return path
 
 
-def _same_jobs(path: Path, digest: str) -> bool:
+def _previous(path: Path) -> dict[str, Any]:
+    """The run.json there is, or {} (none yet, or unreadable: then it is replaced)."""
     try:
-        return read_json(path).get("jobs_digest") == digest
+        previous = read_json(path)
     except (OSError, ValueError):
-        return False
+        return {}
+    return previous if isinstance(previous, dict) else {}
 
 
 def _relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
