@@ -56,10 +56,42 @@ def test_deletion_and_insertion_reward_the_map_of_what_the_model_uses():
     right[box, box] = 1.0
     wrong = np.zeros((size, size), np.float32)
     wrong[20:28, 20:28] = 1.0
-    del_right, ins_right = deletion_insertion(model, image, right, target=1, steps=16)
-    del_wrong, ins_wrong = deletion_insertion(model, image, wrong, target=1, steps=16)
+    del_right, ins_right, blur_right = deletion_insertion(model, image, right, target=1, steps=16)
+    del_wrong, ins_wrong, blur_wrong = deletion_insertion(model, image, wrong, target=1, steps=16)
     assert del_right < del_wrong - 0.1
     assert ins_right > ins_wrong + 0.1
+    assert blur_right < blur_wrong - 0.1  # the blurred copy of the square is too dim for the model
+
+
+class DarkPatchModel(torch.nn.Module):
+    """Calls an image positive from a bright square's fine edge, and negative wherever it sees black pixels."""
+
+    def __init__(self, size: int, box: slice) -> None:
+        super().__init__()
+        self.edge = torch.zeros(size, size)
+        self.edge[box, box.start] = 1.0  # the square's left edge column
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x[:, 0]
+        detail = (grey - torch.roll(grey, 1, dims=2)).clamp(min=0)  # a sharp step from dark to bright
+        evidence = (detail * self.edge).sum(dim=(1, 2)) / self.edge.sum()
+        black = (grey < -1.9).float().mean(dim=(1, 2))  # normalised: pixel value 0 is -2
+        return torch.stack([torch.zeros_like(evidence), 3 * evidence - 2 - 500 * black], dim=1)
+
+
+def test_blurred_deletion_tells_the_finding_from_anywhere_when_black_patches_alone_move_the_model():
+    size, box = 32, slice(8, 16)
+    image = np.full((1, size, size), 120, np.uint8)
+    image[0, box, box] = 240
+    right = np.zeros((size, size), np.float32)
+    right[box, box.start] = 1.0
+    wrong = np.zeros((size, size), np.float32)
+    wrong[24, 20:28] = 1.0
+    model = DarkPatchModel(size, box).eval()
+    del_right, _, blur_right = deletion_insertion(model, image, right, target=1, steps=32)
+    del_wrong, _, blur_wrong = deletion_insertion(model, image, wrong, target=1, steps=32)
+    assert abs(del_right - del_wrong) < 0.02  # black anywhere drives the probability down at the same pace
+    assert blur_right < blur_wrong - 0.05
 
 
 def test_pointing_game_and_iou_on_known_masks():

@@ -198,7 +198,8 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre"}
     assert set(means["target"]) == {"demo_mura", "demo_ct"}
     assert (means["n_masked"] == means["n_images"]).all()  # demo data: scored images all show a masked finding
-    for column in ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc"):
+    scores = ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc")
+    for column in (*scores, "blurred_deletion_auc"):
         assert means[column].between(0, 1).all(), column
     per_model = pd.read_csv(run_dir / "results/report/faithfulness.csv")
     every = per_model[per_model["subset"] == "all"]
@@ -208,7 +209,8 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     assert set(per_model["subset"]) <= {"all", "detected"} and (detected["n_masked"] == detected["n_images"]).all()
     merged = detected.merge(every, on=["target", "init", "arch", "method"], suffixes=("", "_all"))
     assert len(merged) == len(detected) and (merged["n_images"] <= merged["n_images_all"]).all()
-    assert per_model.loc[~per_model["method"].isin(["random", "centre"]), "beats_baselines_deletion_auc"].notna().all()
+    methods = per_model.loc[~per_model["method"].isin(["random", "centre"])]
+    assert methods[["beats_baselines_deletion_auc", "beats_baselines_blurred_deletion_auc"]].notna().all().all()
 
 
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):

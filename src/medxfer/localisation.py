@@ -24,7 +24,8 @@ TOLERANCE = 15 / 224  # pointing-game tolerance as a fraction of the image side 
 CENTRE_SIGMA = 0.25  # the centre prior's standard deviation as a fraction of the image side
 BASELINES = ("random", "centre")
 LOCALISATION_COLUMNS = ["pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc"]
-SCORES = [*LOCALISATION_COLUMNS, "deletion_auc", "insertion_auc", "seconds_per_image"]  # per image and method
+DELETION_COLUMNS = ["deletion_auc", "insertion_auc", "blurred_deletion_auc"]  # medxfer.faithfulness
+SCORES = [*LOCALISATION_COLUMNS, *DELETION_COLUMNS, "seconds_per_image"]  # per image and method
 
 
 def _peak(heat: np.ndarray) -> int:
@@ -124,19 +125,21 @@ def baseline_maps(name: str, n: int, size: int, seed: int) -> np.ndarray:
     raise ValueError(f"unknown baseline {name!r}; allowed: {list(BASELINES)}")
 
 
-COMPARED = {"pointing_hit_tol": 1, "energy_in_box": 1, "deletion_auc": -1}  # metric -> sign of "better"
+# metric -> sign of "better"
+COMPARED = {"pointing_hit_tol": 1, "energy_in_box": 1, "deletion_auc": -1, "blurred_deletion_auc": -1}
 
 
 def versus_baselines(images: pd.DataFrame, keys: list[str], n_resamples: int, seed: int) -> pd.DataFrame:
     """Per group of `keys` and method: mean of method minus each baseline on the same images, its paired bootstrap
     interval, and `beats_baselines_<metric>`: True when both intervals lie on the better side of zero (above for
-    pointing and energy, below for deletion AUC). Baseline rows get NaN."""
+    pointing and energy, below for the deletion AUCs). Baseline rows get NaN."""
     rows = []
     for group, part in images.groupby(keys, sort=False):
-        wide = {m: part.pivot_table(index="image_id", columns="method", values=m, dropna=False) for m in COMPARED}
+        compared = {m: sign for m, sign in COMPARED.items() if m in part}  # tables from before a metric existed
+        wide = {m: part.pivot_table(index="image_id", columns="method", values=m, dropna=False) for m in compared}
         for method in part["method"].unique():
             row = dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True)) | {"method": method}
-            for metric, sign in COMPARED.items():
+            for metric, sign in compared.items():
                 beats = method not in BASELINES
                 for baseline in BASELINES:
                     table = wide[metric]

@@ -92,7 +92,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
 def plot_faithfulness(means: pd.DataFrame, path: str | os.PathLike) -> None:
     """Bars per method, baselines included (one colour per target), for each faithfulness measure in [0, 1]."""
     better = {m: "higher" for m in ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc")}
-    better |= {"deletion_auc": "lower", "insertion_auc": "higher"}
+    better |= {"deletion_auc": "lower", "insertion_auc": "higher", "blurred_deletion_auc": "lower"}
     measures = [m for m in better if m in means]
     methods = list(dict.fromkeys(means["method"]))
     targets = list(dict.fromkeys(means["target"]))

@@ -108,7 +108,7 @@ def summarize_faithfulness(
             .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **checks, **scores)
             .reset_index()
         )
-        if set(COMPARED) <= set(part.columns):
+        if set(COMPARED) & set(part.columns):
             table = table.merge(versus_baselines(part, keys, n_bootstrap, seed), on=[*keys, "method"])
         mean = (
             part.groupby(["target", "method"], sort=False)
