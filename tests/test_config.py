@@ -47,6 +47,14 @@ def test_indomain_needs_pretrain_source():
         validate(minimal(inits=["indomain"]))
 
 
+def test_tta_is_refused_for_a_target_trained_without_flips():
+    assert validate(minimal(tta=True))["finetune"]["tta"] is True
+    unflipped = minimal(tta=True)
+    unflipped["datasets"]["a"]["augment"] = {"hflip": 0}
+    with pytest.raises(ConfigError, match=r"finetune\.tta.*data set 'a' is trained without flips"):
+        validate(unflipped)
+
+
 def test_defaults_are_not_shared_between_calls():
     first = validate(minimal())
     first["finetune"]["augment"]["hflip"] = 0.0

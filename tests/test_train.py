@@ -12,7 +12,7 @@ from medxfer import models
 from medxfer.batches import class_weights
 from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.features import extract_features, pooled_features
-from medxfer.inference import predict_proba
+from medxfer.inference import predict_logits, predict_proba
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
 from medxfer.resume import clear_resume
@@ -420,3 +420,20 @@ def test_unlabeled_folder_gives_a_simclr_checkpoint_and_refuses_supervised(tmp_p
     params = pre(epochs=1, objective="simclr", batch_size=16)
     pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
     assert models.load(tmp_path / "ssl")[1]["objective"] == "simclr"
+
+
+def test_tta_predicts_the_mean_logits_of_each_image_and_its_mirror(cached, tmp_path):
+    manifest, images = cached["mura"]
+    metrics = tune(manifest, images, "resnet10t", "scratch", ft(epochs=1, tta=True), tmp_path, threads=2, seed=0)
+    assert metrics["tta"] is True
+    model, meta = models.load(tmp_path)
+    assert meta["config"]["tta"] is True
+    test = load_cached(manifest, images).splits["test"]
+    plain = predict_logits(model, test.images, torch.device("cpu"))
+    mirrored = predict_logits(model, np.ascontiguousarray(test.images[..., ::-1]), torch.device("cpu"))
+    expected = torch.softmax((plain + mirrored) / 2, dim=1).numpy()
+    _, written = read_predictions(tmp_path / "predictions.csv")
+    assert np.allclose(written, expected, atol=1e-5)
+    assert not np.allclose(written, torch.softmax(plain, dim=1).numpy(), atol=1e-3)  # the mirror changed them
+    with pytest.raises(ValueError, match=r"tta mirrors images, but .* never flips them"):
+        tune(manifest, images, "resnet10t", "scratch", ft(tta=True, augment={"hflip": 0}), tmp_path / "no")

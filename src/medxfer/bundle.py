@@ -186,6 +186,7 @@ def export_bundle(
             "features_stages": int(stages),
             "fusion": fused,
             "classifier": None if ident["classifier"] == "cnn" else ident["classifier"],
+            "mirror": ident["classifier"] == "cnn" and bool(cnn_meta.get("config", {}).get("tta")),  # finetune.tta
         },
         "decision": metrics.get("decision", {"rule": "argmax", "threshold": metrics.get("threshold")}),
         "preprocessing": _preprocessing(dataset, cnn_meta),
@@ -254,11 +255,15 @@ class Bundle:
 
         predictor = self.meta["predictor"]
         head = predictor["classifier"] is None
+        mirror = bool(predictor.get("mirror"))  # the CNN head's test-time augmentation, as it was scored
         if self.runtime == "onnx":
             passes = [cnn(images, batch_size) for cnn in self.cnns]
             logits, blocks = torch.from_numpy(passes[0][0]), [feats for _, feats in passes]
+            if mirror:
+                flipped = np.ascontiguousarray(images[..., ::-1])
+                logits = (logits + torch.from_numpy(self.cnns[0](flipped, batch_size)[0])) / 2
         elif head:
-            logits = predict_logits(self.cnns[0], images, self.device, batch_size)
+            logits = predict_logits(self.cnns[0], images, self.device, batch_size, mirror=mirror)
         else:
             stages = predictor["features_stages"]
             blocks = [features_and_proba(m, images, self.device, batch_size, stages)[0] for m in self.cnns]

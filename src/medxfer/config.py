@@ -179,6 +179,13 @@ def _cross_check(config: dict[str, Any]) -> None:
             for t in finetune["targets"]
             if t in datasets and not datasets[t]["ordinal"]
         ]
+    if finetune["tta"]:
+        problems += [
+            f"config key 'finetune.tta': mirrors test images, but data set '{t}' is trained without flips "
+            "(augment.hflip 0: left and right differ there)"
+            for t in finetune["targets"]
+            if t in datasets and training_params(config, "finetune", t)["augment"].get("hflip") == 0
+        ]
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])

@@ -11,14 +11,21 @@ from medxfer.runtime import autocast, to_device
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Float32 logits for uint8 (N, C, H, W) images, in large batches under inference mode (on the CPU)."""
+def predict_logits(
+    model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256, mirror: bool = False
+) -> torch.Tensor:
+    """Float32 logits for uint8 (N, C, H, W) images, in large batches under inference mode (on the CPU).
+    `mirror` (test-time augmentation, finetune.tta): the mean of the logits of each image and its mirror image."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = to_device(torch.from_numpy(images[start : start + batch_size]), device)
         with autocast(device):
-            out.append(model(models.normalize(batch)).float().cpu())
+            x = models.normalize(batch)
+            logits = model(x).float()
+            if mirror:
+                logits = (logits + model(x.flip(-1).contiguous(memory_format=torch.channels_last)).float()) / 2
+            out.append(logits.cpu())
     return torch.cat(out) if out else torch.zeros((0, 0))
 
 

@@ -161,6 +161,7 @@ class FinetuneTraining(TrainingSection):
 
     strategy: str
     head: str
+    tta: bool
     truncate_stages: int
     backbone_lr_mult: float
     unfreeze_epoch: int | None

@@ -388,6 +388,8 @@ def finetune_model(
         runtime.describe(dev),
     )
     truncate = params.truncate_stages if strategy == "truncated" else None
+    if params.tta and params.augment["hflip"] == 0:
+        raise ValueError(f"{manifest}: tta mirrors images, but this target's augmentation never flips them (hflip 0)")
     if params.head == "ordinal" and not ordinal:
         raise ValueError(f"{manifest}: head 'ordinal' needs graded labels; its data set does not say 'ordinal: true'")
     model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate, params.head)
@@ -395,7 +397,7 @@ def finetune_model(
     logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
     test, val = data.splits["test"], data.splits["val"]
-    logits, val_logits = predict_logits(model, test.images, dev), predict_logits(model, val.images, dev)
+    logits, val_logits = (predict_logits(model, s.images, dev, mirror=params.tta) for s in (test, val))
     proba, val_proba = softmax_proba(logits), softmax_proba(val_logits)
     temperature = fit_temperature(val_logits.numpy(), val.labels)
     rule = decision.threshold
@@ -410,6 +412,7 @@ def finetune_model(
         "init": init,
         "strategy": strategy,
         "head": params.head,
+        "tta": params.tta,
         "truncate_stages": truncate,
         "epochs_trained": len(history),
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
