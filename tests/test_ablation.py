@@ -69,6 +69,20 @@ def test_ablation_table_from_the_workflows_records(run_dir: Path, tmp_path: Path
         assert float(cells[-3]) == pytest.approx(worst["roc_auc"] - best_val["roc_auc"], abs=1.5e-3)
 
 
+def test_a_key_added_since_a_run_counts_as_its_default_not_as_a_change(run_dir: Path, tmp_path: Path) -> None:
+    """A base recorded before `finetune.tta` existed ran without it: a variant that records the default changes
+    nothing, one that sets it changes that key alone."""
+    base = _variant(run_dir / "results", tmp_path / "old-base", {}, 2.0)
+    record = read_json(base / "report" / "run.json")
+    record["config"]["finetune"].pop("tta", None)
+    write_json(base / "report" / "run.json", record)
+    same = _variant(run_dir / "results", tmp_path / "same", {"finetune.tta": False}, 2.0)
+    tta = _variant(run_dir / "results", tmp_path / "tta", {"finetune.tta": True}, 2.0)
+    old = run_config(load_run(base))
+    assert config_changes(old, run_config(load_run(same))) == []
+    assert config_changes(old, run_config(load_run(tta))) == ["finetune.tta: `False` → `True`"]
+
+
 def test_a_run_without_a_recorded_config_is_refused(run_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(run_dir / "results" / "report", tmp_path / "old" / "report")
     record = read_json(tmp_path / "old" / "report" / "run.json")

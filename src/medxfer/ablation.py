@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from medxfer.benchmarkdoc import Run, load_run, machine_line, mean_sd, minutes
+from medxfer.config import ConfigError, checked, load_schema
 from medxfer.io import write_text
 from medxfer.selection import best_row
 
@@ -22,14 +23,19 @@ IGNORED = ("results",)  # where a run writes is not a choice of method
 
 
 def run_config(run: Run) -> dict[str, Any]:
-    """The validated config a run recorded; runs recorded before configs were kept cannot be compared."""
+    """The validated config a run recorded, with the defaults of keys added since it ran (a run recorded before a
+    key existed ran as its default), so a table names only what the runs set differently. Runs recorded before
+    configs were kept cannot be compared."""
     config = run.record.get("config")
     if not isinstance(config, dict):
         raise ValueError(
             f"{run.results}: report/run.json records no config (written by an older medxfer); run the workflow on a "
             "fresh results folder to compare it"
         )
-    return config
+    try:
+        return checked(config, load_schema())
+    except ConfigError:
+        return config  # a key since renamed or removed: compared as recorded
 
 
 def _flat(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
