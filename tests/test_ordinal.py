@@ -164,3 +164,53 @@ def test_a_graded_set_through_finetuning_features_and_a_classifier(graded, tmp_p
     assert result["ordinal"] is True
     assert result["mean_absolute_error"] == pytest.approx(np.abs(predicted - y).mean())
     assert len(result["ci"]["quadratic_kappa"]) == 2
+
+
+def _graded_result(root: Path, rel: str, y: np.ndarray, proba: np.ndarray) -> Path:
+    """A CNN's metrics.json and predictions.csv as finetune_model writes them for a graded target."""
+    from conftest import result_identity
+
+    folder = root / rel
+    folder.mkdir(parents=True)
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(y))], "label": y})
+    for k, grade in enumerate(GRADES):
+        table[f"prob_{grade}"] = proba[:, k]
+    table.to_csv(folder / "predictions.csv", index=False)
+    metrics = classification_metrics(y, proba, ordinal=True) | {"val": {"roc_auc": 0.7}} | result_identity(rel)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder / "metrics.json"
+
+
+def test_the_report_of_a_graded_target_has_qwk_and_mae_over_seeds(tmp_path: Path) -> None:
+    from medxfer.report import summarize_results
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 120)
+    probas = []
+    for _ in range(3):
+        logits = rng.normal(0, 1, (120, 4))
+        logits[np.arange(120), np.clip(y + rng.integers(-1, 2, 120), 0, 3)] += 2.5  # mostly right or one grade off
+        probas.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
+    runs = ["scratch", "scratch-seed1", "scratch-seed2"]
+    paths = [_graded_result(tmp_path, f"finetune/g/{run}/netA", y, p) for run, p in zip(runs, probas, strict=True)]
+    out = tmp_path / "report"
+    summarize_results(
+        paths,
+        out / "s.csv",
+        out / "m.json",
+        out / "s.md",
+        n_bootstrap=100,
+        out_benchmark_md=out / "b.md",
+        out_benchmark_csv=out / "b.csv",
+    )
+    bench = pd.read_csv(out / "b.csv").iloc[0]
+    qwks = [skm.cohen_kappa_score(y, p.argmax(axis=1), weights="quadratic") for p in probas]
+    assert bench["quadratic_kappa"] == pytest.approx(np.mean(qwks), abs=1e-4)
+    assert bench["quadratic_kappa_sd"] == pytest.approx(np.std(qwks, ddof=1), abs=1e-4)
+    maes = [np.abs(p.argmax(axis=1) - y).mean() for p in probas]
+    assert bench["mean_absolute_error"] == pytest.approx(np.mean(maes), abs=1e-4)
+    assert bench["quadratic_kappa_lo"] < bench["quadratic_kappa"] < bench["quadratic_kappa_hi"]
+    assert "| QWK | MAE |" in (out / "b.md").read_text()
+    summary = pd.read_csv(out / "s.csv")
+    assert summary["ordinal"].all() and summary["quadratic_kappa"].notna().all()
+    assert "quadratic_kappa" in (out / "s.md").read_text()
