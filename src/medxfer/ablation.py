@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from medxfer.benchmarkdoc import Run, load_run, machine_line, mean_sd, minutes
-from medxfer.config import ConfigError, checked, load_schema
+from medxfer.config import with_defaults
 from medxfer.io import write_text
 from medxfer.selection import best_row
 
@@ -32,10 +32,7 @@ def run_config(run: Run) -> dict[str, Any]:
             f"{run.results}: report/run.json records no config (written by an older medxfer); run the workflow on a "
             "fresh results folder to compare it"
         )
-    try:
-        return checked(config, load_schema())
-    except ConfigError:
-        return config  # a key since renamed or removed: compared as recorded
+    return with_defaults(config)
 
 
 def _flat(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

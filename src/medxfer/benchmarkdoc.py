@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from medxfer.config import with_defaults
 from medxfer.io import read_json, write_text
 from medxfer.paths import REPORT
 
@@ -75,12 +76,20 @@ def machine_line(record: dict[str, Any]) -> str:
     first = record.get("from_nothing")
     if record.get("complete") or not first:
         return line
-    same = "the same config" if first.get("config_sha256") == record.get("config_sha256") else "another config"
+    same = "the same config" if _same_config(first, record) else "another config"
     return line + (
         f" The run from nothing before it (commit {(first.get('commit') or 'unknown')[:10]}, {same}, finished "
         f"{first['date']}): {minutes(first['wall_s'])} wall, {first['jobs']} jobs, {minutes(first['job_s'])} of job "
         f"time, fixed cost {first['fixed_share']:.0%}, cores busy {first['cores_busy']:.0%}."
     )
+
+
+def _same_config(first: dict[str, Any], later: dict[str, Any]) -> bool:
+    """Whether two records ran one config: by what they set, where both kept it (keys added in between count as
+    their defaults), else by digest."""
+    if isinstance(first.get("config"), dict) and isinstance(later.get("config"), dict):
+        return with_defaults(first["config"]) == with_defaults(later["config"])
+    return first.get("config_sha256") == later.get("config_sha256")
 
 
 def _demoted(markdown: str) -> list[str]:

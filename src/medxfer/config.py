@@ -130,6 +130,15 @@ def checked(values: Mapping[str, Any], schema: Mapping[str, Any], section: str =
     return values
 
 
+def with_defaults(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A config a run recorded, with the defaults of keys added since (it ran as their defaults), so two runs'
+    configs compare by what they set; as recorded when today's schema refuses it (a key renamed or removed)."""
+    try:
+        return checked(recorded, load_schema())
+    except ConfigError:
+        return copy.deepcopy(dict(recorded))
+
+
 def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the key."""
     config = checked(config, schema or load_schema())
