@@ -21,9 +21,9 @@ from medxfer.metrics import (
     bootstrap_metrics,
     classification_metrics,
     paired_bootstrap,
-    read_predictions,
     replicate_bootstrap,
 )
+from medxfer.prediction_files import read_predictions
 from medxfer.sections import ClassifySection, DecisionSection, FeaturesSection, FinetuneTraining
 from medxfer.train import finetune_model
 

@@ -14,7 +14,8 @@ from medxfer.cache import CachedDataset, Split, load_cached
 from medxfer.features import extract_features, pooled_features
 from medxfer.inference import predict_logits, predict_proba
 from medxfer.log import get_logger
-from medxfer.metrics import choose_threshold, classification_metrics, decide, read_predictions
+from medxfer.metrics import choose_threshold, classification_metrics, decide
+from medxfer.prediction_files import read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
 from medxfer.sections import DecisionSection, FeaturesSection, FinetuneTraining, PretrainTraining

@@ -26,7 +26,7 @@ from medxfer.classifiers import ENSEMBLE, create_classifier, load_classifier, sk
 from medxfer.fusion import feature_identity, is_ordinal, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
 from medxfer.log import mark_work_start
-from medxfer.metrics import N_BOOTSTRAP, evaluate, read_predictions, roc_points, write_predictions
+from medxfer.metrics import N_BOOTSTRAP, evaluate, roc_points
 from medxfer.model_selection import (
     CV_FOLDS,
     fit_data,
@@ -35,6 +35,7 @@ from medxfer.model_selection import (
     validation_metrics,
     validation_threshold,
 )
+from medxfer.prediction_files import read_predictions, write_predictions
 from medxfer.sections import ClassifySection, DecisionSection
 
 OOF = "oof.csv"

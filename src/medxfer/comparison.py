@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medxfer.metrics import N_BOOTSTRAP, ORDINAL_METRICS, paired_bootstrap, read_predictions, replicate_bootstrap
+from medxfer.metrics import N_BOOTSTRAP, ORDINAL_METRICS, paired_bootstrap, replicate_bootstrap
+from medxfer.prediction_files import read_predictions
 from medxfer.results import is_missing
 from medxfer.selection import REPLICATE, best_group
 

@@ -15,7 +15,8 @@ import pandas as pd
 
 from medxfer.identity import read as read_identity
 from medxfer.io import read_json
-from medxfer.metrics import evaluate_predictions, metric_names
+from medxfer.metrics import metric_names
+from medxfer.prediction_files import evaluate_predictions
 from medxfer.selection import selection_auc
 
 KEYS = ["target", "init", "features", "classifier"]

@@ -27,9 +27,10 @@ from medxfer.identity import identity
 from medxfer.inference import predict_logits, softmax_proba
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger, mark_work_start
-from medxfer.metrics import choose_threshold, classification_metrics, write_predictions
+from medxfer.metrics import choose_threshold, classification_metrics
 from medxfer.objectives import MultiLabel, SimCLR, Supervised
 from medxfer.plots import plot_reliability
+from medxfer.prediction_files import write_predictions
 from medxfer.resume import clear_resume, load_resume, resume_fingerprint, save_resume
 from medxfer.runtime import autocast
 from medxfer.sections import DecisionSection, FinetuneTraining, PretrainTraining, Training
@@ -368,8 +369,7 @@ def finetune_model(
     `target` (default: the manifest's folder, as ingest names it) and `run` (the seed replicate's name, default
     `init`) go into the identity model.json and metrics.json carry (medxfer.identity).
     `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
-    `ordinal`: the target's classes are grades in label order (its data set says so): the metrics add the graded
-    ones, and `params.head` may be `ordinal`.
+    `ordinal`: the target's classes are grades (its data set says so): graded metrics; `params.head` may be ordinal.
     """
     # Long because it is the whole stage in order (build, fit, choose the decision on val, score test, write the
     # outputs), and each step feeds the records the next writes.
@@ -429,9 +429,8 @@ def finetune_model(
     }
     test_arrays = {"ids_test": test.ids, "study_test": test.studies, "y_test": test.labels, "classes": data.classes}
     write_predictions(out_dir / "predictions.csv", test_arrays, proba, threshold)
-    meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune")
+    meta = _meta(arch, data, params, sha256_file(manifest), init=init, stage="finetune", ordinal=ordinal)
     meta |= {"init_path": str(init_path) if init_path else None, "decision": metrics["decision"], "identity": ident}
-    meta["ordinal"] = ordinal  # feature files and the classifiers' metrics take it from here
     meta["calibration"] = {"temperature": temperature, "fitted_on": "val"}  # readers may scale the logits by it
     models.save(out_dir, model, meta)  # the decision travels with the model: its readers predict as it was scored
     write_json(out_dir / "metrics.json", metrics)
