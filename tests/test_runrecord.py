@@ -93,7 +93,7 @@ def test_run_json_names_the_machine_and_is_kept_by_a_run_that_ran_nothing(tmp_pa
 
 
 def test_a_partial_rerun_keeps_the_last_run_from_nothing_on_record(tmp_path):
-    from medxfer.benchmarkdoc import machine_line
+    from medxfer.benchmarkdoc import machine_line, minutes, wall_from_nothing
 
     here = Path(__file__).parent
     run_job(tmp_path, "train_classifier", "a")
@@ -112,10 +112,12 @@ def test_a_partial_rerun_keeps_the_last_run_from_nothing_on_record(tmp_path):
         line = machine_line(record)
         assert "(the last invocation only (a partial re-run))" in line and f"finished {first['date']}" in line
         assert ("the same config" if name == "c" else "another config") in line
+        assert wall_from_nothing(record) == minutes(first["wall_s"])
 
     (tmp_path / RUN_RECORD).unlink()  # a whole new run from nothing replaces the record and what it kept
     again = read_json(write_run_record(tmp_path, run_record(tmp_path, 2, here)))
     assert again["complete"] and again["jobs"] == 4 and "from_nothing" not in again
+    assert wall_from_nothing(again) == minutes(again["wall_s"])
 
 
 def test_cost_command_prints_json_with_its_limits(tmp_path):
