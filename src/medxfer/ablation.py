@@ -14,11 +14,11 @@ from typing import Any
 from medxfer.benchmarkdoc import Run, load_run, machine_line, mean_sd, minutes
 from medxfer.config import with_defaults
 from medxfer.io import write_text
+from medxfer.render import ORDINAL_NAMES, shown_metrics
 from medxfer.selection import best_row
 
 COMMAND = "medxfer ablation-docs"
 METRICS = {"roc_auc": "AUC", "accuracy": "ACC", "cohen_kappa": "kappa"}
-GRADED = {"quadratic_kappa": "QWK", "mean_absolute_error": "MAE"}  # shown where the target is ordinal
 IGNORED = ("results",)  # where a run writes is not a choice of method
 
 
@@ -62,8 +62,7 @@ def target_table(base: Run, variants: Sequence[Run], target: str) -> list[str]:
     """One target's rows: the base run first, then each variant with its change and its AUC against the base's.
     Runs are named by their results folder: variants usually share the base's first config file."""
     base_rows = base.table[base.table["target"] == target]
-    graded = "quadratic_kappa" in base_rows and base_rows["quadratic_kappa"].notna().any()
-    shown = METRICS | (GRADED if graded else {})
+    shown = METRICS | {m: ORDINAL_NAMES[m] for m in shown_metrics(base_rows, ())}  # QWK, MAE for graded targets
     header = ["run", "choice", "picked on val", "seeds", "val AUC", *shown.values(), "Δ AUC", "wall", "job time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_pick = best_row(base_rows)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from medxfer.identity import read as read_identity
 from medxfer.io import read_json, sha256_file, write_json, write_text
-from medxfer.metrics import N_BOOTSTRAP
+from medxfer.metrics import N_BOOTSTRAP, ORDINAL_METRICS
 from medxfer.runrecord import package_versions
 from medxfer.sections import BundleSection, dataset_entry
 from medxfer.selection import best_row, selection_auc
@@ -34,10 +34,10 @@ FUSION_FILE = "fusion.skops"
 CLASSIFIER_FILE = "classifier.skops"
 RELIABILITY_FILE = "reliability.png"
 CNN_FILES = ("model.safetensors", "model.json")
-# the last two only where the model's data set is ordinal (its metrics.json has them)
+# the graded ones only where the model's data set is ordinal (its metrics.json has them)
 METRICS = (
     *("accuracy", "balanced_accuracy", "roc_auc", "cohen_kappa", "f1", "sensitivity", "specificity"),
-    *("quadratic_kappa", "mean_absolute_error"),
+    *ORDINAL_METRICS,
 )
 
 

@@ -30,7 +30,7 @@ REQUIRED_KEYS: tuple[str, ...] = tuple(f"{k}_{s}" for s in SPLITS for k in ("X",
 
 def is_ordinal(data: Mapping[str, np.ndarray]) -> bool:
     """Whether a feature file's classes are grades (its CNN's data set said `ordinal: true`)."""
-    return bool(data["ordinal"]) if "ordinal" in data else False
+    return bool(data.get("ordinal", False))
 
 
 def load_feature_file(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -205,8 +205,10 @@ def run_record(
 
 
 # What a partial re-run keeps of the last run from nothing: its cost and what made it (docs cite both).
-FROM_NOTHING = ("date", "commit", "dirty", "configfiles", "config_sha256", "config", "cores", "jobs", "wall_s", "job_s")
-FROM_NOTHING += ("fixed_share", "cores_busy")
+FROM_NOTHING = (
+    *("date", "commit", "dirty", "configfiles", "config_sha256", "config"),
+    *("cores", "jobs", "wall_s", "job_s", "fixed_share", "cores_busy"),
+)
 
 
 def write_run_record(results: str | os.PathLike, record: dict[str, Any] | None) -> Path | None:
