@@ -52,6 +52,36 @@ def test_a_failed_job_is_on_record_with_its_traceback(tmp_path):
     assert "ValueError: bad input" in (tmp_path / "logs" / "ingest_dataset" / "bad.log").read_text()
 
 
+COLLECTOR = """
+import gc, json, sys
+from medxfer.log import logged, mark_work_start
+seen = {"before": gc.isenabled()}
+with logged(sys.argv[1], "finetune_model", {}, 1):
+    seen["loading"] = gc.isenabled()
+    if sys.argv[2] == "works":
+        mark_work_start()
+        seen["working"] = gc.isenabled()
+        seen["frozen_at_work_start"] = gc.get_freeze_count()
+seen["after"] = gc.isenabled()
+seen["frozen_after"] = gc.get_freeze_count()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("marks_work", [True, False])
+def test_a_job_loads_without_the_garbage_collector_and_works_with_it(tmp_path, marks_work):
+    """Paused while the job imports torch and loads (a million objects walked again and again otherwise), back on for
+    the work, and what was loaded frozen out of later collections; a job that never marks its work gets it back at
+    its end."""
+    args = [str(tmp_path / "job.log"), "works" if marks_work else "loads only"]
+    out = subprocess.run([sys.executable, "-c", COLLECTOR, *args], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout)
+    assert seen["before"] and not seen["loading"] and seen["after"]
+    assert seen["frozen_after"] > 0
+    if marks_work:
+        assert seen["working"] and seen["frozen_at_work_start"] > 0
+
+
 def test_costs_add_up_per_rule_and_over_the_run(tmp_path):
     for name in ("a", "b"):
         run_job(tmp_path, "train_classifier", name, fixed=0.2)

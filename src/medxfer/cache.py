@@ -14,6 +14,7 @@ from medxfer.config import channels
 from medxfer.imaging import ImageError, load_image, withheld_note, withheld_warnings
 from medxfer.ingest import classes_of, read_manifest
 from medxfer.io import atomic_path
+from medxfer.log import mark_work_start
 from medxfer.privacy import path_id, private_paths, salt_of
 from medxfer.readers import READERS
 from medxfer.sections import dataset_entry
@@ -66,6 +67,7 @@ def cache_images(
             name = manifest["path"][i]
             raise ImageError(name, err.reason.replace(str(paths[i]), name)) from None
 
+    mark_work_start()
     with atomic_path(out_path) as tmp, withheld_warnings() as caught:  # once around the pool: not thread-safe
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

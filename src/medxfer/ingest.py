@@ -29,6 +29,7 @@ from medxfer.imaging import (
 )
 from medxfer.ingestbase import NO_LABEL, Found, IngestError
 from medxfer.io import atomic_path, write_json
+from medxfer.log import mark_work_start
 from medxfer.privacy import path_id, private_paths, pseudonymize, salt_of, write_path_lookup
 from medxfer.readers import READERS
 from medxfer.sections import dataset_entry
@@ -360,6 +361,7 @@ def ingest_dataset(
     root = Path(dataset["root"])
     if not root.is_dir():
         raise IngestError(f"data set '{name}': root folder {root} does not exist")
+    mark_work_start()
     found = READERS[dataset["format"]](root, dataset)
     rows = _drop_duplicates(found, _check_labels(found, dataset.get("classes")))
     accepted = _decode_all(root, rows, dataset, found)

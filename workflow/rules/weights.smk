@@ -5,6 +5,7 @@ rule import_imagenet_weights:
         weights=paths.IMPORTED_WEIGHTS,
     log:
         f"{R}/logs/import_imagenet_weights/{{arch}}.log",
+    priority: PRETRAIN_FIRST  # seconds of work that six fine-tuning jobs wait for: late, it leaves their chains last
     conda:
         "../../envs/torch.yaml"
     resources:
