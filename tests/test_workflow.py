@@ -30,19 +30,30 @@ def test_second_run_has_nothing_to_do(run_dir, snakemake):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_factory, snakemake):
-    """Snakemake gives a rule's priority to its jobs only, not to their inputs: each job upstream of pretrain_model
-    must carry that priority itself, or the in-domain runs become a chain at the end of the run."""
-    result = snakemake(tiny_workdir(tmp_path_factory, "priorities"), "--dry-run", "--forceall")
+def planned_jobs(workdir: Path, snakemake, *args: str) -> list[dict]:
+    """Every job of a dry run from nothing: rule, input, output, wildcards and priority as Snakemake prints them."""
+    result = snakemake(workdir, "--dry-run", "--forceall", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs: list[dict] = []
     for line in result.stdout.splitlines():
         header = re.match(r"^(?:local)?rule (\w+):$", line)
         if header:
-            jobs.append({"rule": header[1], "input": [], "output": [], "priority": 0})
-        elif jobs and (field := re.match(r"^    (input|output|priority): (.*)$", line)):
+            jobs.append({"rule": header[1], "input": [], "output": [], "wildcards": {}, "priority": 0})
+        elif jobs and (field := re.match(r"^    (input|output|wildcards|priority): (.*)$", line)):
             key, value = field[1], field[2]
-            jobs[-1][key] = int(value) if key == "priority" else value.split(", ")
+            if key == "priority":
+                jobs[-1][key] = int(value)
+            elif key == "wildcards":
+                jobs[-1][key] = dict(pair.split("=", 1) for pair in value.split(", "))
+            else:
+                jobs[-1][key] = value.split(", ")
+    return jobs
+
+
+def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_factory, snakemake):
+    """Snakemake gives a rule's priority to its jobs only, not to their inputs: each job upstream of pretrain_model
+    must carry that priority itself, or the in-domain runs become a chain at the end of the run."""
+    jobs = planned_jobs(tiny_workdir(tmp_path_factory, "priorities"), snakemake)
     producer = {path: job for job in jobs for path in job["output"]}
     pretrain = [job for job in jobs if job["rule"] == "pretrain_model"]
     assert pretrain
@@ -56,6 +67,23 @@ def test_everything_pretraining_needs_is_scheduled_before_fine_tuning(tmp_path_f
     assert {"ingest_dataset", "cache_images"} <= {job["rule"] for job in upstream}
     late = [job["rule"] for job in upstream if job["priority"] < pretrain_priority]
     assert not late, f"jobs upstream of pretraining with a lower priority: {late}"
+
+
+def test_the_first_seed_is_trained_before_the_others(tmp_path_factory, snakemake):
+    """Its models and classifiers feed the heatmaps and the robustness sweep: its chain goes a step ahead of the other
+    seeds' (after pretraining and the heatmaps), so those long jobs do not start last with one core idle."""
+    workdir = tiny_workdir(tmp_path_factory, "seed-priorities")
+    seeds = workdir / "config" / "seeds.yaml"
+    seeds.write_text("finetune:\n  seeds: [3, 1]\n")
+    jobs = planned_jobs(workdir, snakemake, "--configfile", str(workdir / "config" / "config.yaml"), str(seeds))
+    chain = ("finetune_model", "extract_features", "train_classifiers")
+    by_seed = {
+        seed: {job["priority"] for job in jobs if job["rule"] in chain and job["wildcards"]["seed"] == seed}
+        for seed in ("3", "1")
+    }
+    assert len(by_seed["3"]) == len(by_seed["1"]) == 1 and min(by_seed["3"]) > max(by_seed["1"])
+    later = {job["priority"] for job in jobs if job["rule"] in ("pretrain_model", "explain_model")}
+    assert min(later) > max(by_seed["3"])
 
 
 def test_config_sets_threads_per_rule(run_dir):

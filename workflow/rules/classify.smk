@@ -14,7 +14,7 @@ rule train_classifiers:
         f"{R}/logs/train_classifiers/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train_classifiers/{{target}}/{{init}}/seed{{seed}}.tsv"
-    priority: CHAIN_FIRST
+    priority: chain_priority
     conda:
         "../../envs/sklearn.yaml"
     threads: config["threads"]["train_classifiers"]

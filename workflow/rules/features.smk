@@ -12,7 +12,7 @@ rule extract_features:
         f"{R}/logs/extract_features/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{{target}}/{{init}}/seed{{seed}}.tsv"
-    priority: CHAIN_FIRST
+    priority: chain_priority
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["extract_features"]

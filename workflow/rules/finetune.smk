@@ -19,7 +19,7 @@ rule finetune_model:
         f"{R}/logs/finetune_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.log",
     benchmark:
         f"{R}/benchmarks/finetune_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.tsv"
-    priority: CHAIN_FIRST
+    priority: chain_priority
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["finetune_model"]

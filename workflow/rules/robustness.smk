@@ -15,7 +15,7 @@ rule assess_robustness:
         f"{R}/logs/assess_robustness/{{target}}/{{init}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/assess_robustness/{{target}}/{{init}}/seed{{seed}}.tsv"
-    priority: CHAIN_FIRST
+    priority: chain_priority
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]["assess_robustness"]
