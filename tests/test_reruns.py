@@ -70,7 +70,7 @@ def downstream_of_target(target: str) -> set[tuple[str, str]]:
         jobs("check_source_overlap", target=target)
         | jobs("finetune_model", target=target, init=INITS, seed=SEED, arch=ARCHS)
         | jobs("extract_features", target=target, init=INITS, seed=SEED)
-        | jobs("explain_model", target=target, init=INITS, seed=SEED)
+        | jobs("explain_model", target=target, init=INITS, seed=SEED, arch=ARCHS)
         | jobs("train_classifiers", target=target, init=INITS, seed=SEED)
         | jobs("assess_robustness", target=target, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=target)
@@ -177,9 +177,9 @@ def test_new_architecture_runs_its_jobs_and_refits_fusion_and_classifiers(run_di
     expected = (
         jobs("pretrain_model", source=SOURCE, arch=new)
         | jobs("finetune_model", target=TARGETS, init=INITS, seed=SEED, arch=new)
-        # one feature job and one heatmap job per run cover every model: the old models' are redone too
+        # one feature job per run covers every model: the old models' features are redone too; heatmaps are per model
         | jobs("extract_features", target=TARGETS, init=INITS, seed=SEED)
-        | jobs("explain_model", target=TARGETS, init=INITS, seed=SEED)
+        | jobs("explain_model", target=TARGETS, init=INITS, seed=SEED, arch=new)
         | jobs("train_classifiers", target=TARGETS, init=INITS, seed=SEED)
         | jobs("assess_robustness", target=TARGETS, init=INITS, seed=SEED)
         | jobs("plot_training_curves", target=TARGETS)

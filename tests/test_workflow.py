@@ -414,11 +414,12 @@ def test_cli_redoes_a_train_classifiers_job(run_dir, tmp_path):
 def test_cli_redoes_an_explain_model_job(run_dir, tmp_path):
     """Same overlays, heatmaps, index, gallery and selection, byte for byte; the same faithfulness tables but for
     each method's measured seconds per image."""
-    ours = cli_redo(run_dir, tmp_path, "explain", "--target", "demo_mura", "--init", "scratch", "--seed", "0")
+    args = ("--target", "demo_mura", "--init", "scratch", "--seed", "0", "--arch", "resnet18")
+    ours = cli_redo(run_dir, tmp_path, "explain", *args)
     results = run_dir / "results"
     wrote = [
-        *(results / "explain/demo_mura/scratch/seed0").rglob("*.*"),
-        *(results / "faithfulness/demo_mura/scratch/seed0").glob("*.csv"),
+        *(results / "explain/demo_mura/scratch/seed0/resnet18").rglob("*.*"),
+        results / "faithfulness/demo_mura/scratch/seed0/resnet18.csv",
     ]
     job_files = [str(p.relative_to(results)) for p in wrote if p.name != ".snakemake_timestamp"]  # Snakemake's own
     assert sorted(ours) == sorted(job_files)

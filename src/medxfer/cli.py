@@ -149,9 +149,12 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     conf, results = _job(args)
-    inputs = jobs.target_inputs(conf, args) | {"weights": jobs.model_files(conf, "model.safetensors", args)}
-    outputs = {"folders": jobs.explain_outputs(conf, results, "folder", args)}
-    outputs["faithfulness"] = jobs.explain_outputs(conf, results, "faithfulness", args)
+    model = paths.artifact(conf["results"], paths.MODEL, "model.safetensors", **jobs.run_fields(args), arch=args.arch)
+    inputs = jobs.target_inputs(conf, args) | {"weights": model}
+    outputs = {
+        key: paths.artifact(results, template, **jobs.run_fields(args), arch=args.arch)
+        for key, template in jobs.HEATMAP_FILES.items()
+    }
     _run(args.rule, args, inputs, outputs, jobs.explain_settings(conf, args), **_wildcards(args))
 
 
@@ -295,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("finetune", cmd_finetune, "finetune_model", "fine-tune one arch from one init (config: finetune)"),
         ("extract", cmd_extract, "extract_features", "every model's pooled features and their fusion"),
         ("classify", cmd_classify, "train_classifiers", "select, fit and test every classifier on every feature set"),
-        ("explain", cmd_explain, "explain_model", "heatmaps chosen on val, overlays and faithfulness (explain)"),
+        ("explain", cmd_explain, "explain_model", "one model's heatmaps chosen on val, overlays, faithfulness"),
         ("robustness", cmd_robustness, "assess_robustness", "the CNNs and the best fused classifier, perturbed"),
         ("check-overlap", cmd_check_overlap, "check_source_overlap", "no target image copied from a pretraining set"),
         ("curves", cmd_curves, "plot_training_curves", "training curves of every model of a target (first seed)"),
@@ -309,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--init", required=True, choices=cfg.known_inits())
         if name not in ("check-overlap", "curves", "export-bundle"):
             p.add_argument("--seed", type=int, help="training seed (default: the first of finetune.seeds)")
-        if name == "finetune":
+        if name in ("finetune", "explain"):
             p.add_argument("--arch", required=True)
         p.add_argument("--out", help="results folder to write into (default: the config's `results`)")
         p.add_argument("--threads", type=int, help=f"default: the config's threads.{rule}")

@@ -229,12 +229,6 @@ def classify_outputs(config: Mapping[str, Any], results: str, name: str, wildcar
 HEATMAP_FILES = {"folder": paths.HEATMAPS, "faithfulness": paths.FAITHFULNESS}
 
 
-def explain_outputs(config: Mapping[str, Any], results: str, kind: str, wildcards: Any = None) -> list[str]:
-    """One run's heatmap folders or faithfulness tables, one per arch; without `wildcards`, the rule's patterns."""
-    run = run_fields(wildcards) if wildcards is not None else {}
-    return [paths.artifact(results, HEATMAP_FILES[kind], arch=a, **run) for a in config["finetune"]["archs"]]
-
-
 def dataset_root(config: Mapping[str, Any], name: str) -> str:
     """A data set's raw input: the array file for npz data sets, else the root folder."""
     dataset = config["datasets"][name]

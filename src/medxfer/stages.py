@@ -226,20 +226,18 @@ def train_classifiers(job: Any) -> None:
 def explain_model(job: Any) -> None:
     from medxfer.explain import explain_model as explain
 
-    settings = ExplainSection.from_config(job.params.explain)
-    for weights, folder, table in zip(job.input.weights, job.output.folders, job.output.faithfulness, strict=True):
-        explain(
-            Path(weights).parent,
-            Path(job.input.manifest),
-            Path(job.input.images),
-            Path(folder),
-            settings,
-            seed=job.params.seed,
-            threads=job.threads,
-            device=job.params.device,
-            log_path=_log_path(job),
-            faithfulness_path=Path(table),
-        )
+    explain(
+        Path(job.input.weights).parent,
+        Path(job.input.manifest),
+        Path(job.input.images),
+        Path(job.output.folder),
+        ExplainSection.from_config(job.params.explain),
+        seed=job.params.seed,
+        threads=job.threads,
+        device=job.params.device,
+        log_path=_log_path(job),
+        faithfulness_path=Path(job.output.faithfulness),
+    )
 
 
 @stage

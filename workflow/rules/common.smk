@@ -62,7 +62,8 @@ CHAIN_FIRST = 5
 
 def chain_priority(wildcards):
     """The first seed's chain a step ahead of the other seeds': its models and classifiers feed the heatmaps and the
-    robustness sweep, long jobs that would otherwise start last and end the run with one core idle."""
+    robustness sweep, long jobs that would otherwise start last and end the run with one core idle.
+    """
     return CHAIN_FIRST + 1 if int(wildcards.seed) == FIRST_SEED[0] else CHAIN_FIRST
 
 
@@ -196,23 +197,15 @@ def explanations(kind="folder"):
     return jobs.explanations(config, kind)
 
 
-def explain_outputs(kind):
-    """One run's heatmap folders (each in the HTML report) or faithfulness tables, one per arch."""
-    files = jobs.explain_outputs(config, R, kind)
-    if kind == "faithfulness":
-        return files
-    return [reported_folder(path, arch) for path, arch in zip(files, ARCHS)]
-
-
-def reported_folder(path, arch):
-    """A heatmap folder as a directory output whose gallery.png goes into the HTML report."""
+def reported_folder(path):
+    """A model's heatmap folder as a directory output whose gallery.png goes into the HTML report."""
     return report(
         directory(path),
         patterns=["{gallery,gallery}.png"],
         caption="../report/gallery.rst",
         category="Heatmaps",
         subcategory="{target}",
-        labels={"init": "{init}", "model": arch},
+        labels={"init": "{init}", "model": "{arch}"},
     )
 
 

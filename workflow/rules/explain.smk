@@ -1,16 +1,18 @@
+# One job per model: a new architecture explains only its own models, and the jobs are short enough to fill both
+# cores at the end of a run (two models in one job made a single long job there).
 rule explain_model:
     input:
         unpack(target_inputs),
-        weights=model_files("model.safetensors"),
-        metas=model_files("model.json"),
+        weights=at(paths.MODEL, "model.safetensors"),
+        meta=at(paths.MODEL, "model.json"),
     output:
-        folders=explain_outputs("folder"),
-        # outside the folders: the summary's input is then a file Snakemake checksums, not a folder's time
-        faithfulness=explain_outputs("faithfulness"),
+        folder=reported_folder(at(paths.HEATMAPS)),
+        # outside the folder: the summary's input is then a file Snakemake checksums, not a folder's time
+        faithfulness=at(paths.FAITHFULNESS),
     log:
-        f"{R}/logs/explain_model/{{target}}/{{init}}/seed{{seed}}.log",
+        f"{R}/logs/explain_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.log",
     benchmark:
-        f"{R}/benchmarks/explain_model/{{target}}/{{init}}/seed{{seed}}.tsv"
+        f"{R}/benchmarks/explain_model/{{target}}/{{init}}/seed{{seed}}/{{arch}}.tsv"
     priority: HEATMAPS_FIRST
     conda:
         "../../envs/torch.yaml"
