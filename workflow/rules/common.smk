@@ -21,6 +21,10 @@ import medxfer.fingerprint
 import medxfer.jobs as jobs
 import medxfer.paths as paths
 import medxfer.runrecord
+import medxfer.scheduler_timers
+
+# one pending scheduler wake-up, not a self-renewing one per finished job (see the module)
+medxfer.scheduler_timers.coalesce_reevaluation_timers()
 
 RUN_STARTED = time.time()  # report/run.json counts the jobs that started after this
 
