@@ -13,6 +13,7 @@ JOBS = 12
 
 SNAKEFILE = f"""
 import sys, threading
+from pathlib import Path
 sys.path.insert(0, {str(REPO / "src")!r})
 import medxfer.scheduler_timers
 if config["coalesce"]:
@@ -30,7 +31,7 @@ onsuccess:
 
 @pytest.mark.parametrize("coalesce", [True, False])
 def test_finished_jobs_do_not_each_leave_a_scheduler_timer(tmp_path: Path, coalesce: bool) -> None:
-    (tmp_path / "Snakefile").write_text("from pathlib import Path\n" + SNAKEFILE)
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--config", f"coalesce={coalesce}"],
         cwd=tmp_path,
