@@ -94,6 +94,35 @@ def test_occlusion_points_at_the_patch_the_model_reads():
     assert heat[40:56, 8:24].mean() > 0.5 and heat[:32, 32:].max() == 0.0
 
 
+def test_lime_mean_fill_follows_texture_where_black_fill_follows_brightness():
+    """A network that reads the image's brightness and the texture of one square. Hiding superpixels in black changes
+    the brightness wherever they are, so the black-fill map does not single out the square; filling them with their
+    own mean changes only texture, so the mean-fill map lies on the square."""
+
+    class BrightnessAndTexture(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            texture = x[:, 0, 40:56, 40:56].std(dim=(1, 2))
+            score = self.scale * (12 * x[:, 0].mean(dim=(1, 2)) + texture)
+            return torch.stack([torch.zeros_like(score), score], dim=1)
+
+    image = np.full((1, 1, 64, 64), 30, np.uint8)
+    image[:, :, :, :32] = 220  # a bright left half
+    image[:, :, 40:56, 40:56] = np.where(np.indices((16, 16)).sum(axis=0) % 2 == 0, 0, 120)  # texture, mean 60
+    square = np.zeros((64, 64), bool)
+    square[40:56, 40:56] = True
+    maps = {
+        fill: cams.heatmaps("lime", BrightnessAndTexture(), image, [1], lime_fill=fill)[0] for fill in ("black", "mean")
+    }
+    assert not square.ravel()[maps["black"].argmax()] and maps["black"][square].mean() < 0.6
+    assert maps["mean"][square].mean() > 0.8 and maps["mean"][~square].mean() < 0.1
+    with pytest.raises(ValueError, match="unknown LIME fill 'grey'"):
+        cams.heatmaps("lime", BrightnessAndTexture(), image, [1], lime_fill="grey")
+
+
 def test_candidate_layers_are_timm_stages():
     model = models.create("resnet10t", num_classes=2, in_chans=1)
     assert cams.candidate_layers(model, [-1, -2, -1, 99]) == ["layer4", "layer3"]

@@ -23,6 +23,7 @@ Method = Callable[..., np.ndarray]
 _REGISTRY: dict[str, Method] = {}
 _LAYERED: set[str] = set()  # methods that draw at a target layer
 PINNED_LAYER = "medxfer_cam_layer"  # model attribute: the layer chosen on val, used by every later CAM call
+LIME_FILLS = {"black": 0, "mean": None}  # lime hide_color per explain.lime_fill
 
 
 def register(name: str, uses_layer: bool) -> Callable[[Method], Method]:
@@ -48,7 +49,7 @@ def uses_layer(name: str) -> bool:
 def heatmaps(
     name: str, model: nn.Module, images: np.ndarray, targets: Sequence[int], layer: str | None = None, **options
 ) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of method `name`. options: seed, lime_samples, lime_segments (others ignore them)."""
+    """(N, H, W) maps in [0, 1] of method `name`. options: seed, lime_samples, lime_segments, lime_fill (others ignore them)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown explanation method {name!r}; allowed: {list_methods()}")
     if len(images) == 0:
@@ -191,11 +192,12 @@ def _lime(
     layer: str | None = None,
     lime_samples: int = 150,
     lime_segments: int = 50,
+    lime_fill: str = "black",
     seed: int = 0,
     **_,
 ) -> np.ndarray:
     del layer
-    return lime_maps(model, _uint8(images), targets, lime_samples, seed, lime_segments)
+    return lime_maps(model, _uint8(images), targets, lime_samples, seed, lime_segments, lime_fill)
 
 
 def lime_maps(
@@ -205,8 +207,13 @@ def lime_maps(
     num_samples: int,
     seed: int,
     n_segments: int = 50,
+    fill: str = "black",
 ) -> np.ndarray:
-    """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1]."""
+    """(N, H, W) LIME maps: each superpixel's positive weight for the target class, scaled to [0, 1].
+
+    `fill`: what a hidden superpixel becomes, black or its own mean grey. Black blobs are unlike any radiograph and
+    can lower a class's probability wherever they land; the mean removes only the texture inside the superpixel.
+    """
     from lime import lime_image
 
     # lime 0.2.0.1 draws a tqdm bar per image into the job's log and has no switch (its later progress_bar=False)
@@ -214,6 +221,8 @@ def lime_maps(
     n, channels = images.shape[:2]
     if channels > 3:
         raise ValueError(f"LIME needs at most 3 channels, got {channels}")
+    if fill not in LIME_FILLS:
+        raise ValueError(f"unknown LIME fill {fill!r}; allowed: {list(LIME_FILLS)}")
 
     def classify(batch: np.ndarray) -> np.ndarray:
         chw = np.moveaxis(batch[..., :channels], -1, 1)
@@ -230,7 +239,7 @@ def lime_maps(
             classify,
             labels=(int(targets[i]),),
             top_labels=None,
-            hide_color=0,
+            hide_color=LIME_FILLS[fill],  # None: lime fills each superpixel with its mean
             num_samples=num_samples,
             batch_size=64,  # lime's default of 10 makes many small forward passes
             segmentation_fn=lambda _image, labels=labels: labels,

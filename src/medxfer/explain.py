@@ -50,19 +50,6 @@ def choose_images(groups: np.ndarray, n_images: int, seed: int) -> np.ndarray:
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def _maps(
-    model: torch.nn.Module,
-    method: str,
-    images: np.ndarray,
-    targets: Sequence[int],
-    lime_samples: int,
-    n_segments: int,
-    seed: int,
-) -> np.ndarray:
-    """Maps of a registry method; CAMs draw at the layer chosen on val (pinned on the model), else the default."""
-    return cams.heatmaps(method, model, images, targets, lime_samples=lime_samples, lime_segments=n_segments, seed=seed)
-
-
 def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """RGB uint8 overlay of a heatmap on the first channel of a (C, H, W) uint8 image, same size as the image."""
     gray = image[0].astype(np.float32) / 255.0
@@ -133,7 +120,8 @@ def explain_model(
     methods = [selection["method"], *(m for m in methods if m != selection["method"])]  # the chosen one first
 
     def maps_of(method: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return _maps(model, method, images, targets, settings.lime_samples, settings.lime_segments, seed)
+        # CAMs draw at the layer chosen on val, pinned on the model
+        return cams.heatmaps(method, model, images, targets, **settings.map_options(seed))
 
     index, table, decided = _gallery_table(model, test, meta, settings.n_images, seed, dev)
     _write_gallery_files(out_dir, table, test.images[index], methods, maps_of, meta, selection, model_dir, logger)

@@ -77,7 +77,7 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
     if len(index) == 0:
         raise ValueError("the val split is empty: the heatmap method and layer are chosen on val images")
     images, targets = val.images[index], val.labels[index]
-    options = dict(seed=seed, lime_samples=settings.lime_samples, lime_segments=settings.lime_segments)
+    options = settings.map_options(seed)
     threshold = settings.sanity_threshold
     random_model, reset = randomised(model, seed)
     rows = []

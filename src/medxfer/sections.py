@@ -78,8 +78,14 @@ class ExplainSection(ConfigSection):
     n_images: int
     lime_samples: int
     lime_segments: int
+    lime_fill: str
     n_faithfulness: int
     deletion_steps: int
+
+    def map_options(self, seed: int) -> dict[str, Any]:
+        """The options every heatmap method takes (medxfer.cams.heatmaps; each ignores those it does not use)."""
+        lime = dict(lime_samples=self.lime_samples, lime_segments=self.lime_segments, lime_fill=self.lime_fill)
+        return dict(seed=seed, **lime)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Heatmap settings compared on one split's findings: localisation and deletion against the centre prior and random map.
+
+For choosing heatmap settings (LIME's fill, superpixels and samples; a CAM method's layer) on val images with finding
+masks, never on test. Each variant is `method[:key=value,...]` with keys from the config's `explain` section
+(lime_fill, lime_segments, lime_samples) or `layer` (a timm feature_info position, for CAM methods). The images are
+scored as the workflow's faithfulness tables score them (medxfer.faithfulness), with the same paired bootstrap against
+both baselines (medxfer.localisation.versus_baselines). Prints JSON.
+
+    .venv/bin/python benchmarks/heatmap_localisation.py results/localise-fracatlas --target fracatlas \\
+        --arch efficientnet_lite0 --split val lime lime:lime_fill=mean lime:lime_fill=mean,lime_segments=100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medxfer import cams, models, paths, runtime
+from medxfer.cache import load_cached
+from medxfer.faithfulness import faithfulness
+from medxfer.localisation import BASELINES, COMPARED, SCORES, versus_baselines
+from medxfer.sections import ExplainSection
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """`lime:lime_fill=mean,lime_segments=100` -> ("lime", {"lime_fill": "mean", "lime_segments": 100})."""
+    method, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, value = pair.partition("=")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    if method not in cams.list_methods():
+        raise SystemExit(f"{text}: unknown method {method!r}; allowed: {cams.list_methods()}")
+    return method, options
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a results folder with the fine-tuned model and its cached images")
+    parser.add_argument("variants", nargs="+", help="method[:key=value,...]")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--init", default="imagenet")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--n", type=int, default=200, help="images (those with a finding mask first)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resamples", type=int, default=2000)
+    args = parser.parse_args()
+
+    runtime.configure(args.threads, args.seed)
+    run = dict(target=args.target, init=args.init, seed=args.seed, arch=args.arch)
+    model, meta = models.load(Path(args.results) / paths.MODEL.format(**run), runtime.select_device("auto"))
+    dataset = Path(args.results) / paths.DATASET.format(dataset=args.target)
+    split = load_cached(dataset / "manifest.csv", dataset / f"images_{meta['input_size']}.npy").splits[args.split]
+    defaults = ExplainSection.from_config({})
+    variants = {text: parse_variant(text) for text in args.variants}
+
+    def maps_of(name: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        method, options = variants[name]
+        position = options.get("layer")
+        layer = cams.candidate_layers(model, [position])[0] if position is not None else None
+        settings = defaults.map_options(args.seed) | {k: v for k, v in options.items() if k != "layer"}
+        return cams.heatmaps(method, model, images, targets, layer, **settings)
+
+    scores = faithfulness(model, split, list(variants), maps_of, args.n, defaults.deletion_steps, args.seed)
+    scores.insert(0, "split", args.split)
+    compared = versus_baselines(scores, ["split"], args.resamples, args.seed).set_index("method")
+    means = scores.groupby("method", sort=False)[SCORES].mean()
+    result = {
+        "model": meta.get("name", args.arch),
+        "split": args.split,
+        "images": int(scores["image_id"].nunique()),
+        "with_mask": int(scores.drop_duplicates("image_id")["has_mask"].sum()),
+        "variants": {},
+    }
+    for name in [*variants, *BASELINES]:
+        row = {"means": {k: round(float(v), 4) for k, v in means.loc[name].items()}}
+        if name not in BASELINES:
+            for metric in COMPARED:
+                for baseline in BASELINES:
+                    key = f"{metric}_minus_{baseline}"
+                    if key in compared:
+                        values = compared.loc[name, [key, f"{key}_lo", f"{key}_hi"]]
+                        row[key] = [None if v is None or np.isnan(v) else round(float(v), 4) for v in values]
+        result["variants"][name] = row
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
