@@ -56,7 +56,7 @@ def main() -> None:
     run = dict(target=args.target, init=args.init, seed=args.seed, arch=args.arch)
     model, meta = models.load(Path(args.results) / paths.MODEL.format(**run), runtime.select_device("auto"))
     dataset = Path(args.results) / paths.DATASET.format(dataset=args.target)
-    split = load_cached(dataset / "manifest.csv", dataset / f"images_{meta['input_size']}.npy").splits[args.split]
+    split = load_cached(dataset / "manifest.csv", dataset / f"images_{meta['input_size'][-1]}.npy").splits[args.split]
     defaults = ExplainSection.from_config({})
     variants = {text: parse_variant(text) for text in args.variants}
 
@@ -72,7 +72,7 @@ def main() -> None:
     compared = versus_baselines(scores, ["split"], args.resamples, args.seed).set_index("method")
     means = scores.groupby("method", sort=False)[SCORES].mean()
     result = {
-        "model": meta.get("name", args.arch),
+        "model": str(paths.MODEL.format(**run)),
         "split": args.split,
         "images": int(scores["image_id"].nunique()),
         "with_mask": int(scores.drop_duplicates("image_id")["has_mask"].sum()),

@@ -49,7 +49,10 @@ def uses_layer(name: str) -> bool:
 def heatmaps(
     name: str, model: nn.Module, images: np.ndarray, targets: Sequence[int], layer: str | None = None, **options
 ) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of method `name`. options: seed, lime_samples, lime_segments, lime_fill (others ignore them)."""
+    """(N, H, W) maps in [0, 1] of method `name`.
+
+    options: seed, lime_samples, lime_segments, lime_fill (ExplainSection.map_options; methods ignore the others).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown explanation method {name!r}; allowed: {list_methods()}")
     if len(images) == 0:
