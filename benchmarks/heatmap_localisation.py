@@ -1,10 +1,11 @@
 """Heatmap settings compared on one split's findings: localisation and deletion against the centre prior and random map.
 
 For choosing heatmap settings (LIME's fill, superpixels and samples; a CAM method's layer) on val images with finding
-masks, never on test. Each variant is `method[:key=value,...]` with keys from the config's `explain` section
-(lime_fill, lime_segments, lime_samples) or `layer` (a timm feature_info position, for CAM methods). The images are
-scored as the workflow's faithfulness tables score them (medxfer.faithfulness), with the same paired bootstrap against
-both baselines (medxfer.localisation.versus_baselines). Prints JSON.
+masks, never on test. Each variant is `method[:key=value,...]`: the run's own `explain` settings (its
+report/run.json) with those keys changed (lime_fill, lime_segments, lime_samples), or `layer` (a timm feature_info
+position, for CAM methods). The images are chosen and scored as the workflow's faithfulness tables do it
+(medxfer.faithfulness), with the same paired bootstrap against both baselines (medxfer.localisation.versus_baselines).
+Prints JSON. Run it where the workflow ran: the manifests' image and mask paths are relative to that folder.
 
     .venv/bin/python benchmarks/heatmap_localisation.py results/localise-fracatlas --target fracatlas \\
         --arch efficientnet_lite0 --split val lime lime:lime_fill=mean lime:lime_fill=mean,lime_segments=100
@@ -22,6 +23,7 @@ import numpy as np
 from medxfer import cams, models, paths, runtime
 from medxfer.cache import load_cached
 from medxfer.faithfulness import faithfulness
+from medxfer.io import read_json
 from medxfer.localisation import BASELINES, COMPARED, SCORES, versus_baselines
 from medxfer.sections import ExplainSection
 
@@ -44,32 +46,36 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="method[:key=value,...]")
     parser.add_argument("--target", required=True)
     parser.add_argument("--init", default="imagenet")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed of the model")
     parser.add_argument("--arch", required=True)
     parser.add_argument("--split", default="val", choices=["val", "test"])
-    parser.add_argument("--n", type=int, default=200, help="images (those with a finding mask first)")
+    parser.add_argument(
+        "--n", type=int, help="images, those with a finding mask first (default: the run's n_faithfulness)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resamples", type=int, default=2000)
     args = parser.parse_args()
 
-    runtime.configure(args.threads, args.seed)
+    config = read_json(Path(args.results) / paths.RUN_RECORD)["config"]
+    settings, seed = ExplainSection.from_config(config["explain"]), config["seed"]
+    runtime.configure(args.threads, seed)
     run = dict(target=args.target, init=args.init, seed=args.seed, arch=args.arch)
     model, meta = models.load(Path(args.results) / paths.MODEL.format(**run), runtime.select_device("auto"))
     dataset = Path(args.results) / paths.DATASET.format(dataset=args.target)
     split = load_cached(dataset / "manifest.csv", dataset / f"images_{meta['input_size'][-1]}.npy").splits[args.split]
-    defaults = ExplainSection.from_config({})
     variants = {text: parse_variant(text) for text in args.variants}
 
     def maps_of(name: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         method, options = variants[name]
         position = options.get("layer")
         layer = cams.candidate_layers(model, [position])[0] if position is not None else None
-        settings = defaults.map_options(args.seed) | {k: v for k, v in options.items() if k != "layer"}
-        return cams.heatmaps(method, model, images, targets, layer, **settings)
+        changed = {k: v for k, v in options.items() if k != "layer"}
+        return cams.heatmaps(method, model, images, targets, layer, **settings.map_options(seed) | changed)
 
-    scores = faithfulness(model, split, list(variants), maps_of, args.n, defaults.deletion_steps, args.seed)
+    n_images = args.n or settings.n_faithfulness
+    scores = faithfulness(model, split, list(variants), maps_of, n_images, settings.deletion_steps, seed)
     scores.insert(0, "split", args.split)
-    compared = versus_baselines(scores, ["split"], args.resamples, args.seed).set_index("method")
+    compared = versus_baselines(scores, ["split"], args.resamples, seed).set_index("method")
     means = scores.groupby("method", sort=False)[SCORES].mean()
     result = {
         "model": str(paths.MODEL.format(**run)),

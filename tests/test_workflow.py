@@ -430,6 +430,30 @@ def test_cli_redoes_an_explain_model_job(run_dir, tmp_path):
         pd.testing.assert_frame_equal(ours_csv, job_csv, check_exact=True, obj=rel)
 
 
+def test_heatmap_settings_benchmark_scores_as_the_workflow_does(run_dir):
+    """benchmarks/heatmap_localisation.py on the run's test split, with the run's own explain settings, gives the
+    workflow's faithfulness means for LIME and both baselines; a changed setting gives other maps."""
+    script = REPO / "benchmarks/heatmap_localisation.py"
+    model = ("--target", "demo_mura", "--init", "scratch", "--seed", "0", "--arch", "resnet18", "--threads", "1")
+    variants = ("lime", "lime:lime_fill=mean,lime_segments=20")
+    command = [sys.executable, str(script), "results", *variants, *model, "--split", "test"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=run_dir)  # paths as the run's
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = json.loads(result.stdout)["variants"]
+    job = pd.read_csv(run_dir / "results/faithfulness/demo_mura/scratch/seed0/resnet18.csv")
+    columns = ["pointing_hit_tol", "energy_in_box", "pixel_auc", "deletion_auc", "blurred_deletion_auc"]
+    means = job.groupby("method")[columns].mean()
+    for method in ("lime", "random", "centre"):
+        for column in columns:
+            assert scored[method]["means"][column] == pytest.approx(means.loc[method, column], abs=1e-4), (
+                method,
+                column,
+            )
+    changed = scored["lime:lime_fill=mean,lime_segments=20"]["means"]
+    assert any(changed[c] != pytest.approx(scored["lime"]["means"][c], abs=1e-4) for c in columns)
+    assert "energy_in_box_minus_centre" in scored["lime"] and "pointing_hit_tol_minus_random" in scored["lime"]
+
+
 def test_cli_redoes_an_assess_robustness_job(run_dir, tmp_path):
     """The same perturbed-test table and plot as the workflow's job (CT: the HU-window shift reads the raw DICOM)."""
     ours = cli_redo(run_dir, tmp_path, "robustness", "--target", "demo_ct", "--init", "indomain", "--seed", "0")
