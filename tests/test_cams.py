@@ -59,7 +59,7 @@ def test_schema_allows_exactly_the_registry():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     allowed = schema["properties"]["explain"]["properties"]["methods"]["items"]["enum"]
     assert set(allowed) == set(cams.list_methods()) == {
-        "gradcam", "gradcampp", "hirescam", "layercam", "eigencam", "occlusion", "lime"
+        "gradcam", "gradcampp", "hirescam", "layercam", "eigencam", "scorecam", "occlusion", "lime"
     }  # fmt: skip
 
 

@@ -8,10 +8,11 @@ the input and ignore it. `heatmaps(name, ...)` is the one way to draw a map; `re
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.ndimage import gaussian_filter
 from torch import nn
@@ -114,6 +115,24 @@ for _name, _class in [
     ("eigencam", EigenCAM),  # class-agnostic: the first principal component of the activations
 ]:
     register(_name, uses_layer=True)(_cam(_class))
+
+
+class _ScoreCAM(ScoreCAM):
+    batch_size = 64  # masked copies per forward pass (the library's default is 16)
+
+
+@register("scorecam", uses_layer=True)
+def _scorecam(model: nn.Module, images: np.ndarray, targets: Sequence[int], layer: str | None, **_) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020): each activation map of the layer, as a soft mask on the image, weighted by the
+    softmax of the class scores the masked images keep. No gradients, one forward pass per channel and image: the
+    images go a few at a time, because the library holds every masked copy of a batch at once."""
+    from pytorch_grad_cam import score_cam
+
+    score_cam.tqdm = SimpleNamespace(tqdm=_without_progress_bar)  # a bar per image into the job's log otherwise
+    draw, step = _cam(_ScoreCAM), 4
+    return np.concatenate(
+        [draw(model, images[i : i + step], targets[i : i + step], layer) for i in range(0, len(images), step)]
+    )
 
 
 @register("occlusion", uses_layer=False)
