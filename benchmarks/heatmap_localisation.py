@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medxfer import cams, models, paths, runtime
+from medxfer import cams, jobs, models, paths, runtime
 from medxfer.cache import load_cached
 from medxfer.faithfulness import faithfulness
 from medxfer.io import read_json
@@ -60,9 +60,9 @@ def main() -> None:
     settings, seed = ExplainSection.from_config(config["explain"]), config["seed"]
     runtime.configure(args.threads, seed)
     run = dict(target=args.target, init=args.init, seed=args.seed, arch=args.arch)
-    model, meta = models.load(Path(args.results) / paths.MODEL.format(**run), runtime.select_device("auto"))
-    dataset = Path(args.results) / paths.DATASET.format(dataset=args.target)
-    split = load_cached(dataset / "manifest.csv", dataset / f"images_{meta['input_size'][-1]}.npy").splits[args.split]
+    model, meta = models.load(paths.artifact(str(args.results), paths.MODEL, **run), runtime.select_device("auto"))
+    data = jobs.dataset_inputs(config | {"results": str(args.results)}, args.target)
+    split = load_cached(data["manifest"], data["images"]).splits[args.split]
     variants = {text: parse_variant(text) for text in args.variants}
 
     def maps_of(name: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def main() -> None:
     compared = versus_baselines(scores, ["split"], args.resamples, seed).set_index("method")
     means = scores.groupby("method", sort=False)[SCORES].mean()
     result = {
-        "model": str(paths.MODEL.format(**run)),
+        "model": paths.artifact(str(args.results), paths.MODEL, **run),
         "split": args.split,
         "images": int(scores["image_id"].nunique()),
         "with_mask": int(scores.drop_duplicates("image_id")["has_mask"].sum()),

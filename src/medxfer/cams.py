@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, score_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.ndimage import gaussian_filter
 from torch import nn
@@ -126,8 +126,6 @@ def _scorecam(model: nn.Module, images: np.ndarray, targets: Sequence[int], laye
     """Score-CAM (Wang et al. 2020): each activation map of the layer, as a soft mask on the image, weighted by the
     softmax of the class scores the masked images keep. No gradients, one forward pass per channel and image: the
     images go a few at a time, because the library holds every masked copy of a batch at once."""
-    from pytorch_grad_cam import score_cam
-
     score_cam.tqdm = SimpleNamespace(tqdm=_without_progress_bar)  # a bar per image into the job's log otherwise
     draw, step = _cam(_ScoreCAM), 4
     return np.concatenate(
