@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import skops.io
 from sklearn.ensemble import VotingClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
@@ -286,6 +287,40 @@ def _overlapping_binary(path: Path, seed: int = 0) -> Path:
         arrays[f"ids_{split}"] = np.array([f"{split}-{i:03d}" for i in range(n)])
     save_npz(path, **arrays)
     return path
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_stacked_ensemble_is_a_logistic_regression_on_the_members_out_of_fold_probabilities(tmp_path: Path) -> None:
+    features = _overlapping_binary(tmp_path / "features.npz")
+    metrics = _train(features, tmp_path / "s", ENSEMBLE, {"combine": "stacked"}, decision="cohen_kappa")
+    assert metrics["best_params"]["combine"] == "stacked" and set(metrics["best_params"]["members"]) == set(MEMBERS)
+    data = load_feature_file(features)
+    x, y, groups = fit_data(data)
+    members = tmp_path / "s" / "members"
+    member_oof = np.column_stack([pd.read_csv(members / m / "oof.csv")["prob_malignant"] for m in MEMBERS])
+    splits, _ = cv_splits(y, groups, 3, seed=0)
+    meta = LogisticRegression(C=1.0, max_iter=1000)
+    meta_oof = cross_val_predict(meta, member_oof, y, cv=splits, method="predict_proba")  # the members' folds
+    oof = pd.read_csv(tmp_path / "s" / "oof.csv")[["prob_benign", "prob_malignant"]]
+    np.testing.assert_allclose(oof, meta_oof, atol=1e-12)
+    assert metrics["decision"]["threshold"] == choose_threshold(y, meta_oof, "cohen_kappa")
+    member_test = np.column_stack(
+        [load_classifier(members / m / "model.skops").predict_proba(data["X_test"])[:, 1] for m in MEMBERS]
+    )
+    saved = pd.read_csv(tmp_path / "s" / "predictions.csv")[["prob_benign", "prob_malignant"]]
+    np.testing.assert_allclose(saved, meta.fit(member_oof, y).predict_proba(member_test), atol=1e-12)
+    reloaded = load_classifier(tmp_path / "s" / "model.skops")  # sklearn types only: the trusted loader takes it
+    np.testing.assert_allclose(reloaded.predict_proba(data["X_test"]), saved, atol=1e-12)
+
+    knn_oof = members / "knn" / "oof.csv"
+    pd.read_csv(knn_oof).assign(prob_malignant=np.nan).to_csv(knn_oof, index=False)
+    with pytest.raises(ValueError, match=r"stacked ensemble needs every member's out-of-fold predictions"):
+        train_classifier(
+            features, ENSEMBLE, {"combine": "stacked"}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
+            member_metrics=[members / m / "metrics.json" for m in MEMBERS], **_sections(),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"combine 'median'; allowed: \['mean', 'stacked'\]"):
+        create_classifier(ENSEMBLE, {"members": {"logreg": {}, "knn": {}}, "combine": "median"}, seed=0, threads=1)
 
 
 def test_decision_threshold_is_chosen_out_of_fold_never_on_test(tmp_path: Path) -> None:

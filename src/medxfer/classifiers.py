@@ -16,7 +16,12 @@ from typing import Any
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    StackingClassifier,
+    VotingClassifier,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
@@ -27,6 +32,9 @@ from sklearn.svm import SVC, LinearSVC
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
 ENSEMBLE = "ensemble"
+MEAN, STACKED = "mean", "stacked"
+COMBINE = (MEAN, STACKED)  # how the ensemble combines its members' probabilities
+STACK_C = 1.0  # the stacking meta-learner's inverse L2 strength: a few inputs, a few hundred rows
 
 # Module prefixes whose types a saved classifier may contain; anything else in a .skops file is refused.
 _TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.")
@@ -115,19 +123,26 @@ def _mlp(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
 
 @register_classifier(ENSEMBLE)
 def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    """Soft voting (mean probability) over unfitted members given as `{"members": {name: fixed params}}`.
+    """Unfitted members given as `{"members": {name: fixed params}, "combine": mean|stacked}`: soft voting (the mean
+    probability), or stacking (a logistic regression on the members' out-of-fold probabilities).
 
-    medxfer.classify.train_classifier does not refit: it votes over the members' fitted models.
+    medxfer.classify.train_classifier does not refit: it combines the members' fitted models and out-of-fold files.
     """
-    unknown = sorted(set(params) - {"members"})
+    unknown = sorted(set(params) - {"members", "combine"})
     if unknown:
-        raise ValueError(f"classifier '{ENSEMBLE}': unknown parameter(s) {unknown}; allowed: ['members']")
+        raise ValueError(f"classifier '{ENSEMBLE}': unknown parameter(s) {unknown}; allowed: ['combine', 'members']")
     members = params.get("members") or {}
     if not isinstance(members, Mapping) or len(members) < 2:
         raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members with their parameters, got {members!r}")
     if ENSEMBLE in members:
         raise ValueError(f"classifier '{ENSEMBLE}' cannot contain itself")
+    combine = params.get("combine", MEAN)
+    if combine not in COMBINE:
+        raise ValueError(f"classifier '{ENSEMBLE}': combine '{combine}'; allowed: {list(COMBINE)}")
     estimators = [(name, create_classifier(name, p, seed, threads)) for name, p in members.items()]
+    if combine == STACKED:
+        meta = LogisticRegression(C=STACK_C, max_iter=1000)
+        return Pipeline([("clf", StackingClassifier(estimators, meta, cv=3, stack_method="predict_proba"))])
     return Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
 
 
@@ -187,7 +202,11 @@ def load_sklearn_objects(path: str | os.PathLike) -> Any:
 
 __all__ = [
     "CLASSIFIERS",
+    "COMBINE",
     "ENSEMBLE",
+    "MEAN",
+    "STACKED",
+    "STACK_C",
     "ClassifierBuilder",
     "create_classifier",
     "load_classifier",

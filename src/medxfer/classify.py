@@ -15,14 +15,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import VotingClassifier
+from sklearn.ensemble import StackingClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from medxfer.calibration import N_BINS, calibration_scores, choose_recalibration, recalibrated
-from medxfer.classifiers import ENSEMBLE, create_classifier, load_classifier, skops_io
+from medxfer.classifiers import ENSEMBLE, MEAN, STACK_C, STACKED, create_classifier, load_classifier, skops_io
 from medxfer.fusion import feature_identity, is_ordinal, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
 from medxfer.log import mark_work_start
@@ -50,13 +51,21 @@ def classifier_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarr
 
 
 def _fitted_ensemble(
-    features_path: Path, member_metrics: Sequence[str | os.PathLike], fit_ids: np.ndarray, want_oof: bool
+    features_path: Path,
+    member_metrics: Sequence[str | os.PathLike],
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    combine: str,
+    want_oof: bool,
+    cv: tuple[int, int, int],
 ) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
-    """Soft voting over the members' saved, fitted models, and the mean of their out-of-fold probabilities.
+    """The members' saved, fitted models combined (`combine`: mean, or stacked), and the out-of-fold probabilities the
+    threshold is chosen on: the mean of the members' oof.csv, or the stack's own out of fold.
 
     Each member's metrics.json must come from the same feature file; its model.skops and oof.csv sit beside it.
     Voting over the fitted members gives what refitting them would (same params, seed and folds) at no cost.
+    `rows`: the train+val ids, labels and groups; `cv`: seed, threads and folds of the members' own CV.
     """
+    fit_ids, y_fit, groups = rows
     params: dict[str, dict[str, Any]] = {}
     estimators, oofs = [], []
     for path in map(Path, member_metrics):
@@ -64,8 +73,8 @@ def _fitted_ensemble(
         if saved.get("features") != str(features_path) or "best_params" not in saved:
             raise ValueError(f"{path}: not a classifier result on {features_path} (features {saved.get('features')})")
         params[saved["classifier"]] = saved["best_params"]
-        estimators.append((saved["classifier"], FrozenEstimator(load_classifier(path.with_name("model.skops")))))
-        if want_oof:
+        estimators.append((saved["classifier"], load_classifier(path.with_name("model.skops"))))
+        if want_oof or combine == STACKED:
             oof_path = path.with_name(OOF)
             if not oof_path.is_file():
                 raise ValueError(f"{oof_path}: missing; the ensemble's threshold needs each member's {OOF}")
@@ -75,8 +84,44 @@ def _fitted_ensemble(
             oofs.append(proba)
     if len(estimators) < 2:
         raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members, got {sorted(params)}")
-    model = Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
-    return {"members": params}, model, np.mean(oofs, axis=0) if oofs else None
+    if combine == STACKED:
+        model, oof = _stacked(estimators, oofs, y_fit, groups, cv)
+        return {"members": params, "combine": combine}, model, oof
+    frozen = [(name, FrozenEstimator(member)) for name, member in estimators]
+    model = Pipeline([("clf", VotingClassifier(frozen, voting="soft"))])
+    return {"members": params, "combine": combine}, model, np.mean(oofs, axis=0) if oofs else None
+
+
+def _stacked(
+    estimators: list[tuple[str, Pipeline]],
+    oofs: list[np.ndarray],
+    y_fit: np.ndarray,
+    groups: np.ndarray | None,
+    cv: tuple[int, int, int],
+) -> tuple[Pipeline, np.ndarray | None]:
+    """Stacking (Wolpert 1992): a logistic regression on the members' out-of-fold probabilities learns how far to
+    trust each one, which the mean cannot. Every row it learns from was predicted by a member that never saw it; its
+    own out-of-fold predictions (the members' folds) are what the threshold and the val pick see."""
+    n_classes = oofs[0].shape[1]
+    present = np.unique(y_fit)  # the members' models predict these classes only
+    meta_x = stack_inputs([p[:, present] for p in oofs])
+    if np.isnan(meta_x).any():
+        raise ValueError("a stacked ensemble needs every member's out-of-fold predictions (a class has too few cases)")
+    seed, threads, folds = cv
+    meta = LogisticRegression(C=STACK_C, max_iter=1000)
+    oof, _ = out_of_fold_proba(Pipeline([("clf", meta)]), meta_x, y_fit, groups, n_classes, seed, threads, folds)
+    meta.fit(meta_x, y_fit)
+    # the members as fitted, the meta-learner as fitted on out-of-fold rows: fit() below changes neither
+    stack = StackingClassifier(
+        estimators, final_estimator=FrozenEstimator(meta), cv="prefit", stack_method="predict_proba"
+    )
+    return Pipeline([("clf", stack)]), oof
+
+
+def stack_inputs(probas: Sequence[np.ndarray]) -> np.ndarray:
+    """The members' probabilities side by side, as sklearn's StackingClassifier passes them to its meta-learner:
+    P(positive) alone for two classes (the other column is one minus it)."""
+    return np.hstack([p[:, 1:] if p.shape[1] == 2 else p for p in probas])
 
 
 def _pca_width(features_path: Path, shape: tuple[int, ...], pca_components: int | None, cv_folds: int) -> int | None:
@@ -125,7 +170,11 @@ def _select_and_fit(
     x_fit, y_fit, groups = rows  # fit_data(data), computed once by the caller
     if name == ENSEMBLE:
         fit_ids = np.concatenate([data["ids_train"], data["ids_val"]])
-        best_params, model, oof = _fitted_ensemble(features_path, member_metrics, fit_ids, want_oof)
+        combine = params.get("combine", MEAN)
+        ids_labels_groups = (fit_ids, y_fit, groups)
+        best_params, model, oof = _fitted_ensemble(
+            features_path, member_metrics, ids_labels_groups, combine, want_oof, (seed, threads, cv_folds)
+        )
         missing = "a member has no out-of-fold predictions"
         cv: dict[str, Any] = {"skipped": "members' params were chosen by their own CV"}
     else:
