@@ -104,7 +104,7 @@ def _stacked(
     own out-of-fold predictions (the members' folds) are what the threshold and the val pick see."""
     n_classes = oofs[0].shape[1]
     present = np.unique(y_fit)  # the members' models predict these classes only
-    meta_x = stack_inputs([p[:, present] for p in oofs])
+    meta_x = _stack_inputs([p[:, present] for p in oofs])
     if np.isnan(meta_x).any():
         raise ValueError("a stacked ensemble needs every member's out-of-fold predictions (a class has too few cases)")
     seed, threads, folds = cv
@@ -118,7 +118,7 @@ def _stacked(
     return Pipeline([("clf", stack)]), oof
 
 
-def stack_inputs(probas: Sequence[np.ndarray]) -> np.ndarray:
+def _stack_inputs(probas: Sequence[np.ndarray]) -> np.ndarray:
     """The members' probabilities side by side, as sklearn's StackingClassifier passes them to its meta-learner:
     P(positive) alone for two classes (the other column is one minus it)."""
     return np.hstack([p[:, 1:] if p.shape[1] == 2 else p for p in probas])
