@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from medxfer.classifiers import CLASSIFIERS, ENSEMBLE, create_classifier, load_classifier
+from medxfer.classifiers import CLASSIFIERS, ENSEMBLE, STACKING, create_classifier, load_classifier
 from medxfer.classify import train_classifier
 from medxfer.fusion import load_feature_file
 from medxfer.io import read_json, save_npz
@@ -36,6 +36,7 @@ GRIDS = {
     "gradient_boosting": {"max_iter": 20, "learning_rate": [0.1, 0.3]},
     "mlp": {"hidden_layer_sizes": [[16]], "alpha": [0.0001, 0.01], "max_iter": 200},
     ENSEMBLE: {},
+    STACKING: {},
 }
 
 
@@ -66,7 +67,7 @@ def _sections(decision: str | None = None, pca_components: int | None = None) ->
 def _train(features: Path, out: Path, name: str, params: dict | None = None, **kwargs) -> dict:
     members = []
     shared = {k: kwargs.pop(k) for k in ("decision", "pca_components") if k in kwargs}
-    if name == ENSEMBLE:
+    if name in (ENSEMBLE, STACKING):
         for member in MEMBERS:
             _train(features, out / "members" / member, member, GRIDS[member], **shared)
             members.append(out / "members" / member / "metrics.json")
@@ -116,7 +117,7 @@ def test_classifier_trains_and_writes_artifacts(name: str, blobs: Path, tmp_path
     assert metrics["classifier"] == name and metrics["features"] == str(blobs)
     assert metrics["n"] == N["test"] and metrics["n_fit"] == N["train"] + N["val"] and metrics["n_features"] == 6
     assert np.array(metrics["confusion_matrix"]).sum() == N["test"]
-    if name == ENSEMBLE:
+    if name in (ENSEMBLE, STACKING):
         assert set(metrics["best_params"]["members"]) == set(MEMBERS)
     else:
         assert metrics["cv"]["candidates"] == 2 and len(metrics["cv"]["results"]) == 2
@@ -292,8 +293,8 @@ def _overlapping_binary(path: Path, seed: int = 0) -> Path:
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_stacked_ensemble_is_a_logistic_regression_on_the_members_out_of_fold_probabilities(tmp_path: Path) -> None:
     features = _overlapping_binary(tmp_path / "features.npz")
-    metrics = _train(features, tmp_path / "s", ENSEMBLE, {"combine": "stacked"}, decision="cohen_kappa")
-    assert metrics["best_params"]["combine"] == "stacked" and set(metrics["best_params"]["members"]) == set(MEMBERS)
+    metrics = _train(features, tmp_path / "s", STACKING, decision="cohen_kappa")
+    assert set(metrics["best_params"]["members"]) == set(MEMBERS)
     data = load_feature_file(features)
     x, y, groups = fit_data(data)
     members = tmp_path / "s" / "members"
@@ -316,11 +317,11 @@ def test_stacked_ensemble_is_a_logistic_regression_on_the_members_out_of_fold_pr
     pd.read_csv(knn_oof).assign(prob_malignant=np.nan).to_csv(knn_oof, index=False)
     with pytest.raises(ValueError, match=r"stacked ensemble needs every member's out-of-fold predictions"):
         train_classifier(
-            features, ENSEMBLE, {"combine": "stacked"}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
+            features, STACKING, {}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
             member_metrics=[members / m / "metrics.json" for m in MEMBERS], **_sections(),
         )  # fmt: skip
-    with pytest.raises(ValueError, match=r"combine 'median'; allowed: \['mean', 'stacked'\]"):
-        create_classifier(ENSEMBLE, {"members": {"logreg": {}, "knn": {}}, "combine": "median"}, seed=0, threads=1)
+    with pytest.raises(ValueError, match=r"classifier 'stacking' cannot combine a combiner: \['ensemble'\]"):
+        create_classifier(STACKING, {"members": {"logreg": {}, ENSEMBLE: {}}}, seed=0, threads=1)
 
 
 def test_decision_threshold_is_chosen_out_of_fold_never_on_test(tmp_path: Path) -> None:
@@ -424,7 +425,7 @@ def test_ensemble_of_fitted_members_equals_refitting_them(tmp_path: Path) -> Non
     np.testing.assert_allclose(saved, refit.fit(x, y).predict_proba(data["X_test"]), atol=1e-12)
 
     (tmp_path / "e" / "members" / "knn" / "oof.csv").unlink()
-    with pytest.raises(ValueError, match=r"members/knn/oof\.csv: missing; the ensemble's threshold needs"):
+    with pytest.raises(ValueError, match=r"members/knn/oof\.csv: missing; the ensemble's fit or threshold needs"):
         train_classifier(
             features, ENSEMBLE, {}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
             member_metrics=[tmp_path / "e" / "members" / m / "metrics.json" for m in MEMBERS],

@@ -118,3 +118,17 @@ def test_every_ablation_validates_over_its_base_and_writes_a_results_folder_of_i
         update_config(merged, read_yaml(REPO / "config" / name))
     expected = "base" if variant is None else variant.removeprefix(f"{study}-").removesuffix(".yaml")
     assert validate(merged)["results"] == f"results/ablation-{study}/{expected}"
+
+
+def test_each_combiner_gets_its_members_and_is_fitted_after_them():
+    from medxfer.jobs import classify_params, fit_order
+
+    chosen = {"stacking": {}, "logreg": {}, "svm": {}, "ensemble": {"members": ["knn", "svm"]}}
+    conf = validate(minimal() | {"classifiers": chosen})
+    with pytest.raises(
+        ValueError, match=r"classifiers\.ensemble\.members.*configured: \['logreg', 'svm'\]\); missing: \['knn'\]"
+    ):
+        classify_params(conf)  # a member that is not configured
+    conf["classifiers"]["knn"] = {}
+    assert fit_order(conf) == ["logreg", "svm", "knn", "stacking", "ensemble"]
+    assert classify_params(conf)["members"] == {"stacking": ["logreg", "svm", "knn"], "ensemble": ["knn", "svm"]}

@@ -29,11 +29,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from medxfer.config import COMBINERS
+
 ClassifierBuilder = Callable[[Mapping[str, Any], int, int], Pipeline]
 CLASSIFIERS: dict[str, ClassifierBuilder] = {}
-ENSEMBLE = "ensemble"
-MEAN, STACKED = "mean", "stacked"
-COMBINE = (MEAN, STACKED)  # how the ensemble combines its members' probabilities
+ENSEMBLE, STACKING = COMBINERS
 STACK_C = 1.0  # the stacking meta-learner's inverse L2 strength: a few inputs, a few hundred rows
 
 # Module prefixes whose types a saved classifier may contain; anything else in a .skops file is refused.
@@ -121,29 +121,38 @@ def _mlp(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
     return Pipeline([("scaler", StandardScaler()), ("clf", _configure("mlp", mlp, params, _SEED))])
 
 
-@register_classifier(ENSEMBLE)
-def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
-    """Unfitted members given as `{"members": {name: fixed params}, "combine": mean|stacked}`: soft voting (the mean
-    probability), or stacking (a logistic regression on the members' out-of-fold probabilities).
-
-    medxfer.classify.train_classifier does not refit: it combines the members' fitted models and out-of-fold files.
-    """
-    unknown = sorted(set(params) - {"members", "combine"})
+def _members(name: str, params: Mapping[str, Any], seed: int, threads: int) -> list[tuple[str, Pipeline]]:
+    """A combiner's unfitted members, from `{"members": {member: fixed params}}`."""
+    unknown = sorted(set(params) - {"members"})
     if unknown:
-        raise ValueError(f"classifier '{ENSEMBLE}': unknown parameter(s) {unknown}; allowed: ['combine', 'members']")
+        raise ValueError(f"classifier '{name}': unknown parameter(s) {unknown}; allowed: ['members']")
     members = params.get("members") or {}
     if not isinstance(members, Mapping) or len(members) < 2:
-        raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members with their parameters, got {members!r}")
-    if ENSEMBLE in members:
-        raise ValueError(f"classifier '{ENSEMBLE}' cannot contain itself")
-    combine = params.get("combine", MEAN)
-    if combine not in COMBINE:
-        raise ValueError(f"classifier '{ENSEMBLE}': combine '{combine}'; allowed: {list(COMBINE)}")
-    estimators = [(name, create_classifier(name, p, seed, threads)) for name, p in members.items()]
-    if combine == STACKED:
-        meta = LogisticRegression(C=STACK_C, max_iter=1000)
-        return Pipeline([("clf", StackingClassifier(estimators, meta, cv=3, stack_method="predict_proba"))])
-    return Pipeline([("clf", VotingClassifier(estimators, voting="soft"))])
+        raise ValueError(f"classifier '{name}' needs at least two members with their parameters, got {members!r}")
+    inside = sorted(set(members) & set(COMBINERS))
+    if inside:
+        raise ValueError(f"classifier '{name}' cannot combine a combiner: {inside}")
+    return [(member, create_classifier(member, p, seed, threads)) for member, p in members.items()]
+
+
+@register_classifier(ENSEMBLE)
+def _ensemble(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    """Soft voting (the mean probability) over unfitted members.
+
+    medxfer.classify.train_classifier does not refit: it votes over the members' fitted models.
+    """
+    return Pipeline([("clf", VotingClassifier(_members(ENSEMBLE, params, seed, threads), voting="soft"))])
+
+
+@register_classifier(STACKING)
+def _stacking(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
+    """Stacking: a logistic regression on the members' out-of-fold probabilities.
+
+    medxfer.classify.train_classifier does not refit the members: it fits the meta-learner on their oof.csv files.
+    """
+    meta = LogisticRegression(C=STACK_C, max_iter=1000)
+    stack = StackingClassifier(_members(STACKING, params, seed, threads), meta, cv=3, stack_method="predict_proba")
+    return Pipeline([("clf", stack)])
 
 
 def create_classifier(
@@ -202,10 +211,8 @@ def load_sklearn_objects(path: str | os.PathLike) -> Any:
 
 __all__ = [
     "CLASSIFIERS",
-    "COMBINE",
     "ENSEMBLE",
-    "MEAN",
-    "STACKED",
+    "STACKING",
     "STACK_C",
     "ClassifierBuilder",
     "create_classifier",

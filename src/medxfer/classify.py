@@ -23,7 +23,8 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from medxfer.calibration import N_BINS, calibration_scores, choose_recalibration, recalibrated
-from medxfer.classifiers import ENSEMBLE, MEAN, STACK_C, STACKED, create_classifier, load_classifier, skops_io
+from medxfer.classifiers import STACK_C, STACKING, create_classifier, load_classifier, skops_io
+from medxfer.config import COMBINERS
 from medxfer.fusion import feature_identity, is_ordinal, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
 from medxfer.log import mark_work_start
@@ -54,12 +55,12 @@ def _fitted_ensemble(
     features_path: Path,
     member_metrics: Sequence[str | os.PathLike],
     rows: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-    combine: str,
+    name: str,
     want_oof: bool,
     cv: tuple[int, int, int],
 ) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
-    """The members' saved, fitted models combined (`combine`: mean, or stacked), and the out-of-fold probabilities the
-    threshold is chosen on: the mean of the members' oof.csv, or the stack's own out of fold.
+    """The members' saved, fitted models combined (`name`: ensemble, by soft voting, or stacking), and the
+    out-of-fold probabilities the threshold is chosen on: the mean of the members' oof.csv, or the stack's own.
 
     Each member's metrics.json must come from the same feature file; its model.skops and oof.csv sit beside it.
     Voting over the fitted members gives what refitting them would (same params, seed and folds) at no cost.
@@ -74,22 +75,22 @@ def _fitted_ensemble(
             raise ValueError(f"{path}: not a classifier result on {features_path} (features {saved.get('features')})")
         params[saved["classifier"]] = saved["best_params"]
         estimators.append((saved["classifier"], load_classifier(path.with_name("model.skops"))))
-        if want_oof or combine == STACKED:
+        if want_oof or name == STACKING:
             oof_path = path.with_name(OOF)
             if not oof_path.is_file():
-                raise ValueError(f"{oof_path}: missing; the ensemble's threshold needs each member's {OOF}")
+                raise ValueError(f"{oof_path}: missing; the {name}'s fit or threshold needs each member's {OOF}")
             table, proba = read_predictions(oof_path)
             if not np.array_equal(table["image_id"].to_numpy(str), fit_ids.astype(str)):
                 raise ValueError(f"{oof_path}: its image_id rows are not the train+val rows of {features_path}")
             oofs.append(proba)
     if len(estimators) < 2:
-        raise ValueError(f"classifier '{ENSEMBLE}' needs at least two members, got {sorted(params)}")
-    if combine == STACKED:
+        raise ValueError(f"classifier '{name}' needs at least two members, got {sorted(params)}")
+    if name == STACKING:
         model, oof = _stacked(estimators, oofs, y_fit, groups, cv)
-        return {"members": params, "combine": combine}, model, oof
-    frozen = [(name, FrozenEstimator(member)) for name, member in estimators]
+        return {"members": params}, model, oof
+    frozen = [(member, FrozenEstimator(model)) for member, model in estimators]
     model = Pipeline([("clf", VotingClassifier(frozen, voting="soft"))])
-    return {"members": params, "combine": combine}, model, np.mean(oofs, axis=0) if oofs else None
+    return {"members": params}, model, np.mean(oofs, axis=0) if oofs else None
 
 
 def _stacked(
@@ -168,12 +169,11 @@ def _select_and_fit(
     Kept apart from train_classifier so that everything here provably sees train+val only.
     """
     x_fit, y_fit, groups = rows  # fit_data(data), computed once by the caller
-    if name == ENSEMBLE:
+    if name in COMBINERS:
         fit_ids = np.concatenate([data["ids_train"], data["ids_val"]])
-        combine = params.get("combine", MEAN)
         ids_labels_groups = (fit_ids, y_fit, groups)
         best_params, model, oof = _fitted_ensemble(
-            features_path, member_metrics, ids_labels_groups, combine, want_oof, (seed, threads, cv_folds)
+            features_path, member_metrics, ids_labels_groups, name, want_oof, (seed, threads, cv_folds)
         )
         missing = "a member has no out-of-fold predictions"
         cv: dict[str, Any] = {"skipped": "members' params were chosen by their own CV"}
@@ -329,21 +329,22 @@ def train_run_classifiers(
     outputs: Mapping[str, Sequence[str | os.PathLike]],
     classifiers: Mapping[str, Mapping[str, Any] | None],
     feature_sets: Sequence[str],
-    ensemble_members: Sequence[str] = (),
+    members: Mapping[str, Sequence[str]] | None = None,
     log: Any = None,
     **settings: Any,
 ) -> None:
     """Every classifier on every feature file of one run, as rule train_classifiers does: `outputs` maps each of
     model, predictions, oof, metrics, roc, roc_plot, confusion_plot, reliability_plot to one path per (classifier,
     feature set),
-    classifiers in the order given (the ensemble last), feature sets in `feature_sets` order. `settings`: seed,
-    threads, decision and classify of train_classifier (the last two the config's sections).
+    classifiers in the order given (the combiners last, `members` naming what each combines), feature sets in
+    `feature_sets` order. `settings`: seed, threads, decision and classify of train_classifier (the last two the
+    config's sections).
     """
     slot = {(c, f): i * len(feature_sets) + j for i, c in enumerate(classifiers) for j, f in enumerate(feature_sets)}
     for clf, hyperparameters in classifiers.items():
         for features_set, path in zip(feature_sets, features, strict=True):
             k = slot[clf, features_set]
-            members = [Path(outputs["metrics"][slot[m, features_set]]) for m in ensemble_members]
+            member_metrics = [Path(outputs["metrics"][slot[m, features_set]]) for m in (members or {}).get(clf, [])]
             metrics = train_classifier(
                 Path(path),
                 clf,
@@ -353,7 +354,7 @@ def train_run_classifiers(
                 roc_plot=Path(outputs["roc_plot"][k]),
                 confusion_plot=Path(outputs["confusion_plot"][k]),
                 reliability_plot=Path(outputs["reliability_plot"][k]),
-                member_metrics=members if clf == ENSEMBLE else [],
+                member_metrics=member_metrics,
                 oof_path=Path(outputs["oof"][k]),
                 **settings,
             )

@@ -263,6 +263,8 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {err}") from None
 
 
+# Classifiers that combine the others' fitted models (medxfer.classifiers): fitted last, each with its members.
+COMBINERS = ("ensemble", "stacking")
 JOB_SELECTORS = ("source", "targets", "inits", "archs", "imagenet_weights", "seeds")
 """Keys of `pretrain`/`finetune` that only choose which jobs exist: no job's training settings (training_params)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from medxfer import config as cfg
 from medxfer import paths
+from medxfer.config import COMBINERS
 
 
 def run_fields(wildcards: Any) -> dict[str, str]:
@@ -173,23 +174,27 @@ def classifier_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, li
     return {"features": [features_file(config["results"], wildcards, f) for f in feature_sets(config)]}
 
 
-def ensemble_members(config: Mapping[str, Any]) -> list[str]:
-    """The classifiers the soft-voting ensemble combines: as configured, or every other one."""
-    others = [c for c in config["classifiers"] if c != "ensemble"]
-    members = config["classifiers"].get("ensemble", {}).get("members") or others
-    missing = [m for m in members if m not in others]
-    if missing or len(members) < 2:
-        raise ValueError(
-            f"config key 'classifiers.ensemble.members': {members} must name at least two other configured "
-            f"classifiers (configured: {others}); missing: {missing}"
-        )
-    return members
+def combined_members(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """For each configured combiner (ensemble, stacking): the classifiers it combines, as configured or every other
+    one."""
+    others = [c for c in config["classifiers"] if c not in COMBINERS]
+    combined = {}
+    for combiner in (c for c in config["classifiers"] if c in COMBINERS):
+        members = (config["classifiers"][combiner] or {}).get("members") or others
+        missing = [m for m in members if m not in others]
+        if missing or len(members) < 2:
+            raise ValueError(
+                f"config key 'classifiers.{combiner}.members': {members} must name at least two other configured "
+                f"classifiers (configured: {others}); missing: {missing}"
+            )
+        combined[combiner] = list(members)
+    return combined
 
 
 def fit_order(config: Mapping[str, Any]) -> list[str]:
-    """The configured classifiers, the ensemble last: it votes over the others' fitted models."""
+    """The configured classifiers, the combiners last: they combine the others' fitted models."""
     names = list(config["classifiers"])
-    return [c for c in names if c != "ensemble"] + [c for c in names if c == "ensemble"]
+    return [c for c in names if c not in COMBINERS] + [c for c in names if c in COMBINERS]
 
 
 def classify_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,7 +202,7 @@ def classify_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "classifiers": {c: config["classifiers"][c] for c in fit_order(config)},
         "feature_sets": feature_sets(config),
-        "ensemble_members": ensemble_members(config) if "ensemble" in config["classifiers"] else [],
+        "members": combined_members(config),
         "decision": config["decision"]["threshold"],
         "pca_components": config["classify"]["pca_components"],
     }

@@ -205,7 +205,7 @@ def extract_features(job: Any) -> None:
 @stage
 def train_classifiers(job: Any) -> None:
     """Select (by CV on train+val), fit and test every classifier on each feature set of one run; outputs are listed
-    classifier by classifier (the ensemble last), feature set by feature set."""
+    classifier by classifier (the combiners last), feature set by feature set."""
     from medxfer.classify import train_run_classifiers
 
     train_run_classifiers(
@@ -213,7 +213,7 @@ def train_classifiers(job: Any) -> None:
         dict(job.output.items()),
         job.params.classifiers,
         job.params.feature_sets,
-        job.params.ensemble_members,
+        job.params.members,
         log=_logger(job, "medxfer.classify"),
         seed=job.params.seed,
         threads=job.threads,

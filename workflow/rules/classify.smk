@@ -21,7 +21,7 @@ rule train_classifiers:
     params:
         classifiers=CLASSIFY["classifiers"],
         feature_sets=CLASSIFY["feature_sets"],
-        ensemble_members=CLASSIFY["ensemble_members"],
+        members=CLASSIFY["members"],
         seed=run_seed,
         decision=CLASSIFY["decision"],
         pca_components=CLASSIFY["pca_components"],

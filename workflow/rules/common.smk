@@ -48,7 +48,7 @@ FT = config["finetune"]
 ARCHS = FT["archs"]
 CLASSIFIERS = list(config["classifiers"])
 FEATURE_SETS = jobs.feature_sets(config)
-# train_classifiers' settings (this also checks the ensemble's members)
+# train_classifiers' settings (this also checks the combiners' members)
 CLASSIFY = jobs.classify_params(config)
 INITS = FT["inits"]
 # Training seeds: every fine-tuning run is repeated per seed, each in its own folder level (<init>/seed<k>/).
