@@ -315,7 +315,7 @@ def test_stacked_ensemble_is_a_logistic_regression_on_the_members_out_of_fold_pr
 
     knn_oof = members / "knn" / "oof.csv"
     pd.read_csv(knn_oof).assign(prob_malignant=np.nan).to_csv(knn_oof, index=False)
-    with pytest.raises(ValueError, match=r"stacked ensemble needs every member's out-of-fold predictions"):
+    with pytest.raises(ValueError, match=r"stacking needs every member's out-of-fold predictions"):
         train_classifier(
             features, STACKING, {}, tmp_path / "m.skops", tmp_path / "p.csv", tmp_path / "m.json",
             member_metrics=[members / m / "metrics.json" for m in MEMBERS], **_sections(),

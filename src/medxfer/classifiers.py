@@ -1,8 +1,9 @@
 """The classifier registry: short config keys -> builders of unfitted sklearn pipelines, and safe skops I/O.
 
 As in Alzubaidi et al. 2023, the CNNs only provide features; the final decision comes from SVM (RBF or linear),
-logistic regression, random forest, k-NN, gradient boosting, an MLP or a soft-voting ensemble of them. Like timm's
-model registry, each builder registers itself under its key and everything else goes through create_classifier.
+logistic regression, random forest, k-NN, gradient boosting, an MLP, or a soft-voting ensemble or stacking of them.
+Like timm's model registry, each builder registers itself under its key and everything else goes through
+create_classifier.
 """
 
 from __future__ import annotations

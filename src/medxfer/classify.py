@@ -51,7 +51,7 @@ def classifier_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarr
     return full
 
 
-def _fitted_ensemble(
+def _fitted_combiner(
     features_path: Path,
     member_metrics: Sequence[str | os.PathLike],
     rows: tuple[np.ndarray, np.ndarray, np.ndarray | None],
@@ -107,7 +107,7 @@ def _stacked(
     present = np.unique(y_fit)  # the members' models predict these classes only
     meta_x = _stack_inputs([p[:, present] for p in oofs])
     if np.isnan(meta_x).any():
-        raise ValueError("a stacked ensemble needs every member's out-of-fold predictions (a class has too few cases)")
+        raise ValueError("stacking needs every member's out-of-fold predictions (a class has too few cases for folds)")
     seed, threads, folds = cv
     meta = LogisticRegression(C=STACK_C, max_iter=1000)
     oof, _ = out_of_fold_proba(Pipeline([("clf", meta)]), meta_x, y_fit, groups, n_classes, seed, threads, folds)
@@ -164,7 +164,7 @@ def _select_and_fit(
     reduce_to: int | None,
     want_oof: bool,
 ) -> _Fit:
-    """Choose params by CV (or take the ensemble's fitted members), the threshold out of fold, and fit on train+val.
+    """Choose params by CV (or take a combiner's fitted members), the threshold out of fold, and fit on train+val.
 
     Kept apart from train_classifier so that everything here provably sees train+val only.
     """
@@ -172,7 +172,7 @@ def _select_and_fit(
     if name in COMBINERS:
         fit_ids = np.concatenate([data["ids_train"], data["ids_val"]])
         ids_labels_groups = (fit_ids, y_fit, groups)
-        best_params, model, oof = _fitted_ensemble(
+        best_params, model, oof = _fitted_combiner(
             features_path, member_metrics, ids_labels_groups, name, want_oof, (seed, threads, cv_folds)
         )
         missing = "a member has no out-of-fold predictions"
@@ -186,7 +186,7 @@ def _select_and_fit(
     threshold, decided = validation_threshold(y_fit, oof, decision, missing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_fit, y_fit)  # the ensemble's members are fitted already: this only records the classes
+        model.fit(x_fit, y_fit)  # a combiner's members are fitted already: this only records the classes
     return _Fit(best_params, cv, model, oof, threshold, decided)
 
 
@@ -239,9 +239,8 @@ def train_classifier(
     """Select by CV and fit on train+val, predict test once; write model.skops, predictions.csv, metrics.json.
 
     Optional: ROC points as CSV (DVC-plottable) at `roc_path`, ROC and confusion-matrix PNGs, the out-of-fold
-    train+val predictions at `oof_path` (NaN where a class has too few cases for folds). The ensemble votes over
-    its members' fitted models, found beside their metrics.json files (`member_metrics`), and thresholds on the
-    mean of their oof.csv.
+    train+val predictions at `oof_path` (NaN where a class has too few cases for folds). A combiner (ensemble,
+    stacking) takes its members' fitted models and oof.csv, found beside their metrics.json files (`member_metrics`).
     `decision` (the config's section): argmax, or the metric whose best binary threshold is chosen out of fold on
     train+val. `classify.pca_components`: features wider than this are standardised and PCA-reduced inside the
     pipeline (the cost of SVM and k-NN grows with the width; the fused set is usually reduced already, by the fusion).
