@@ -15,7 +15,6 @@ from typing import Any
 
 from medxfer import config as cfg
 from medxfer import paths
-from medxfer.config import COMBINERS
 
 
 def run_fields(wildcards: Any) -> dict[str, str]:
@@ -177,9 +176,9 @@ def classifier_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, li
 def combined_members(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """For each configured combiner (ensemble, stacking): the classifiers it combines, as configured or every other
     one."""
-    others = [c for c in config["classifiers"] if c not in COMBINERS]
+    others = [c for c in config["classifiers"] if c not in cfg.COMBINERS]
     combined = {}
-    for combiner in (c for c in config["classifiers"] if c in COMBINERS):
+    for combiner in (c for c in config["classifiers"] if c in cfg.COMBINERS):
         members = (config["classifiers"][combiner] or {}).get("members") or others
         missing = [m for m in members if m not in others]
         if missing or len(members) < 2:
@@ -194,7 +193,7 @@ def combined_members(config: Mapping[str, Any]) -> dict[str, list[str]]:
 def fit_order(config: Mapping[str, Any]) -> list[str]:
     """The configured classifiers, the combiners last: they combine the others' fitted models."""
     names = list(config["classifiers"])
-    return [c for c in names if c not in COMBINERS] + [c for c in names if c in COMBINERS]
+    return [c for c in names if c not in cfg.COMBINERS] + [c for c in names if c in cfg.COMBINERS]
 
 
 def classify_params(config: Mapping[str, Any]) -> dict[str, Any]:
