@@ -186,7 +186,7 @@ def _select_and_fit(
     threshold, decided = validation_threshold(y_fit, oof, decision, missing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_fit, y_fit)  # a combiner's members are fitted already: this only records the classes
+        model.fit(x_fit, y_fit)  # a combiner refits nothing: it records the classes (stacking checks its members)
     return _Fit(best_params, cv, model, oof, threshold, decided)
 
 
