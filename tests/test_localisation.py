@@ -20,6 +20,7 @@ from medxfer.localisation import (
     random_maps,
     versus_baselines,
 )
+from medxfer.metrics import paired_mean_difference
 from medxfer.report import summarize_faithfulness
 
 SIZE = 224
@@ -211,6 +212,34 @@ def test_summary_has_every_score_the_comparison_and_a_plot(tmp_path):
     assert bool(per_model.loc["gradcam", "beats_baselines_deletion_auc"])
     assert pd.isna(per_model.loc["centre", "beats_baselines_deletion_auc"])
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_a_target_is_judged_by_the_method_each_model_chose_with_its_images_counted_once(tmp_path):
+    """The summary's `chosen_on_val` row pools each model's val-chosen method: two models on the same 30 images,
+    one chose a method far ahead of the baselines, the other one level with them. Its comparison pairs each image's
+    mean over the models, so the interval comes from 30 images, not 60 rows."""
+    first = faith_table({"good": 0.2, "tied": 0.0, "random": 0.0, "centre": 0.0}, seed=1).assign(arch="a")
+    second = faith_table({"good": 0.2, "tied": 0.0, "random": 0.0, "centre": 0.0}, seed=2).assign(arch="b")
+    first["chosen"], second["chosen"] = first["method"] == "good", second["method"] == "tied"
+    path = tmp_path / "faith.csv"
+    pd.concat([first, second]).to_csv(path, index=False)
+    means = summarize_faithfulness([path], tmp_path / "per_model.csv", tmp_path / "means.csv", tmp_path / "f.png")
+    row = means.set_index("method").loc["chosen_on_val"]
+    picked = pd.concat([first[first["chosen"]], second[second["chosen"]]])
+    assert row["n_images"] == 60
+    assert row["energy_in_box"] == pytest.approx(picked["energy_in_box"].mean())
+    per_image = pd.concat([first, second]).groupby(["image_id", "method"])["energy_in_box"].mean().unstack()
+    chosen_per_image = picked.groupby("image_id")["energy_in_box"].mean()
+    expected = paired_mean_difference(chosen_per_image, per_image["random"], 1000, 0)
+    assert row["energy_in_box_minus_random"] == pytest.approx(expected[0])
+    assert (row["energy_in_box_minus_random_lo"], row["energy_in_box_minus_random_hi"]) == pytest.approx(expected[1:])
+    assert row["energy_in_box_minus_random"] == pytest.approx(0.1, abs=0.02)  # half the models chose +0.2
+    assert bool(row["beats_baselines_energy_in_box"])
+    assert not means.set_index("method").loc["tied", "beats_baselines_energy_in_box"]
+    # a table from before the choice was recorded has no such row
+    pd.concat([first, second]).drop(columns="chosen").to_csv(path, index=False)
+    means = summarize_faithfulness([path], tmp_path / "per_model.csv", tmp_path / "means.csv", tmp_path / "f.png")
+    assert "chosen_on_val" not in set(means["method"])
 
 
 def test_findings_the_model_detects_are_summarised_apart(tmp_path):

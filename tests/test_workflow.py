@@ -223,7 +223,7 @@ def test_heatmaps_open_and_show_every_method(run_dir):
 
 def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     means = pd.read_csv(run_dir / "results/report/faithfulness_summary.csv")
-    assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre"}
+    assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre", "chosen_on_val"}
     assert set(means["target"]) == {"demo_mura", "demo_ct"}
     assert (means["n_masked"] == means["n_images"]).all()  # demo data: scored images all show a masked finding
     scores = ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc")
@@ -239,6 +239,14 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     assert len(merged) == len(detected) and (merged["n_images"] <= merged["n_images_all"]).all()
     methods = per_model.loc[~per_model["method"].isin(["random", "centre"])]
     assert methods[["beats_baselines_deletion_auc", "beats_baselines_blurred_deletion_auc"]].notna().all().all()
+    # a target's verdict: each model's method chosen on val, pooled
+    chosen = every[every["chosen"].astype(bool)]
+    verdict = means[(means["method"] == "chosen_on_val") & (means["subset"] == "all")].set_index("target")
+    for target, rows in chosen.groupby("target"):
+        assert verdict.loc[target, "n_images"] == rows["n_images"].sum()
+        pooled = (rows["deletion_auc"] * rows["n_images"]).sum() / rows["n_images"].sum()
+        assert verdict.loc[target, "deletion_auc"] == pytest.approx(pooled, abs=2e-3)
+        assert pd.notna(verdict.loc[target, "beats_baselines_deletion_auc"])
 
 
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):

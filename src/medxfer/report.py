@@ -91,7 +91,8 @@ def summarize_faithfulness(
 ) -> pd.DataFrame:
     """Per model and method: the mean of every score (localisation, deletion/insertion AUC, seconds per image) and,
     for tolerant pointing, energy in the box and deletion AUC, the paired bootstrap interval of the method minus each
-    baseline with whether it beats both; and the means per target and method with a bar chart."""
+    baseline with whether it beats both. Per target and method, over all its models: the means, a bar chart and the
+    same comparisons, with a row `chosen_on_val` for each model's method chosen on val: the verdict a target gets."""
     frames = []
     for path in map(Path, faithfulness_files):
         table = pd.read_csv(path)
@@ -108,13 +109,16 @@ def summarize_faithfulness(
             .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **checks, **scores)
             .reset_index()
         )
-        if set(COMPARED) & set(part.columns):
-            table = table.merge(versus_baselines(part, keys, n_bootstrap, seed), on=[*keys, "method"])
+        pooled = _with_chosen(part)
         mean = (
-            part.groupby(["target", "method"], sort=False)
+            pooled.groupby(["target", "method"], sort=False)
             .agg(n_images=("image_id", "size"), n_masked=("has_mask", "sum"), **scores)
             .reset_index()
         )
+        if set(COMPARED) & set(part.columns):
+            table = table.merge(versus_baselines(part, keys, n_bootstrap, seed), on=[*keys, "method"])
+            # paired by image: a test image scored by several models counts once, with its mean over them
+            mean = mean.merge(versus_baselines(pooled, ["target"], n_bootstrap, seed), on=["target", "method"])
         for frame, collected in ((table, per_model), (mean, means)):
             frame.insert(frame.columns.get_loc("method") + 1, "subset", subset)
             collected.append(frame)
@@ -125,6 +129,18 @@ def summarize_faithfulness(
         means.round(3).to_csv(tmp, index=False)
     plot_faithfulness(means[means["subset"] == "all"], out_plot)
     return means
+
+
+CHOSEN = "chosen_on_val"  # the faithfulness summary's row for the method each model chose on val images
+
+
+def _with_chosen(images: pd.DataFrame) -> pd.DataFrame:
+    """The per-image rows plus a copy of each model's chosen-method rows as method CHOSEN (models may choose
+    different methods; tables from before the choice are returned as they are)."""
+    chosen = images["chosen"].eq(True) if "chosen" in images else pd.Series(False, index=images.index)
+    if not chosen.any():
+        return images
+    return pd.concat([images, images[chosen].assign(method=CHOSEN)], ignore_index=True)
 
 
 def _faithfulness_subsets(images: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
