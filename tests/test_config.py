@@ -47,6 +47,29 @@ def test_indomain_needs_pretrain_source():
         validate(minimal(inits=["indomain"]))
 
 
+def test_pretraining_from_imagenet_reads_the_file_as_a_job_input(tmp_path):
+    from types import SimpleNamespace
+
+    from medxfer.jobs import source_inputs
+
+    conf = minimal_indomain()
+    conf["pretrain"]["init"] = "imagenet"
+    with pytest.raises(ConfigError, match="pretrain.init 'imagenet' needs a local"):
+        validate(conf)
+    conf["finetune"]["imagenet_weights"] = {"resnet10t": "weights/resnet10t.safetensors"}
+    inputs = source_inputs(validate(conf), SimpleNamespace(source="src", arch="resnet10t"))
+    assert inputs["weights"] == "weights/resnet10t.safetensors"
+    assert "weights" not in source_inputs(validate(minimal_indomain()), SimpleNamespace(source="src", arch="resnet10t"))
+
+
+def minimal_indomain() -> dict:
+    return {
+        "datasets": {"src": {"format": "mura", "root": "x"}, "a": {"format": "mura", "root": "y"}},
+        "pretrain": {"source": "src"},
+        "finetune": {"targets": ["a"], "inits": ["indomain"], "archs": ["resnet10t"]},
+    }
+
+
 def test_tta_is_refused_for_a_target_trained_without_flips():
     assert validate(minimal(tta=True))["finetune"]["tta"] is True
     unflipped = minimal(tta=True)

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
+import timm
 import torch
 from PIL import Image
 
@@ -81,6 +83,23 @@ def test_pretrain_writes_checkpoint_trio_with_metadata(pretrained):
     assert meta["in_chans"] == 1 and meta["stage"] == "pretrain"
     log = pd.read_csv(pretrained / "log.csv")
     assert list(log["epoch"]) == [1, 2] and log["train_loss"].notna().all()
+
+
+def test_pretraining_from_imagenet_weights_refines_them(cached, pretrained, tmp_path):
+    """`pretrain.init: imagenet`: the backbone starts from the local ImageNet file (an RGB stem on grey images) and
+    pretraining moves it from there; the same run from scratch ends far from that file."""
+    manifest, images = cached["xray_source"]
+    imagenet = timm.create_model("resnet10t", num_classes=1000)  # as timm writes ImageNet weights
+    path = tmp_path / "imagenet.safetensors"
+    safetensors.torch.save_file(imagenet.state_dict(), str(path))
+    pretrain_model(manifest, images, "resnet10t", pre(epochs=1), tmp_path / "out", threads=2, seed=0, init_path=path)
+    model, meta = models.load(tmp_path / "out")
+    assert meta["init"] == "imagenet" and meta["init_path"] == str(path)
+    key = "layer4.0.conv1.weight"
+    start, from_scratch = imagenet.state_dict()[key], models.load(pretrained)[0].state_dict()[key]
+    assert (model.state_dict()[key] - start).norm() < 0.5 * (from_scratch - start).norm()
+    assert not torch.equal(model.state_dict()[key], start)
+    assert json.loads((pretrained / "model.json").read_text())["init"] == "scratch"
 
 
 def test_finetune_indomain_on_ct_adapts_channels_and_reports_metrics(cached, pretrained, tmp_path):

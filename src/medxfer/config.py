@@ -174,11 +174,13 @@ def _cross_check(config: dict[str, Any]) -> None:
                 f"config key 'pretrain.source': {what} (known data sets: {sorted(datasets)}); "
                 "the 'indomain' init needs a pretraining source"
             )
-    if "imagenet" in finetune["inits"]:
+    pretrain_from_imagenet = "indomain" in finetune["inits"] and config["pretrain"]["init"] == "imagenet"
+    if "imagenet" in finetune["inits"] or pretrain_from_imagenet:
+        who = "the 'imagenet' init" if "imagenet" in finetune["inits"] else "pretrain.init 'imagenet'"
         for arch in finetune["archs"]:
             if arch not in finetune["imagenet_weights"]:
                 problems.append(
-                    f"config key 'finetune.imagenet_weights.{arch}': missing; the 'imagenet' init needs a local "
+                    f"config key 'finetune.imagenet_weights.{arch}': missing; {who} needs a local "
                     "safetensors file for every arch (nothing is downloaded)"
                 )
     if finetune["head"] == "ordinal":
@@ -265,12 +267,13 @@ def load(path: str | Path) -> dict[str, Any]:
 
 # Classifiers that combine the others' fitted models (medxfer.classifiers): fitted last, each with its members.
 COMBINERS = ("ensemble", "stacking")
-JOB_SELECTORS = ("source", "targets", "inits", "archs", "imagenet_weights", "seeds")
-"""Keys of `pretrain`/`finetune` that only choose which jobs exist: no job's training settings (training_params)."""
+JOB_SELECTORS = ("source", "init", "targets", "inits", "archs", "imagenet_weights", "seeds")
+"""Keys of `pretrain`/`finetune` that only choose which jobs exist or which files they read (`pretrain.init`: the
+ImageNet file as an input): no job's training settings (training_params)."""
 
 
 def training_params(config: Mapping[str, Any], stage: str, dataset: str | None = None) -> dict[str, Any]:
-    """The training settings of `pretrain` or `finetune`, without the keys that only choose which jobs exist.
+    """The training settings of `pretrain` or `finetune`, without the keys that only choose jobs and their inputs.
 
     With `dataset`, that data set's own `augment` keys replace the stage's (e.g. no flips for a modality where
     left and right matter), so a job sees the augmentation it actually uses.

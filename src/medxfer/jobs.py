@@ -38,10 +38,17 @@ def target_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, str]:
     return dataset_inputs(config, wildcards.target)
 
 
-def source_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, list[str]]:
-    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches."""
+def source_inputs(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """One or several (pooled, names joined by '+') pretraining sets: lists of manifests and caches; and the
+    ImageNet file pretraining starts from, with `pretrain.init: imagenet`."""
     names = wildcards.source.split("+")
-    return {"manifest": [manifest_of(config, n) for n in names], "images": [cache_of(config, n) for n in names]}
+    inputs: dict[str, Any] = {
+        "manifest": [manifest_of(config, n) for n in names],
+        "images": [cache_of(config, n) for n in names],
+    }
+    if config["pretrain"]["init"] == "imagenet":
+        inputs["weights"] = config["finetune"]["imagenet_weights"][wildcards.arch]
+    return inputs
 
 
 def pretrain_params(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:

@@ -170,7 +170,11 @@ def create_initialised(
     head: str = "linear",
 ) -> nn.Module:
     """Build a model for fine-tuning: `scratch`, `imagenet` (local safetensors file) or `indomain` (checkpoint dir)."""
-    model = create(arch, num_classes, in_chans, truncate_stages, head)
+    return initialise(create(arch, num_classes, in_chans, truncate_stages, head), arch, init, init_path)
+
+
+def initialise(model: nn.Module, arch: str, init: str, init_path: str | Path | None = None) -> nn.Module:
+    """Load the backbone of `init` into a freshly built `arch` (see create_initialised); the head stays new."""
     if init == "scratch":
         return model
     if init not in INITS:

@@ -137,6 +137,8 @@ def import_imagenet_weights(job: Any) -> None:
 def pretrain_model(job: Any) -> None:
     from medxfer.train import pretrain_model as pretrain
 
+    imagenet = job.input.get("weights")  # pretrain.init: imagenet
+
     pretrain(
         job.input.manifest,  # one path, or a list of pooled source sets
         job.input.images,
@@ -149,6 +151,7 @@ def pretrain_model(job: Any) -> None:
         log_path=_log_path(job),
         resume_dir=Path(job.params.resume),
         resume_root=Path(job.params.resume_root),
+        init_path=Path(imagenet) if imagenet else None,
     )
 
 

@@ -298,11 +298,13 @@ def pretrain_model(
     log_path: Path | None = None,
     resume_dir: Path | None = None,
     resume_root: Path | None = None,
+    init_path: Path | None = None,
 ) -> dict:
     """In-domain pretraining on one or several (pooled) source sets; writes the checkpoint trio.
 
     `objective: supervised` trains on the labels (`multilabel: true`: each ';'-joined label its own sigmoid);
     `simclr` ignores labels and saves the backbone without a head (the projection head is dropped).
+    `init_path`: an ImageNet weights file to start the backbone from (`pretrain.init: imagenet`), else scratch.
     `resume_dir`: per-epoch state for a re-run after a kill; removed when done (see `clear_resume` for `resume_root`).
     """
     manifests, caches = _as_list(manifest), _as_list(images)
@@ -312,16 +314,19 @@ def pretrain_model(
     dev = runtime.select_device(device)
     data = pool([load_cached(m, i) for m, i in zip(manifests, caches, strict=True)], names)
     kind = params.objective
+    init = "scratch" if init_path is None else "imagenet"
     logger.info(
-        "pretraining %s (%s) on %s (%d train images, classes %s) on %s",
+        "pretraining %s (%s, from %s) on %s (%d train images, classes %s) on %s",
         arch,
         kind,
+        init,
         "+".join(names),
         len(data.splits["train"].labels),
         data.classes,
         runtime.describe(dev),
     )
     objective, model = _pretrain_objective(kind, data, params, arch, seed, "+".join(names))
+    models.initialise(model, arch, init, init_path)
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, objective, resume_dir)
     test = data.splits["test"]
     test_metrics = objective.evaluate(model, test, dev)[1] if len(test.labels) else {}
@@ -331,7 +336,8 @@ def pretrain_model(
         "classes": objective.classes,
         "objective": kind,
         "multilabel": isinstance(objective, MultiLabel),
-        "init": "scratch",
+        "init": init,
+        "init_path": str(init_path) if init_path else None,
         "stage": "pretrain",
         "source": "+".join(names),
         "test_metrics": test_metrics,
