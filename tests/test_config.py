@@ -21,6 +21,14 @@ def minimal(**finetune):
     }
 
 
+def minimal_indomain() -> dict:
+    return {
+        "datasets": {"src": {"format": "mura", "root": "x"}, "a": {"format": "mura", "root": "y"}},
+        "pretrain": {"source": "src"},
+        "finetune": {"targets": ["a"], "inits": ["indomain"], "archs": ["resnet10t"]},
+    }
+
+
 def test_error_names_key_value_and_allowed():
     with pytest.raises(ConfigError) as err:
         validate(minimal(inits=["bogus"]))
@@ -47,7 +55,7 @@ def test_indomain_needs_pretrain_source():
         validate(minimal(inits=["indomain"]))
 
 
-def test_pretraining_from_imagenet_reads_the_file_as_a_job_input(tmp_path):
+def test_pretraining_from_imagenet_reads_the_file_as_a_job_input():
     from types import SimpleNamespace
 
     from medxfer.jobs import source_inputs
@@ -60,14 +68,6 @@ def test_pretraining_from_imagenet_reads_the_file_as_a_job_input(tmp_path):
     inputs = source_inputs(validate(conf), SimpleNamespace(source="src", arch="resnet10t"))
     assert inputs["weights"] == "weights/resnet10t.safetensors"
     assert "weights" not in source_inputs(validate(minimal_indomain()), SimpleNamespace(source="src", arch="resnet10t"))
-
-
-def minimal_indomain() -> dict:
-    return {
-        "datasets": {"src": {"format": "mura", "root": "x"}, "a": {"format": "mura", "root": "y"}},
-        "pretrain": {"source": "src"},
-        "finetune": {"targets": ["a"], "inits": ["indomain"], "archs": ["resnet10t"]},
-    }
 
 
 def test_tta_is_refused_for_a_target_trained_without_flips():
