@@ -37,6 +37,12 @@ CLASSIFIERS: dict[str, ClassifierBuilder] = {}
 ENSEMBLE, STACKING = COMBINERS
 STACK_C = 1.0  # the stacking meta-learner's inverse L2 strength: a few inputs, a few hundred rows
 
+
+def stacking_meta_learner() -> LogisticRegression:
+    """The logistic regression stacking fits on its members' probabilities (one builder for both ways to fit it)."""
+    return LogisticRegression(C=STACK_C, max_iter=1000)
+
+
 # Module prefixes whose types a saved classifier may contain; anything else in a .skops file is refused.
 _TRUSTED_PREFIXES: tuple[str, ...] = ("sklearn.", "numpy.")
 _SEED = {"random_state": "set from seed"}
@@ -151,7 +157,7 @@ def _stacking(params: Mapping[str, Any], seed: int, threads: int) -> Pipeline:
 
     medxfer.classify.train_classifier does not refit the members: it fits the meta-learner on their oof.csv files.
     """
-    meta = LogisticRegression(C=STACK_C, max_iter=1000)
+    meta = stacking_meta_learner()
     stack = StackingClassifier(_members(STACKING, params, seed, threads), meta, cv=3, stack_method="predict_proba")
     return Pipeline([("clf", stack)])
 
@@ -214,11 +220,11 @@ __all__ = [
     "CLASSIFIERS",
     "ENSEMBLE",
     "STACKING",
-    "STACK_C",
     "ClassifierBuilder",
     "create_classifier",
     "load_classifier",
     "load_sklearn_objects",
     "register_classifier",
     "skops_io",
+    "stacking_meta_learner",
 ]

@@ -18,12 +18,11 @@ import pandas as pd
 from sklearn.ensemble import StackingClassifier, VotingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from medxfer.calibration import N_BINS, calibration_scores, choose_recalibration, recalibrated
-from medxfer.classifiers import STACK_C, STACKING, create_classifier, load_classifier, skops_io
+from medxfer.classifiers import STACKING, create_classifier, load_classifier, skops_io, stacking_meta_learner
 from medxfer.config import COMBINERS
 from medxfer.fusion import feature_identity, is_ordinal, load_feature_file
 from medxfer.io import atomic_path, read_json, write_json
@@ -109,7 +108,7 @@ def _stacked(
     if np.isnan(meta_x).any():
         raise ValueError("stacking needs every member's out-of-fold predictions (a class has too few cases for folds)")
     seed, threads, folds = cv
-    meta = LogisticRegression(C=STACK_C, max_iter=1000)
+    meta = stacking_meta_learner()
     oof, _ = out_of_fold_proba(Pipeline([("clf", meta)]), meta_x, y_fit, groups, n_classes, seed, threads, folds)
     meta.fit(meta_x, y_fit)
     # the members as fitted, the meta-learner as fitted on out-of-fold rows: fit() below changes neither
