@@ -28,6 +28,22 @@ def test_config_changes_name_every_changed_key_and_nothing_else() -> None:
     ]
 
 
+def test_config_changes_leave_out_pretraining_settings_only_where_neither_run_pretrains() -> None:
+    base = {"finetune": {"inits": ["imagenet"]}, "pretrain": {"init": "scratch", "epochs": 6}}
+    variant = copy.deepcopy(base)
+    variant["pretrain"]["init"] = "imagenet"
+    assert config_changes(base, variant) == []  # neither run pretrains: the setting changed nothing
+    variant["finetune"]["inits"] = ["indomain"]
+    assert config_changes(base, variant) == [
+        "finetune.inits: `['imagenet']` → `['indomain']`",
+        "pretrain.init: `scratch` → `imagenet`",
+    ]
+    assert config_changes(variant, base) == [
+        "finetune.inits: `['indomain']` → `['imagenet']`",
+        "pretrain.init: `imagenet` → `scratch`",
+    ]
+
+
 def _variant(base: Path, out: Path, change: dict, val_auc_of_worst_test: float) -> Path:
     """A copy of a finished run's records whose config changes `change` (dotted key -> value) and whose table gives
     the row with the lowest test AUC of each target the highest val AUC."""
