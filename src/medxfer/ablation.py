@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from medxfer.benchmarkdoc import Run, load_run, machine_line, mean_sd, minutes
-from medxfer.config import with_defaults
+from medxfer.config import pretrains, with_defaults
 from medxfer.io import write_text
 from medxfer.render import ORDINAL_NAMES, shown_metrics
 from medxfer.selection import best_row
@@ -45,7 +45,7 @@ def _flat(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def _unused_sections(config: Mapping[str, Any]) -> set[str]:
     """Sections a run never reads: the pretraining settings where no model starts from in-domain weights."""
-    return set() if "indomain" in config.get("finetune", {}).get("inits", ()) else {"pretrain"}
+    return set() if pretrains(config) else {"pretrain"}
 
 
 def config_changes(base: Mapping[str, Any], variant: Mapping[str, Any]) -> list[str]:

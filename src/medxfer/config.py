@@ -165,7 +165,7 @@ def _cross_check(config: dict[str, Any]) -> None:
             problems.append(
                 f"config key 'finetune.targets[{i}]': '{target}' is not a data set (known: {sorted(datasets)})"
             )
-    if "indomain" in finetune["inits"]:
+    if pretrains(config):
         sources = pretrain_sources(config)
         unknown = [s for s in sources if s not in datasets]
         if not sources or unknown:
@@ -174,7 +174,7 @@ def _cross_check(config: dict[str, Any]) -> None:
                 f"config key 'pretrain.source': {what} (known data sets: {sorted(datasets)}); "
                 "the 'indomain' init needs a pretraining source"
             )
-    pretrain_from_imagenet = "indomain" in finetune["inits"] and config["pretrain"]["init"] == "imagenet"
+    pretrain_from_imagenet = pretrains(config) and config["pretrain"]["init"] == "imagenet"
     if "imagenet" in finetune["inits"] or pretrain_from_imagenet:
         who = "the 'imagenet' init" if "imagenet" in finetune["inits"] else "pretrain.init 'imagenet'"
         for arch in finetune["archs"]:
@@ -282,6 +282,12 @@ def training_params(config: Mapping[str, Any], stage: str, dataset: str | None =
     if dataset is not None:
         params["augment"] = dict(params.get("augment", {})) | config["datasets"][dataset].get("augment", {})
     return params
+
+
+def pretrains(config: Mapping[str, Any]) -> bool:
+    """Whether a run pretrains: only a model that starts from the in-domain checkpoint needs one (a partial config
+    without inits, as an ablation table may compare, does not)."""
+    return "indomain" in config.get("finetune", {}).get("inits", ())
 
 
 def pretrain_sources(config: Mapping[str, Any]) -> list[str]:

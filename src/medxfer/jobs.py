@@ -248,7 +248,7 @@ def dataset_root(config: Mapping[str, Any], name: str) -> str:
 
 def indomain_sources(config: Mapping[str, Any]) -> list[str]:
     """The data sets in-domain pretraining learns from; none when no run starts from an in-domain checkpoint."""
-    return cfg.pretrain_sources(config) if "indomain" in config["finetune"]["inits"] else []
+    return cfg.pretrain_sources(config) if cfg.pretrains(config) else []
 
 
 def first_seed(config: Mapping[str, Any]) -> int:

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from medxfer import paths
-from medxfer.config import pretrain_sources
+from medxfer.config import pretrain_sources, pretrains
 
 
 def used_datasets(config: Mapping[str, Any]) -> list[str]:
     """The data sets a run ingests: the fine-tuning targets and, with the in-domain init, the pretraining sources."""
-    finetune = config["finetune"]
-    names = list(finetune["targets"]) + (pretrain_sources(config) if "indomain" in finetune["inits"] else [])
+    names = list(config["finetune"]["targets"]) + (pretrain_sources(config) if pretrains(config) else [])
     return list(dict.fromkeys(names))
 
 
