@@ -43,17 +43,12 @@ def _flat(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, values
 
 
-def _unused_sections(config: Mapping[str, Any]) -> set[str]:
-    """Sections a run never reads: the pretraining settings where no model starts from in-domain weights."""
-    return set() if pretrains(config) else {"pretrain"}
-
-
 def config_changes(base: Mapping[str, Any], variant: Mapping[str, Any]) -> list[str]:
     """`key: base → variant` for every dotted key whose value differs (`—` where a side lacks the key), leaving out
     the sections neither run reads (a benchmark config's pretraining settings are no choice of a row that does not
     pretrain)."""
     old, new = dict(_flat(base)), dict(_flat(variant))
-    skipped = set(IGNORED) | (_unused_sections(base) & _unused_sections(variant))
+    skipped = set(IGNORED) | (set() if pretrains(base) or pretrains(variant) else {"pretrain"})
     changes = []
     for key in sorted(old.keys() | new.keys()):
         if key.split(".")[0] in skipped or old.get(key, ...) == new.get(key, ...):
