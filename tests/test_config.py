@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from medxfer.config import ConfigError, load, validate
+from medxfer.config import ConfigError, canonical, load, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,3 +155,14 @@ def test_each_combiner_gets_its_members_and_is_fitted_after_them():
     conf["classifiers"]["knn"] = {}
     assert fit_order(conf) == ["logreg", "svm", "knn", "stacking", "ensemble"]
     assert classify_params(conf)["members"] == {"stacking": ["logreg", "svm", "knn"], "ensemble": ["knn", "svm"]}
+
+
+def test_canonical_sorts_keys_at_every_depth_and_keeps_list_order():
+    given = {"lr": 0.1, "augment": {"scale": [1.2, 0.9], "degrees": 10}, "windows": [{"w": 1, "c": 2}, [3, 1]]}
+    got = canonical(given)
+    assert got == given
+    assert list(got) == ["augment", "lr", "windows"]
+    assert list(got["augment"]) == ["degrees", "scale"] and got["augment"]["scale"] == [1.2, 0.9]
+    assert list(got["windows"][0]) == ["c", "w"] and got["windows"][1] == [3, 1]
+    # what Snakemake compares: the repr, equal for the same values given in another order
+    assert repr(canonical({"b": 1, "a": {"d": 2, "c": 3}})) == repr(canonical({"a": {"c": 3, "d": 2}, "b": 1}))

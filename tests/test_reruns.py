@@ -156,6 +156,28 @@ def test_changed_source_image_reruns_pretraining_and_everything_it_feeds(run_dir
     assert got == expected | indomain
 
 
+def test_key_order_and_stated_defaults_rerun_nothing(run_dir, snakemake):
+    """Settings sections have no order: keys moved, and defaults stated outright (as an overlay file does), change
+    no job's params. Only the schema's defaults are written, so every value stays what the run used."""
+    from medxfer.config import validate
+
+    config = run_dir / "config/config.yaml"
+    used = validate(yaml.safe_load(config.read_text()))
+    augment = {k: used["pretrain"]["augment"][k] for k in ("noise_std", "degrees")}  # reversed from the schema's
+    with restored(config):
+        edit(
+            config,
+            f"pretrain:\n  source: {SOURCE}\n  epochs: 1",
+            f"pretrain:\n  epochs: 1\n  augment: {augment}\n  objective: {used['pretrain']['objective']}\n"
+            f"  source: {SOURCE}",
+        )
+        edit(config, "    format: dicom\n    root: data/demo/ct\n", "    root: data/demo/ct\n    format: dicom\n")
+        edit(config, "  lime_samples: 40\n", "")
+        edit(config, "  deletion_steps: 6\n", "  deletion_steps: 6\n  lime_samples: 40\n")
+        assert validate(yaml.safe_load(config.read_text())) == used  # the same values
+        assert planned(snakemake, run_dir) == set()
+
+
 def test_classifier_hyperparameters_rerun_the_classifier_jobs_only(run_dir, snakemake):
     config = run_dir / "config/config.yaml"
     with restored(config):

@@ -284,6 +284,17 @@ def training_params(config: Mapping[str, Any], stage: str, dataset: str | None =
     return params
 
 
+def canonical(value: Any) -> Any:
+    """`value` with every mapping's keys sorted, at any depth; lists keep their order. Snakemake compares a job's
+    params by their repr, so a settings section handed over this way re-runs nothing when only its key order
+    changes (a key moved, or a default stated in an overlay file)."""
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
 def pretrains(config: Mapping[str, Any]) -> bool:
     """Whether a run pretrains: only a model that starts from the in-domain checkpoint needs one (a partial config
     without inits, as an ablation table may compare, does not)."""

@@ -215,7 +215,8 @@ def reported_folder(path):
 
 def job_params(builder):
     """A rule's params from a medxfer.jobs builder, one input function per key, so each is its own re-run trigger
-    as a literal param would be (the keys are the builder's for the first target)."""
+    as a literal param would be (the keys are the builder's for the first target). Settings sections have no
+    order, so their keys are sorted: moving a key in a config file re-runs nothing."""
     probe = SimpleNamespace(
         target=FT["targets"][0],
         init=INITS[0],
@@ -225,7 +226,11 @@ def job_params(builder):
     )
     keys = builder(config, probe).keys()
     return {
-        key: (lambda wildcards, key=key: builder(config, wildcards)[key])
+        key: (
+            lambda wildcards, key=key: medxfer.config.canonical(
+                builder(config, wildcards)[key]
+            )
+        )
         for key in keys
     }
 

@@ -27,7 +27,7 @@ rule ingest_dataset:
     conda:
         "../../envs/data.yaml"
     params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset],
+        dataset=lambda wildcards: medxfer.config.canonical(DATASETS[wildcards.dataset]),
         seed=config["seed"],
         # content, not file times, decides whether the raw data changed (README: re-running only what changed)
         fingerprint=raw_fingerprint,
@@ -48,7 +48,8 @@ rule cache_images:
         "../../envs/data.yaml"
     threads: config["threads"]["cache_images"]
     params:
-        dataset=lambda wildcards: DATASETS[wildcards.dataset]
-        | {"size": int(wildcards.size)},
+        dataset=lambda wildcards: medxfer.config.canonical(
+            DATASETS[wildcards.dataset] | {"size": int(wildcards.size)}
+        ),
     script:
         "../scripts/run_stage.py"
