@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import dataset_config, ingest_and_cache
 
-from medxfer import cams, heatmap_choice, models
+from medxfer import cams, heatmap_choice, localisation, models
 from medxfer.cache import load_cached
 from medxfer.config import SCHEMA_PATH
 from medxfer.explain import explain_model
@@ -195,6 +195,35 @@ def test_sanity_check_flags_a_map_that_ignores_the_model(xray, trained, monkeypa
     assert rho["gradcam@layer3"] < 0.5  # Grad-CAM of the trained model changes once its top layers are random
     assert selection["method"] == "gradcam"  # the flagged method is skipped while gradcam passes
     assert selection["sanity"]["randomised_modules"] == ["layer4", "fc"]
+
+
+def _noise(model, images, targets, layer=None, seed=0, **_):
+    """A 'heatmap' that is the random baseline itself: the smooth random maps choose() scores on val."""
+    return localisation.random_maps(len(images), images.shape[-1], seed)
+
+
+def test_chosen_map_is_scored_against_a_random_map_on_the_same_val_images(xray, trained, monkeypatch):
+    monkeypatch.setitem(cams._REGISTRY, "noise", _noise)
+    model, _ = models.load(trained)
+    val = load_cached(*xray).splits["val"]
+    settings = replace(SETTINGS, methods=("gradcam", "noise"), layers=(-1,))
+    selection = heatmap_choice.choose(model, val, settings, seed=0)
+    index = heatmap_choice.val_index(val, settings.choose_on_val, seed=0)
+    images, targets = val.images[index], val.labels[index]
+    noise = localisation.random_maps(len(index), images.shape[-1], seed=0)
+    expected = heatmap_choice.mean_deletion(model, images, targets, noise, settings.deletion_steps)
+    assert selection["random_map_val_deletion_auc"] == pytest.approx(expected)
+    rows = {r["method"]: r for r in selection["candidates"]}
+    assert rows["noise"]["val_deletion_auc"] == pytest.approx(expected)  # the same maps on the same images
+    assert heatmap_choice.beats_random_on_val(selection, "noise") is False  # level is not better
+    gradcam_beats = bool(rows["gradcam"]["val_deletion_auc"] < expected)
+    assert heatmap_choice.beats_random_on_val(selection, "gradcam") is gradcam_beats
+    assert heatmap_choice.beats_random_on_val(selection, "random") is None  # a baseline is not checked
+    chosen = rows[selection["method"]]["val_deletion_auc"]
+    assert selection["val_deletion_auc"] == chosen and selection["beats_random_on_val"] is bool(chosen < expected)
+    # with the random maps the only candidate, they are still shown, and recorded as not beating the random map
+    alone = heatmap_choice.choose(model, val, replace(settings, methods=("noise",)), seed=0)
+    assert alone["method"] == "noise" and alone["beats_random_on_val"] is False
 
 
 def test_randomised_copy_is_seeded_and_leaves_the_model_alone(trained):

@@ -176,15 +176,18 @@ def test_explain_writes_annotated_overlays_gallery_and_faithfulness(cached, trai
     assert centre["deletion_auc"].notna().all()
     # beside the scores: which method was chosen on val and how it fared in the randomised-model check
     selection = json.loads((tmp_path / "selection.json").read_text())
-    checks = faith.groupby("method")[["chosen", "sanity"]].first()
+    checks = faith.groupby("method", dropna=False)[["chosen", "sanity", "beats_random_on_val"]].first()
     assert checks["chosen"].sum() == 1 and checks.loc[selection["method"], "chosen"]
     assert checks.loc[["random", "centre"], "sanity"].eq("baseline").all()
+    assert checks.loc[["random", "centre"], "beats_random_on_val"].isna().all()
     rows = {(r["method"], r["layer"]): r for r in selection["candidates"]}
     for method, layer in (("gradcam", selection["layer"]), ("gradcampp", selection["layer"]), ("lime", None)):
         row = rows[(method, layer)]
         rho = row["spearman_vs_random_model"]
         expected = "not comparable" if rho is None else "flagged" if row["flagged"] else "pass"
         assert checks.loc[method, "sanity"] == expected, method
+        beats = row["val_deletion_auc"] < selection["random_map_val_deletion_auc"]
+        assert checks.loc[method, "beats_random_on_val"] == beats, method
 
 
 def test_gallery_outcomes_follow_the_threshold_the_model_carries(cached, tmp_path):

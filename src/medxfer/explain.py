@@ -130,7 +130,9 @@ def explain_model(
     faith.insert(2, "predicted", faith["image_id"].map(dict(zip(test.ids.tolist(), decided.tolist(), strict=True))))
     faith = _with_identity(faith, meta, model_dir)
     faith["chosen"] = faith["method"] == selection["method"]
-    faith["sanity"] = faith["method"].map(lambda method: heatmap_choice.sanity_of(selection, method))
+    checks = {"sanity": heatmap_choice.sanity_of, "beats_random_on_val": heatmap_choice.beats_random_on_val}
+    for column, check in checks.items():
+        faith[column] = faith["method"].map(lambda method, check=check: check(selection, method))
     with atomic_path(faithfulness_path or out_dir / "faithfulness.csv") as tmp:
         faith.to_csv(tmp, index=False)
     means = faith.groupby("method", sort=False)[FAITHFULNESS_COLUMNS[4:]].mean()

@@ -4,7 +4,8 @@ Each configured method is drawn at each candidate layer (timm feature_info stage
 `explain.choose_on_val` val images, and scored by deletion AUC (lower = the map points at what the model uses).
 A model-randomisation sanity check (Adebayo et al. 2018) re-initialises the head and the last feature stage: a map
 that barely changes (Spearman correlation above `explain.sanity_threshold`) does not explain the model, and is not
-chosen while another candidate passes.
+chosen while another candidate passes. The same val images are scored with a smooth random map too: a chosen map that
+does not beat it is recorded and logged, so a gallery that shows it is read with care.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from medxfer import cams, models
+from medxfer import cams, localisation, models
 from medxfer.cache import Split
 from medxfer.faithfulness import deletion_insertion
 from medxfer.sections import ExplainSection
@@ -70,8 +71,9 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, logger: Any = None) -> dict[str, Any]:
     """Score every (method, layer) candidate on val, run the sanity check, pin the chosen CAM layer on the model.
 
-    Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val and, per
-    candidate, its val deletion AUC, its Spearman correlation with the randomised model's map and its flag.
+    Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val, the smooth
+    random map's val deletion AUC and whether the chosen map beats it, and, per candidate, its val deletion AUC, its
+    Spearman correlation with the randomised model's map and its flag.
     """
     index = val_index(val, settings.choose_on_val, seed)
     if len(index) == 0:
@@ -94,6 +96,8 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
                 "flagged": rho is not None and rho > threshold,
             }
         )
+    noise = localisation.random_maps(len(index), images.shape[-1], seed)
+    random_deletion = mean_deletion(model, images, targets, noise, settings.deletion_steps)
     passing = [r for r in rows if not r["flagged"]] or rows
     best = min(passing, key=lambda r: r["val_deletion_auc"])
     layered = [r for r in passing if r["layer"] is not None] or [r for r in rows if r["layer"] is not None]
@@ -105,6 +109,9 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
         "layer": cam_layer,
         "n_val": len(index),
         "chosen_on": "val",
+        "val_deletion_auc": best["val_deletion_auc"],
+        "random_map_val_deletion_auc": random_deletion,
+        "beats_random_on_val": best["val_deletion_auc"] < random_deletion,
         "candidates": rows,
         "sanity": {
             "threshold": threshold,
@@ -120,15 +127,28 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
     return selection
 
 
+def _candidate(selection: Mapping[str, Any], method: str) -> Mapping[str, Any] | None:
+    """A method's candidate row at the chosen CAM layer; None for a baseline (the random map, the centre prior)."""
+    keys = {method, f"{method}@{selection['layer']}"}
+    return next((r for r in selection["candidates"] if _key(r) in keys), None)
+
+
 def sanity_of(selection: Mapping[str, Any], method: str) -> str:
     """A method's sanity-check outcome as the faithfulness tables show it: pass, flagged, not comparable (its
     randomised-model maps were constant), or baseline (the random map and the centre prior are not checked)."""
-    keys = {method, f"{method}@{selection['layer']}"}
-    rows = [r for r in selection["candidates"] if _key(r) in keys]
-    if not rows:
+    row = _candidate(selection, method)
+    if row is None:
         return "baseline"
-    row = rows[0]
     return "not comparable" if row["spearman_vs_random_model"] is None else "flagged" if row["flagged"] else "pass"
+
+
+def beats_random_on_val(selection: Mapping[str, Any], method: str) -> bool | None:
+    """Whether a method's val deletion AUC is below the smooth random map's on the same val images; None for a
+    baseline, or for a selection recorded before medxfer scored the random map on val."""
+    row = _candidate(selection, method)
+    if row is None or "random_map_val_deletion_auc" not in selection:
+        return None
+    return bool(row["val_deletion_auc"] < selection["random_map_val_deletion_auc"])
 
 
 def _key(row: Mapping[str, Any]) -> str:
@@ -151,6 +171,13 @@ def _log(logger: Any, selection: Mapping[str, Any]) -> None:
         )
     if len(selection["sanity"]["flagged"]) == len(selection["candidates"]):
         logger.warning("every heatmap candidate failed the sanity check; the chosen one does not explain the model")
+    if not selection["beats_random_on_val"]:
+        logger.warning(
+            "the chosen heatmap does not beat a smooth random map on val (deletion AUC %.3f against %.3f): read its "
+            "maps with care",
+            selection["val_deletion_auc"],
+            selection["random_map_val_deletion_auc"],
+        )
     logger.info(
         "heatmap chosen on %d val images: %s (CAM layer %s)",
         selection["n_val"],

@@ -101,7 +101,8 @@ def summarize_faithfulness(
     images = pd.concat(frames, ignore_index=True)
     scores = {m: (m, "mean") for m in SCORES if m in images}
     keys = ["target", "init", "arch"]
-    checks = {c: (c, "first") for c in ("chosen", "sanity") if c in images}  # per model and method, from selection.json
+    # per model and method, from selection.json
+    checks = {c: (c, "first") for c in ("chosen", "sanity", "beats_random_on_val") if c in images}
     per_model, means = [], []
     for subset, part in _faithfulness_subsets(images):
         table = (
