@@ -242,6 +242,29 @@ def test_a_target_is_judged_by_the_method_each_model_chose_with_its_images_count
     assert "chosen_on_val" not in set(means["method"])
 
 
+def test_the_trusted_row_keeps_only_models_whose_chosen_map_beat_the_random_map_on_val(tmp_path):
+    """`trusted_on_val` pools the chosen maps a gallery shows without a warning: here only the first model's, whose
+    chosen map beat the random map on val; the second model's chosen map did not and is left out."""
+    first = faith_table({"good": 0.2, "tied": 0.0, "random": 0.0, "centre": 0.0}, seed=1).assign(arch="a")
+    second = faith_table({"good": 0.2, "tied": 0.0, "random": 0.0, "centre": 0.0}, seed=2).assign(arch="b")
+    first["chosen"], second["chosen"] = first["method"] == "good", second["method"] == "tied"
+    first["beats_random_on_val"] = first["method"].map({"good": True, "tied": False})
+    second["beats_random_on_val"] = second["method"].map({"good": True, "tied": False})
+    path = tmp_path / "faith.csv"
+    pd.concat([first, second]).to_csv(path, index=False)
+    means = summarize_faithfulness([path], tmp_path / "per_model.csv", tmp_path / "means.csv", tmp_path / "f.png")
+    rows = means[means["subset"] == "all"].set_index("method")
+    assert rows.loc["chosen_on_val", "n_images"] == 60 and rows.loc["trusted_on_val", "n_images"] == 30
+    trusted = first.loc[first["chosen"], "energy_in_box"].mean()
+    assert rows.loc["trusted_on_val", "energy_in_box"] == pytest.approx(trusted)
+    assert rows.loc["trusted_on_val", "energy_in_box_minus_random"] == pytest.approx(0.2, abs=0.03)
+    assert bool(rows.loc["trusted_on_val", "beats_baselines_energy_in_box"])
+    # no model's chosen map beat the random map on val: no trusted row, rather than an empty one
+    pd.concat([second.assign(arch="a"), second]).to_csv(path, index=False)
+    means = summarize_faithfulness([path], tmp_path / "per_model.csv", tmp_path / "means.csv", tmp_path / "f.png")
+    assert "trusted_on_val" not in set(means["method"]) and "chosen_on_val" in set(means["method"])
+
+
 def test_findings_the_model_detects_are_summarised_apart(tmp_path):
     """`predicted` (the model's decision per image) splits off the masked findings it calls: the same images for
     every method, their own means and baseline comparison."""

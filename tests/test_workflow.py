@@ -223,7 +223,8 @@ def test_heatmaps_open_and_show_every_method(run_dir):
 
 def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
     means = pd.read_csv(run_dir / "results/report/faithfulness_summary.csv")
-    assert set(means["method"]) == {"gradcam", "gradcampp", "lime", "random", "centre", "chosen_on_val"}
+    methods = {"gradcam", "gradcampp", "lime", "random", "centre", "chosen_on_val"}
+    assert methods <= set(means["method"]) <= methods | {"trusted_on_val"}
     assert set(means["target"]) == {"demo_mura", "demo_ct"}
     assert (means["n_masked"] == means["n_images"]).all()  # demo data: scored images all show a masked finding
     scores = ("pointing_hit", "pointing_hit_tol", "energy_in_box", "iou", "pixel_auc", "deletion_auc")
@@ -247,6 +248,13 @@ def test_faithfulness_is_measured_against_masks_and_a_random_map(run_dir):
         pooled = (rows["deletion_auc"] * rows["n_images"]).sum() / rows["n_images"].sum()
         assert verdict.loc[target, "deletion_auc"] == pytest.approx(pooled, abs=2e-3)
         assert pd.notna(verdict.loc[target, "beats_baselines_deletion_auc"])
+    # the trusted row: only the models whose chosen map beat the random map on val
+    trusted = means[(means["method"] == "trusted_on_val") & (means["subset"] == "all")].set_index("target")
+    for target, rows in chosen.groupby("target"):
+        kept = rows[rows["beats_random_on_val"].astype(bool)]
+        assert (target in trusted.index) == (len(kept) > 0)
+        if len(kept):
+            assert trusted.loc[target, "n_images"] == kept["n_images"].sum()
 
 
 def test_robustness_tables_cover_perturbations_models_and_severities(run_dir):

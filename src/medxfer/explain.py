@@ -186,6 +186,8 @@ def _write_gallery_files(
         logger.info("%s: %d %s overlays for %s", meta["arch"], len(table), method, model_dir)
     save_npz(out_dir / "heatmaps.npz", ids=table["image_id"].to_numpy(str), images=images, **heatmaps)
     title = f"{meta['arch']} ({meta['init']}); chosen on val: {selection['method']}, CAM layer {selection['layer']}"
+    if not selection["beats_random_on_val"]:
+        title += "\nno better than a smooth random map on val images: not evidence of what the model uses"
     _gallery(out_dir / "gallery.png", images, table, heatmaps, meta["classes"], title)
     with atomic_path(out_dir / "index.csv") as tmp:
         table.to_csv(tmp, index=False)

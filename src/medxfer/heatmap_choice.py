@@ -96,7 +96,7 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
                 "flagged": rho is not None and rho > threshold,
             }
         )
-    noise = localisation.random_maps(len(index), images.shape[-1], seed)
+    noise = localisation.baseline_maps("random", len(index), images.shape[-1], seed)
     random_deletion = mean_deletion(model, images, targets, noise, settings.deletion_steps)
     passing = [r for r in rows if not r["flagged"]] or rows
     best = min(passing, key=lambda r: r["val_deletion_auc"])
@@ -111,7 +111,6 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
         "chosen_on": "val",
         "val_deletion_auc": best["val_deletion_auc"],
         "random_map_val_deletion_auc": random_deletion,
-        "beats_random_on_val": best["val_deletion_auc"] < random_deletion,
         "candidates": rows,
         "sanity": {
             "threshold": threshold,
@@ -122,6 +121,7 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
             "not_comparable": [_key(r) for r in rows if r["spearman_vs_random_model"] is None],
         },
     }
+    selection["beats_random_on_val"] = beats_random_on_val(selection, best["method"])
     if logger is not None:
         _log(logger, selection)
     return selection
@@ -144,9 +144,9 @@ def sanity_of(selection: Mapping[str, Any], method: str) -> str:
 
 def beats_random_on_val(selection: Mapping[str, Any], method: str) -> bool | None:
     """Whether a method's val deletion AUC is below the smooth random map's on the same val images; None for a
-    baseline, or for a selection recorded before medxfer scored the random map on val."""
+    baseline."""
     row = _candidate(selection, method)
-    if row is None or "random_map_val_deletion_auc" not in selection:
+    if row is None:
         return None
     return bool(row["val_deletion_auc"] < selection["random_map_val_deletion_auc"])
 

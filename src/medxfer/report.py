@@ -92,7 +92,8 @@ def summarize_faithfulness(
     """Per model and method: the mean of every score (localisation, deletion/insertion AUC, seconds per image) and,
     for tolerant pointing, energy in the box and deletion AUC, the paired bootstrap interval of the method minus each
     baseline with whether it beats both. Per target and method, over all its models: the means, a bar chart and the
-    same comparisons, with a row `chosen_on_val` for each model's method chosen on val: the verdict a target gets."""
+    same comparisons, with a row `chosen_on_val` for each model's method chosen on val (the verdict a target gets) and
+    a row `trusted_on_val` for the models among them whose chosen map beat the random map on val."""
     frames = []
     for path in map(Path, faithfulness_files):
         table = pd.read_csv(path)
@@ -133,15 +134,18 @@ def summarize_faithfulness(
 
 
 CHOSEN = "chosen_on_val"  # the faithfulness summary's row for the method each model chose on val images
+# the same, for only the models whose chosen map beat the smooth random map on val: the galleries shown without warning
+TRUSTED = "trusted_on_val"
 
 
 def _with_chosen(images: pd.DataFrame) -> pd.DataFrame:
-    """The per-image rows plus a copy of each model's chosen-method rows as method CHOSEN (models may choose
-    different methods; tables from before the choice are returned as they are)."""
+    """The per-image rows plus copies of each model's chosen-method rows: as method CHOSEN for every model (models
+    may choose different methods), and as TRUSTED for the models whose chosen map beat the random map on val. Tables
+    from before the choice are returned as they are."""
     chosen = images["chosen"].eq(True) if "chosen" in images else pd.Series(False, index=images.index)
-    if not chosen.any():
-        return images
-    return pd.concat([images, images[chosen].assign(method=CHOSEN)], ignore_index=True)
+    trusted = chosen & images["beats_random_on_val"].eq(True) if "beats_random_on_val" in images else chosen & False
+    copies = [images[rows].assign(method=name) for name, rows in ((CHOSEN, chosen), (TRUSTED, trusted)) if rows.any()]
+    return pd.concat([images, *copies], ignore_index=True) if copies else images
 
 
 def _faithfulness_subsets(images: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
