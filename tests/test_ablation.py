@@ -16,8 +16,8 @@ from medxfer.io import read_json, write_json
 
 def test_config_changes_name_every_changed_key_and_nothing_else() -> None:
     base = {"results": "a", "finetune": {"epochs": 4, "archs": ["x"]}, "fusion": {"pca_components": None}}
-    variant = copy.deepcopy(base) | {"results": "b"}
-    assert config_changes(base, variant) == []  # where a run writes is not a choice
+    variant = copy.deepcopy(base) | {"results": "b", "report": {"notes": {"t": "a note"}}}
+    assert config_changes(base, variant) == []  # where a run writes, and what its documents say, is not a choice
     variant["finetune"]["epochs"] = 8
     variant["finetune"]["archs"] = ["x", "y"]
     variant["classify"] = {"pca_components": 64}

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from medxfer.config import ConfigError, canonical, load, validate
+from medxfer.config import ConfigError, canonical, load, training_params, validate
+from medxfer.sections import PretrainTraining
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,31 @@ def minimal_indomain() -> dict:
         "pretrain": {"source": "src"},
         "finetune": {"targets": ["a"], "inits": ["indomain"], "archs": ["resnet10t"]},
     }
+
+
+def test_a_pretraining_job_gets_the_augmentation_its_objective_uses():
+    """SimCLR draws its views with pretrain.views (strong by default), supervised pretraining with pretrain.augment:
+    each job's params hold only the one it uses, as `augment`, so changing the other re-runs nothing."""
+    supervised = validate(minimal_indomain())
+    simclr = validate(minimal_indomain() | {"pretrain": {"source": "src", "objective": "simclr"}})
+    assert simclr["pretrain"]["views"]["scale"] == [1.0, 1.8]
+    assert supervised["pretrain"]["augment"]["scale"] == [0.9, 1.1]
+    assert training_params(supervised, "pretrain")["augment"] == supervised["pretrain"]["augment"]
+    assert training_params(simclr, "pretrain")["augment"] == simclr["pretrain"]["views"]
+    assert all("views" not in training_params(c, "pretrain") for c in (supervised, simclr))
+    changed = validate(minimal_indomain() | {"pretrain": {"source": "src", "views": {"degrees": 5}}})
+    assert training_params(changed, "pretrain") == training_params(supervised, "pretrain")  # unused by supervised
+    assert changed["pretrain"]["views"]["translate"] == 0.15  # one key stated: the others keep SimCLR's defaults
+    assert PretrainTraining.from_config(training_params(simclr, "pretrain", "src")).augment["brightness"] == 0.4
+
+
+def test_supervised_augmentation_stated_for_simclr_is_an_error_not_ignored():
+    stated = {"source": "src", "objective": "simclr", "augment": {"degrees": 30}}
+    with pytest.raises(ConfigError, match=r"'pretrain.augment'.*pretrain.views"):
+        validate(minimal_indomain() | {"pretrain": stated})
+    defaults = validate(minimal_indomain())["pretrain"]["augment"]  # a default stated outright changes nothing
+    restated = validate(minimal_indomain() | {"pretrain": stated | {"augment": defaults}})
+    assert restated["pretrain"]["objective"] == "simclr"
 
 
 def test_error_names_key_value_and_allowed():

@@ -19,7 +19,8 @@ from medxfer.selection import best_row
 
 COMMAND = "medxfer ablation-docs"
 METRICS = {"roc_auc": "AUC", "accuracy": "ACC", "cohen_kappa": "kappa"}
-IGNORED = ("results",)  # where a run writes is not a choice of method
+# where a run writes, and the notes and published numbers its documents show, are no choice of method
+IGNORED = ("results", "report")
 
 
 def run_config(run: Run) -> dict[str, Any]:

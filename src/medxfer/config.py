@@ -141,11 +141,24 @@ def with_defaults(recorded: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError naming the key."""
-    config = checked(config, schema or load_schema())
+    schema = schema or load_schema()
+    config = checked(config, schema)
+    _check_simclr_views(config["pretrain"], schema)
     _cross_check(config)
     _inherit_privacy(config)
     config["finetune"]["seeds"] = config["finetune"]["seeds"] or [config["seed"]]
     return config
+
+
+def _check_simclr_views(pretrain: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """SimCLR trains with pretrain.views: a pretrain.augment other than its defaults would be ignored, so it is an
+    error (a default stated outright, or a recorded config given back, passes)."""
+    defaults = checked({}, {**schema["definitions"]["augment"], "definitions": schema["definitions"]})
+    if pretrain["objective"] == "simclr" and pretrain["augment"] != defaults:
+        raise ConfigError(
+            "config key 'pretrain.augment': supervised pretraining's augmentation, but pretrain.objective is simclr, "
+            "which draws its two views with pretrain.views: state the keys there"
+        )
 
 
 def _inherit_privacy(config: dict[str, Any]) -> None:
@@ -272,13 +285,22 @@ JOB_SELECTORS = ("source", "init", "targets", "inits", "archs", "imagenet_weight
 ImageNet file as an input): no job's training settings (training_params)."""
 
 
+SIMCLR_VIEWS = "views"
+"""`pretrain.views`: SimCLR's augmentation, which training_params hands to a SimCLR job as its `augment`."""
+
+
 def training_params(config: Mapping[str, Any], stage: str, dataset: str | None = None) -> dict[str, Any]:
     """The training settings of `pretrain` or `finetune`, without the keys that only choose jobs and their inputs.
 
     With `dataset`, that data set's own `augment` keys replace the stage's (e.g. no flips for a modality where
-    left and right matter), so a job sees the augmentation it actually uses.
+    left and right matter), so a job sees the augmentation it actually uses. A SimCLR pretraining job gets
+    `pretrain.views` as its `augment`, a supervised one does not see them: either job's params hold only what it uses,
+    so changing the other re-runs nothing.
     """
     params = {k: copy.deepcopy(v) for k, v in config[stage].items() if k not in JOB_SELECTORS}
+    views = params.pop(SIMCLR_VIEWS, None)
+    if params.get("objective") == "simclr":
+        params["augment"] = views
     if dataset is not None:
         params["augment"] = dict(params.get("augment", {})) | config["datasets"][dataset].get("augment", {})
     return params

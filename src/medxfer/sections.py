@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
-from medxfer.config import JOB_SELECTORS, ConfigError, checked, entry_problems, load_schema
+from medxfer.config import JOB_SELECTORS, SIMCLR_VIEWS, ConfigError, checked, entry_problems, load_schema
 
 
 def _schema_part(*keys: str) -> dict[str, Any]:
@@ -130,7 +130,8 @@ class TrainingSection(ConfigSection):
     @classmethod
     def schema(cls) -> dict[str, Any]:
         section = super().schema()
-        keep = {key: prop for key, prop in section["properties"].items() if key not in JOB_SELECTORS}
+        dropped = (*JOB_SELECTORS, SIMCLR_VIEWS)  # what training_params leaves out or resolves into `augment`
+        keep = {key: prop for key, prop in section["properties"].items() if key not in dropped}
         return section | {"properties": keep}
 
 
