@@ -9,7 +9,16 @@ import typing
 
 import pytest
 
-from medxfer.config import JOB_SELECTORS, ConfigError, checked, load_schema, section_defaults, training_params, validate
+from medxfer.config import (
+    JOB_SELECTORS,
+    SIMCLR_VIEWS,
+    ConfigError,
+    checked,
+    load_schema,
+    section_defaults,
+    training_params,
+    validate,
+)
 from medxfer.sections import (
     BundleSection,
     ClassifySection,
@@ -139,8 +148,10 @@ def test_schema_rules_beyond_types_hold():
 
 @pytest.mark.parametrize("section", TRAINING)
 def test_training_sections_are_their_stage_without_the_job_selectors(section):
+    """Nor `pretrain.views`: training_params hands them to a SimCLR job as its `augment`."""
     whole = load_schema()["properties"][section.SECTION]["properties"]
-    assert list(schema_section(section)["properties"]) == [k for k in whole if k not in JOB_SELECTORS]
+    kept = [k for k in whole if k not in (*JOB_SELECTORS, SIMCLR_VIEWS)]
+    assert list(schema_section(section)["properties"]) == kept
     with pytest.raises(ConfigError, match=rf"config key '{section.SECTION}'.*was unexpected"):
         section.from_config({[k for k in whole if k in JOB_SELECTORS][0]: None})
 
