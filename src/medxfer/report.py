@@ -142,8 +142,12 @@ def _with_chosen(images: pd.DataFrame) -> pd.DataFrame:
     """The per-image rows plus copies of each model's chosen-method rows: as method CHOSEN for every model (models
     may choose different methods), and as TRUSTED for the models whose chosen map beat the random map on val. Tables
     from before the choice are returned as they are."""
-    chosen = images["chosen"].eq(True) if "chosen" in images else pd.Series(False, index=images.index)
-    trusted = chosen & images["beats_random_on_val"].eq(True) if "beats_random_on_val" in images else chosen & False
+
+    def flag(column: str) -> pd.Series:  # a selection.json check per row; False where the table predates it
+        return images[column].eq(True) if column in images else pd.Series(False, index=images.index)
+
+    chosen = flag("chosen")
+    trusted = chosen & flag("beats_random_on_val")
     copies = [images[rows].assign(method=name) for name, rows in ((CHOSEN, chosen), (TRUSTED, trusted)) if rows.any()]
     return pd.concat([images, *copies], ignore_index=True) if copies else images
 
