@@ -318,6 +318,29 @@ def test_load_image_equals_resized_read_image(tmp_path):
         assert np.array_equal(load_image(tmp_path / name, "xray", [], 24), expected)
 
 
+def test_source_overlap_reads_only_what_pretraining_reads(demo_root, tmp_path):
+    """The target's own data set as a source (self-supervised pretraining on its training images) holds every test
+    image, but in its test split, which pretraining never learns from: it passes. Split with another seed, test
+    images land in the source's train and val splits: it fails."""
+    from medxfer.ingest import check_source_overlap
+
+    ds = dataset_config(demo_root, "xray_source")
+    tables = {}
+    for name, seed in (("target", 0), ("same_split", 0), ("other_split", 1)):
+        (tmp_path / name).mkdir()
+        tables[name] = ingest_dataset(name, ds, tmp_path / name / "manifest.csv", tmp_path / name / "q.csv", seed=seed)
+    target = tmp_path / "target" / "manifest.csv"
+    report = check_source_overlap(target, {"own": tmp_path / "same_split" / "manifest.csv"}, tmp_path / "ok.json")
+    assert report["n_test"] > 0 and report["overlap"]["own"]["count"] == 0
+    assert report["source_splits"] == ["train", "val"]
+    test_hashes = set(tables["target"].loc[tables["target"]["split"] == "test", "sha256"])
+    other = tables["other_split"]
+    leaked = other["split"].isin(["train", "val"]) & other["sha256"].isin(test_hashes)
+    assert leaked.sum() > 0  # another seed moves some of the target's test images into training
+    with pytest.raises(IngestError, match=rf"test images also in a pretraining source \(own: {leaked.sum()} "):
+        check_source_overlap(target, {"own": tmp_path / "other_split" / "manifest.csv"}, tmp_path / "bad.json")
+
+
 def test_source_overlap_finds_a_target_test_image_copied_into_the_source(demo_root, tmp_path):
     from medxfer.ingest import check_source_overlap
 

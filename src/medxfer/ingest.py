@@ -403,20 +403,27 @@ def ingest_dataset(
     return table
 
 
+PRETRAIN_SPLITS = ("train", "val")  # what pretraining reads of a source: it trains on train, picks its epoch on val
+
+
 def check_source_overlap(target_manifest: Path, source_manifests: Mapping[str, Path], out: Path) -> dict:
-    """Target test images that are exact copies (same content hash) of an image in a pretraining source: a model
-    pretrained on them has seen the test set, so the in-domain comparison would flatter it. Writes the finding to
-    `out`, then fails if there is any overlap."""
+    """Target test images that are exact copies (same content hash) of an image pretraining reads (a source's train
+    and val splits): a model pretrained on them has seen the test set, so the in-domain comparison would flatter it.
+    A source's own test split is only scored, never learned from, so the target's own data set under the same split
+    passes (self-supervised pretraining on its unlabelled training images). Writes the finding to `out`, then fails
+    if there is any overlap."""
     target = read_manifest(target_manifest)
     test = target[target["split"] == "test"]
     found: dict[str, list[str]] = {}
     for name, manifest in source_manifests.items():
-        source_hashes = set(read_manifest(manifest)["sha256"])
+        source = read_manifest(manifest)
+        source_hashes = set(source.loc[source["split"].isin(PRETRAIN_SPLITS), "sha256"])
         found[name] = sorted(test.loc[test["sha256"].isin(source_hashes), "path"])
     report = {
         "target": str(target_manifest),
         "n_test": len(test),
         "method": "sha256 of the file bytes, or of the raw array of an .npz entry (exact copies only)",
+        "source_splits": list(PRETRAIN_SPLITS),
         "overlap": {name: {"count": len(paths), "examples": paths[:5]} for name, paths in found.items()},
     }
     write_json(out, report)

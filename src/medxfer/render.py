@@ -209,9 +209,12 @@ def _difference_cell(comparison: dict[str, Any], metric: str) -> str:
 def _overlap_text(check: dict[str, Any]) -> str:
     found = {name: part["count"] for name, part in check["overlap"].items()}
     per_source = ", ".join(f"{name} {count}" for name, count in found.items())
+    where = "the in-domain pretraining sources"
+    if "source_splits" in check:  # recorded since the check reads only what pretraining reads
+        where = f"the {' and '.join(check['source_splits'])} splits of the in-domain pretraining sources"
     return (
         f"Source overlap (content hash): {sum(found.values())} of {check['n_test']} test images are exact copies of an"
-        f" image in the in-domain pretraining sources ({per_source})."
+        f" image in {where} ({per_source})."
     )
 
 
