@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,8 @@ def _cross_check(config: dict[str, Any]) -> None:
                 f"config key 'pretrain.source': {what} (known data sets: {sorted(datasets)}); "
                 "the 'indomain' init needs a pretraining source"
             )
+        if config["pretrain"]["objective"] == "supervised":
+            problems += _own_label_problems(config, [s for s in sources if s in datasets])
     pretrain_from_imagenet = pretrains(config) and config["pretrain"]["init"] == "imagenet"
     if "imagenet" in finetune["inits"] or pretrain_from_imagenet:
         who = "the 'imagenet' init" if "imagenet" in finetune["inits"] else "pretrain.init 'imagenet'"
@@ -215,6 +218,31 @@ def _cross_check(config: dict[str, Any]) -> None:
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _shares_images(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two data set entries read some of the same images: the same files, and (MURA) body parts that are
+    all of them on one side or meet."""
+
+    def files(ds: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(os.path.normpath(str(ds[k])) if k in ds else "" for k in ("root", "file", "manifest"))
+
+    parts_a, parts_b = set(a.get("body_parts") or []), set(b.get("body_parts") or [])
+    return files(a) == files(b) and (not parts_a or not parts_b or bool(parts_a & parts_b))
+
+
+def _own_label_problems(config: Mapping[str, Any], sources: list[str]) -> list[str]:
+    """Supervised pretraining on a target's own files would learn the labels fine-tuning is meant to see alone (and
+    those a train_fraction holds back); self-supervised pretraining reads no labels, so it may use them."""
+    datasets = config["datasets"]
+    return [
+        f"config key 'pretrain.source': '{source}' reads images of the target '{target}', and supervised "
+        "pretraining would learn their labels (those a train_fraction holds back too); pretrain on a target's own "
+        "images with objective simclr, which reads no labels"
+        for source in sources
+        for target in config["finetune"]["targets"]
+        if target in datasets and _shares_images(datasets[source], datasets[target])
+    ]
 
 
 def entry_problems(name: str, ds: Mapping[str, Any]) -> list[str]:
