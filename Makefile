@@ -54,15 +54,16 @@ benchmark: setup
 	for name in $(BENCHMARKS); do $(BIN)/snakemake --cores $(CORES) --configfile config/benchmark-$$name.yaml || exit 1; done
 	$(BIN)/medxfer benchmark-docs $(foreach name,$(BENCHMARKS),results/benchmark-$(name))
 
-# Ablation studies (config/ablation/): per study S, the cut-down base S.yaml over benchmark-S.yaml, then every
+# Ablation studies (config/ablation/): per study S, the cut-down base S.yaml over benchmark-B.yaml (B: S up to its
+# first '_', so bone_10pct is a second study over the bone benchmark), then every
 # S-<variant>.yaml over both, then docs/ablations.md from their own records (each row's change is read from the
 # configs the runs recorded). Only the summary is built: heatmaps and robustness are not what an ablation compares,
 # and at 128 px they cost more than the training.
-ABLATION_STUDIES ?= chest bone grades
+ABLATION_STUDIES ?= chest bone bone_10pct grades
 ablation_runs = results/ablation-$(1)/base $(patsubst config/ablation/$(1)-%.yaml,results/ablation-$(1)/%,$(wildcard config/ablation/$(1)-*.yaml))
 ablation: setup
 	for study in $(ABLATION_STUDIES); do \
-	  base="--configfile config/benchmark-$$study.yaml config/ablation/$$study.yaml"; \
+	  base="--configfile config/benchmark-$${study%%_*}.yaml config/ablation/$$study.yaml"; \
 	  $(BIN)/snakemake --cores $(CORES) $$base -- results/ablation-$$study/base/report/benchmark.csv || exit 1; \
 	  for variant in config/ablation/$$study-*.yaml; do \
 	    name=$$(basename $$variant .yaml); name=$${name#$$study-}; \

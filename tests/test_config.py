@@ -55,6 +55,19 @@ def test_supervised_augmentation_stated_for_simclr_is_an_error_not_ignored():
     assert restated["pretrain"]["objective"] == "simclr"
 
 
+def test_a_targets_own_images_are_pretrained_on_only_without_their_labels():
+    """A source holding a target's files (here the target's 10 % subset learns from all its training images) may
+    pretrain self-supervised; supervised, it would learn the labels the subset holds back, so it is an error."""
+    own = minimal_indomain()
+    own["datasets"]["a_10pct"] = {"format": "mura", "root": "x/", "train_fraction": 0.1}  # src's files, other spelling
+    own["finetune"]["targets"] = ["a", "a_10pct"]
+    with pytest.raises(ConfigError) as err:
+        validate(own)
+    assert "'src' reads images of the target 'a_10pct'" in str(err.value) and "'a'" not in str(err.value)
+    assert validate(own | {"pretrain": {"source": "src", "objective": "simclr"}})["pretrain"]["objective"] == "simclr"
+    assert validate(minimal_indomain())["pretrain"]["objective"] == "supervised"  # other files: supervised is fine
+
+
 def test_error_names_key_value_and_allowed():
     with pytest.raises(ConfigError) as err:
         validate(minimal(inits=["bogus"]))
@@ -155,15 +168,17 @@ ABLATIONS = REPO / "config" / "ablation"
     + [(p.stem.split("-")[0], p.name) for p in sorted(ABLATIONS.glob("*-*.yaml"))],
 )
 def test_every_ablation_validates_over_its_base_and_writes_a_results_folder_of_its_own(study, variant):
-    """An ablation run merges its study's benchmark, the cut-down base (config/ablation/<study>.yaml) and at most one
-    variant (<study>-<name>.yaml); each variant must change its results folder, or it would overwrite the base run's.
-    `make ablation` reads each run's summary from the folder the file name gives."""
+    """An ablation run merges its study's benchmark (benchmark-<study up to its first '_'>.yaml), the cut-down base
+    (config/ablation/<study>.yaml) and at most one variant (<study>-<name>.yaml); each variant must change its results
+    folder, or it would overwrite the base run's. `make ablation` reads each run's summary from the folder the file
+    name gives."""
     from snakemake.utils import update_config
 
     from medxfer.config import read_yaml
 
     merged = read_yaml(REPO / "config" / "config.yaml")
-    for name in [f"benchmark-{study}.yaml", f"ablation/{study}.yaml", *([f"ablation/{variant}"] if variant else [])]:
+    benchmark = f"benchmark-{study.split('_')[0]}.yaml"
+    for name in [benchmark, f"ablation/{study}.yaml", *([f"ablation/{variant}"] if variant else [])]:
         update_config(merged, read_yaml(REPO / "config" / name))
     expected = "base" if variant is None else variant.removeprefix(f"{study}-").removesuffix(".yaml")
     assert validate(merged)["results"] == f"results/ablation-{study}/{expected}"
