@@ -63,6 +63,21 @@ def test_deletion_and_insertion_reward_the_map_of_what_the_model_uses():
     assert blur_right < blur_wrong - 0.1  # the blurred copy of the square is too dim for the model
 
 
+def test_a_single_curve_is_the_same_curve_run_alone():
+    """Choosing a heatmap on val reads only deletion: asked for one curve, only that one goes through the model,
+    in the order asked, with the values the three-curve call gives (to float rounding: the batch is smaller)."""
+    size, box = 32, slice(8, 16)
+    model = RegionModel(size, box).eval()
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size), dtype=np.uint8)
+    heat = np.random.default_rng(1).random((size, size)).astype(np.float32)
+    deletion, insertion, blurred = deletion_insertion(model, image, heat, target=1, steps=8)
+    assert len({deletion, insertion, blurred}) == 3
+    alone = deletion_insertion(model, image, heat, target=1, steps=8, curves=["blurred_deletion", "deletion"])
+    assert alone == pytest.approx((blurred, deletion), abs=1e-6)
+    with pytest.raises(ValueError, match=r"unknown perturbation curve\(s\) \['erasure'\]"):
+        deletion_insertion(model, image, heat, target=1, curves=["erasure"])
+
+
 class DarkPatchModel(torch.nn.Module):
     """Calls an image positive from a bright square's fine edge, and negative wherever it sees black pixels."""
 

@@ -37,10 +37,11 @@ def candidates(model: nn.Module, methods: Sequence[str], positions: Sequence[int
 
 
 def mean_deletion(model: nn.Module, images: np.ndarray, targets: np.ndarray, maps: np.ndarray, steps: int) -> float:
-    """Mean deletion AUC of the maps for the target classes."""
-
+    """Mean deletion AUC of the maps for the target classes (only the deletion curve is run)."""
     pairs = zip(images, maps, targets, strict=True)
-    scores = [deletion_insertion(model, image, heat, int(target), steps)[0] for image, heat, target in pairs]
+    scores = [
+        deletion_insertion(model, image, heat, int(target), steps, ["deletion"])[0] for image, heat, target in pairs
+    ]
     return float(np.mean(scores))
 
 
