@@ -70,8 +70,8 @@ def test_every_default_is_documented():
 
 
 def test_documented_defaults_are_what_the_loader_fills_in():
-    datasets = {"a": {"format": "mura", "root": "x"}}
-    conf = cfg.validate({"datasets": datasets, "pretrain": {"source": "a"}, "finetune": {"targets": ["a"]}})
+    datasets = {"a": {"format": "mura", "root": "x"}, "src": {"format": "mura", "root": "y"}}
+    conf = cfg.validate({"datasets": datasets, "pretrain": {"source": "src"}, "finetune": {"targets": ["a"]}})
     documented = {r.key: r.default for r in rows(cfg.load_schema())}
     given = {"datasets.<name>.format", "datasets.<name>.root", "pretrain.source", "finetune.targets"}
     derived = {"finetune.seeds"}  # null in the schema; validate() turns it into [seed]
