@@ -200,7 +200,7 @@ def test_benchmark_table_covers_every_row_with_its_costs(run_dir):
         assert record["parameters"] == per_run[record["target"], record["init"]]
     text = (run_dir / "results/report/benchmark.md").read_text()
     assert "## demo_mura" in text and "## demo_ct" in text
-    assert "test images are exact copies of an image in the in-domain pretraining sources" in text
+    assert "test images are exact copies of an image in the train and val splits of the in-domain pretraining" in text
     assert "Inits compared on equal budget" in text
 
 
