@@ -25,13 +25,18 @@ from medxfer.cache import Split
 from medxfer.cams import device_of
 from medxfer.imaging import ImageError, npz_entry, parse_npz_ref
 from medxfer.inference import predict_proba
-from medxfer.localisation import BASELINES, LOCALISATION_COLUMNS, SCORES, baseline_maps, localisation
+from medxfer.localisation import (
+    BASELINES,
+    DELETION_COLUMNS,
+    LOCALISATION_COLUMNS,
+    SCORES,
+    baseline_maps,
+    localisation,
+)
 
 MapsOf = Callable[[str, np.ndarray, np.ndarray], np.ndarray]  # (method, images, targets) -> (N, H, W) maps
 FAITHFULNESS_COLUMNS = ["image_id", "label", "method", "has_mask", *SCORES]
-
-
-CURVES = ("deletion", "insertion", "blurred_deletion")
+CURVES = tuple(column.removesuffix("_auc") for column in DELETION_COLUMNS)  # deletion, insertion, blurred_deletion
 
 
 def deletion_insertion(
@@ -133,12 +138,12 @@ def faithfulness(
     rows = []
     for method, heat in maps.items():
         for k, i in enumerate(index):
-            deletion, insertion, blurred = deletion_insertion(model, images[k], heat[k], int(targets[k]), steps)
+            curves = deletion_insertion(model, images[k], heat[k], int(targets[k]), steps)
             scores = localisation(heat[k], masks[i], read_mask(boxes[i], size)) if has_mask[i] else nan
             rows.append(
                 {"image_id": split.ids[i], "label": int(targets[k]), "method": method, "has_mask": bool(has_mask[i])}
                 | scores
-                | {"deletion_auc": deletion, "insertion_auc": insertion, "blurred_deletion_auc": blurred}
+                | dict(zip(DELETION_COLUMNS, curves, strict=True))
                 | {"seconds_per_image": seconds[method]}
             )
     return pd.DataFrame(rows, columns=FAITHFULNESS_COLUMNS)
