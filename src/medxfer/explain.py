@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from medxfer import cams, heatmap_choice, models, runtime
 from medxfer.cache import Split, load_cached
 from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness, read_mask
+from medxfer.fold import fold_batchnorm
 from medxfer.identity import read as read_identity
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz, write_json
@@ -111,11 +112,12 @@ def explain_model(
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
     dev = runtime.select_device(device)
-    model, meta = models.load(model_dir, dev)
+    unfolded, meta = models.load(model_dir, dev, fold=False)
+    model = fold_batchnorm(unfolded)
     splits = load_cached(manifest, images).splits
     test = splits["test"]
     mark_work_start()
-    selection = heatmap_choice.choose(model, splits["val"], settings, seed, logger)
+    selection = heatmap_choice.choose(model, splits["val"], settings, seed, logger, unfolded=unfolded)
     write_json(out_dir / "selection.json", selection)
     methods = [selection["method"], *(m for m in methods if m != selection["method"])]  # the chosen one first
 

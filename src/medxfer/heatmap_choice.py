@@ -22,6 +22,7 @@ from torch import nn
 from medxfer import cams, localisation, models
 from medxfer.cache import Split
 from medxfer.faithfulness import deletion_insertion
+from medxfer.fold import fold_batchnorm
 from medxfer.sections import ExplainSection
 
 
@@ -69,8 +70,19 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, logger: Any = None) -> dict[str, Any]:
+def choose(
+    model: nn.Module,
+    val: Split,
+    settings: ExplainSection,
+    seed: int,
+    logger: Any = None,
+    unfolded: nn.Module | None = None,
+) -> dict[str, Any]:
     """Score every (method, layer) candidate on val, run the sanity check, pin the chosen CAM layer on the model.
+
+    `unfolded`: the model as trained when `model` has its BatchNorms folded (medxfer.fold). The sanity check's copy is
+    randomised from it, norms included, and then folded: re-initialising a folded convolution would give it a random
+    bias where the trained architecture has a reset norm.
 
     Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val, the smooth
     random map's val deletion AUC and whether the chosen map beats it, and, per candidate, its val deletion AUC, its
@@ -82,7 +94,9 @@ def choose(model: nn.Module, val: Split, settings: ExplainSection, seed: int, lo
     images, targets = val.images[index], val.labels[index]
     options = settings.map_options(seed)
     threshold = settings.sanity_threshold
-    random_model, reset = randomised(model, seed)
+    random_model, reset = randomised(model if unfolded is None else unfolded, seed)
+    if unfolded is not None:
+        random_model = fold_batchnorm(random_model)
     rows = []
     for method, layer in candidates(model, settings.methods, settings.layers):
         trained = cams.heatmaps(method, model, images, targets, layer, **options)

@@ -14,6 +14,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from medxfer.fold import fold_batchnorm
 from medxfer.io import atomic_path, write_json
 
 INITS = ("scratch", "imagenet", "indomain")
@@ -222,14 +223,19 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its directory; reads tensors only (safetensors), never executes code from the file."""
+def load(
+    ckpt_dir: str | Path, device: str | torch.device = "cpu", fold: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its directory, in eval mode; reads tensors only (safetensors), never executes code from
+    the file. `fold`: BatchNorms folded into their convolutions (medxfer.fold), the same function at less cost, for
+    every reader that only infers; False gives the network as trained (to re-initialise or train layers)."""
     meta = read_meta(ckpt_dir)
     head = meta.get("head", "linear")
     model = create(meta["arch"], len(meta["classes"]), meta["in_chans"], meta.get("truncate_stages"), head)
     state = safetensors.torch.load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(device))
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    return (fold_batchnorm(model) if fold else model), meta
 
 
 def gradcam_layer(model: nn.Module, input_size: int = 224, min_cells: int = 4) -> nn.Module:
