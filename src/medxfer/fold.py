@@ -15,10 +15,13 @@ import copy
 from collections import Counter
 
 import torch
+from timm.layers import BatchNormAct2d
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 FOLDED = "medxfer_folded_batchnorms"  # model attribute: how many norms were folded (0: the model is as it was)
+# Norms whose forward is known: a scale and shift, then (timm) dropout and activation. A subclass may do more.
+FOLDABLE = (nn.BatchNorm2d, BatchNormAct2d)
 
 
 class _NormsAsLeaves(fx.Tracer):
@@ -31,8 +34,7 @@ class _NormsAsLeaves(fx.Tracer):
 def _without_norm(norm: nn.BatchNorm2d) -> nn.Module:
     """What is left of a norm once its scale and shift live in the convolution: timm's BatchNormAct2d keeps its
     dropout and activation, a plain BatchNorm2d leaves nothing."""
-    rest = [m for m in (getattr(norm, "drop", None), getattr(norm, "act", None)) if m is not None]
-    return nn.Sequential(*rest) if rest else nn.Identity()
+    return nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity()
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -54,7 +56,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if calls[node.target] != 1 or calls[source.target] != 1:  # a module called twice serves two inputs
             continue
         norm, conv = folded.get_submodule(node.target), folded.get_submodule(source.target)
-        if not (isinstance(norm, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d) and norm.track_running_stats):
+        if not (type(norm) in FOLDABLE and isinstance(conv, nn.Conv2d) and norm.track_running_stats):
             continue
         memory_format = _memory_format(conv.weight)
         conv.weight, conv.bias = fuse_conv_bn_weights(
