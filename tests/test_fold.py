@@ -45,11 +45,11 @@ def test_folding_keeps_the_function_and_removes_the_norms_a_convolution_feeds(ar
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)  # the layout models.create gives
 
 
-def test_loading_folds_by_default_and_the_unfolded_model_is_the_trained_one(tmp_path):
+def test_loading_folds_on_request_and_by_default_gives_the_trained_network(tmp_path):
     model = _trained_like("efficientnet_lite0", in_chans=1)
     meta = {"arch": "efficientnet_lite0", "classes": ["a", "b"], "in_chans": 1, "input_size": [1, 32, 32]}
     models.save(tmp_path, model, meta)
-    folded, unfolded = models.load(tmp_path)[0], models.load(tmp_path, fold=False)[0]
+    folded, unfolded = models.load(tmp_path, fold=True)[0], models.load(tmp_path)[0]
     assert _norms(folded) == 0 and _norms(unfolded) == _norms(model)
     x = models.normalize(torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8))
     with torch.inference_mode():

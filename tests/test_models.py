@@ -21,7 +21,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     )
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
-    loaded, meta = models.load(tmp_path, fold=False)
+    loaded, meta = models.load(tmp_path)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))

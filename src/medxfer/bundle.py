@@ -289,7 +289,7 @@ class Bundle:
 
         if self.runtime == "torch":
             return self.cnns[index]
-        return models.load(self.path / CNN_DIR / self.meta["predictor"]["cnns"][index], self.device)[0]
+        return models.load(self.path / CNN_DIR / self.meta["predictor"]["cnns"][index], self.device, fold=True)[0]
 
     def predict(self, source: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
         """Predict on a folder, CSV manifest or file and write the tables (medxfer.predict.predict's options)."""
@@ -342,7 +342,7 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
         if list(cnn_meta["classes"]) != list(meta["classes"]):
             raise ValueError(f"{path / CNN_DIR / arch}: classes {cnn_meta['classes']} differ from {meta['classes']}")
         if runtime == "torch":
-            cnns.append(models.load(path / CNN_DIR / arch, dev)[0])
+            cnns.append(models.load(path / CNN_DIR / arch, dev, fold=True)[0])
     if runtime == "onnx":
         from medxfer.onnx_export import onnx_cnns
 

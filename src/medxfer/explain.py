@@ -112,7 +112,7 @@ def explain_model(
     if unknown:
         raise ValueError(f"unknown explanation method(s) {sorted(unknown)}; allowed: {list(METHODS)}")
     dev = runtime.select_device(device)
-    unfolded, meta = models.load(model_dir, dev, fold=False)
+    unfolded, meta = models.load(model_dir, dev)
     model = fold_batchnorm(unfolded)
     splits = load_cached(manifest, images).splits
     test = splits["test"]

@@ -88,7 +88,7 @@ def extract_features(
     data = load_cached(manifest, images)
     dims: dict[str, dict[str, tuple[int, ...]]] = {}
     for model_dir, out_path in zip(model_dirs, out_paths, strict=True):
-        model, meta = models.load(model_dir, dev)
+        model, meta = models.load(model_dir, dev, fold=True)
         if data.classes != meta["classes"]:
             raise ValueError(
                 f"{model_dir}: model classes {meta['classes']} differ from data set classes {data.classes}"

@@ -224,11 +224,11 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
 
 
 def load(
-    ckpt_dir: str | Path, device: str | torch.device = "cpu", fold: bool = True
+    ckpt_dir: str | Path, device: str | torch.device = "cpu", fold: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its directory, in eval mode; reads tensors only (safetensors), never executes code from
     the file. `fold`: BatchNorms folded into their convolutions (medxfer.fold), the same function at less cost, for
-    every reader that only infers; False gives the network as trained (to re-initialise or train layers)."""
+    readers that only infer (features, robustness, bundle predictions); by default the network as saved."""
     meta = read_meta(ckpt_dir)
     head = meta.get("head", "linear")
     model = create(meta["arch"], len(meta["classes"]), meta["in_chans"], meta.get("truncate_stages"), head)

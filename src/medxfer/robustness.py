@@ -195,7 +195,7 @@ def _load_cnns(
 ) -> list[tuple[torch.nn.Module, dict]]:
     """Each CNN with its model.json; a CNN whose classes differ from the data set's would be scored against the
     wrong labels, so that is an error."""
-    cnns = [models.load(d, device) for d in model_dirs]
+    cnns = [models.load(d, device, fold=True) for d in model_dirs]
     for (_, meta), path in zip(cnns, model_dirs, strict=True):
         if list(meta["classes"]) != classes:
             raise ValueError(f"{path}: model classes {meta['classes']} differ from data set classes {classes}")
