@@ -237,6 +237,22 @@ def test_randomised_copy_is_seeded_and_leaves_the_model_alone(trained):
     assert not torch.equal(first.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
 
 
+def test_a_folded_model_gets_the_sanity_check_of_the_network_as_trained(xray, trained):
+    """explain draws with BatchNorms folded; its randomised copy must still be the trained network's, norms reset."""
+    plain, _ = models.load(trained)
+    folded = models.load(trained, fold=True)[0]
+    val = load_cached(*xray).splits["val"]
+    settings = replace(SETTINGS, methods=("gradcam", "gradcampp"), layers=(-1, -2))
+    as_trained = heatmap_choice.choose(plain, val, settings, seed=0)
+    with_folding = heatmap_choice.choose(folded, val, settings, seed=0, unfolded=plain)
+    rho, rho_folded = as_trained["sanity"]["spearman"], with_folding["sanity"]["spearman"]
+    assert rho.keys() == rho_folded.keys() and all(value is not None for value in rho.values())
+    assert rho_folded == pytest.approx(rho, abs=0.01)
+    assert with_folding["method"] == as_trained["method"] and with_folding["layer"] == as_trained["layer"]
+    scores = [c["val_deletion_auc"] for c in as_trained["candidates"]]
+    assert [c["val_deletion_auc"] for c in with_folding["candidates"]] == pytest.approx(scores, abs=1e-4)
+
+
 def test_rank_correlation_of_maps():
     a = np.random.default_rng(0).random((3, 8, 8))
     assert heatmap_choice.rank_correlation(a, a) == pytest.approx(1.0)
