@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
-import torch
 from timm.layers import BatchNormAct2d
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
@@ -58,16 +57,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         norm, conv = folded.get_submodule(node.target), folded.get_submodule(source.target)
         if not (type(norm) in FOLDABLE and isinstance(conv, nn.Conv2d) and norm.track_running_stats):
             continue
-        memory_format = _memory_format(conv.weight)
-        conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias = fuse_conv_bn_weights(  # keeps the weight's layout (channels-last)
             conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
         )
-        conv.weight.data = conv.weight.data.contiguous(memory_format=memory_format)
         folded.set_submodule(node.target, _without_norm(norm))
         count += 1
     setattr(folded, FOLDED, count)
     return folded
-
-
-def _memory_format(weight: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
