@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist workers share the cores: one torch/OpenMP thread each (set before torch is imported); tests that
+# pass threads= to a stage still get theirs.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -34,6 +39,20 @@ def run_snakemake(
     return subprocess.run(
         snakemake_command(workdir, *args, python=python), capture_output=True, text=True, timeout=timeout
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the tiny workflow run says so with the workflow or slurm mark: the unit layer
+    (`-m "not workflow and not slurm"`) must never start that run (minutes) for one test."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "run_dir" in getattr(item, "fixturenames", ())
+        and not item.get_closest_marker("workflow")
+        and not item.get_closest_marker("slurm")
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that use run_dir need @pytest.mark.workflow: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,7 @@ def _variant(base: Path, out: Path, change: dict, val_auc_of_worst_test: float) 
     return out
 
 
+@pytest.mark.workflow
 def test_ablation_table_from_the_workflows_records(run_dir: Path, tmp_path: Path) -> None:
     """The tiny run's own run.json and benchmark.csv as the base; a variant whose records change one setting."""
     base = load_run(run_dir / "results")
@@ -85,6 +86,7 @@ def test_ablation_table_from_the_workflows_records(run_dir: Path, tmp_path: Path
         assert float(cells[-3]) == pytest.approx(worst["roc_auc"] - best_val["roc_auc"], abs=1.5e-3)
 
 
+@pytest.mark.workflow
 def test_a_key_added_since_a_run_counts_as_its_default_not_as_a_change(run_dir: Path, tmp_path: Path) -> None:
     """A base recorded before `finetune.tta` existed ran without it: a variant that records the default changes
     nothing, one that sets it changes that key alone."""
@@ -99,6 +101,7 @@ def test_a_key_added_since_a_run_counts_as_its_default_not_as_a_change(run_dir: 
     assert config_changes(old, run_config(load_run(tta))) == ["finetune.tta: `False` → `True`"]
 
 
+@pytest.mark.workflow
 def test_a_run_without_a_recorded_config_is_refused(run_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(run_dir / "results" / "report", tmp_path / "old" / "report")
     record = read_json(tmp_path / "old" / "report" / "run.json")
@@ -117,6 +120,7 @@ def _graded(run: Path) -> Path:
     return run
 
 
+@pytest.mark.workflow
 def test_a_graded_target_adds_qwk_and_mae_columns(run_dir: Path, tmp_path: Path) -> None:
     base = load_run(_graded(_variant(run_dir / "results", tmp_path / "graded", {}, 2.0)))
     plain = ablation_markdown([(load_run(run_dir / "results"), [])])
@@ -124,6 +128,7 @@ def test_a_graded_target_adds_qwk_and_mae_columns(run_dir: Path, tmp_path: Path)
     assert "| QWK | MAE |" in graded and "QWK" not in plain
 
 
+@pytest.mark.workflow
 def test_the_committed_ablation_page_has_the_generators_form(run_dir: Path, tmp_path: Path) -> None:
     """docs/ablations.md is written by `make ablation`; a generator change without a fresh page fails here. Its
     studies include a graded target (QWK and MAE columns) beside binary ones."""
@@ -140,6 +145,7 @@ def test_the_committed_ablation_page_has_the_generators_form(run_dir: Path, tmp_
     assert form(committed) == form(fresh)
 
 
+@pytest.mark.workflow
 def test_each_study_compares_its_variants_with_its_own_base(run_dir: Path, tmp_path: Path) -> None:
     """Two studies on one page: a row's change is against its own study's base, and every run is listed once."""
     first = _variant(run_dir / "results", tmp_path / "study-a" / "base", {}, 2.0)

@@ -281,7 +281,7 @@ def test_the_method_chosen_on_val_points_at_demo_findings(limbs, tmp_path):
     above zero."""
     from medxfer.metrics import paired_mean_difference
 
-    model_dir = train_resnet10t(load_cached(*limbs), 150, tmp_path / "model")
+    model_dir = train_resnet10t(load_cached(*limbs), 60, tmp_path / "model")
     settings = replace(SETTINGS, methods=("gradcam", "gradcampp", "lime"), n_faithfulness=24, lime_samples=100)
     explain_model(model_dir, *limbs, tmp_path / "explain", settings, seed=0)
     faith = pd.read_csv(tmp_path / "explain" / "faithfulness.csv")
