@@ -26,9 +26,10 @@ from medxfer.resume import RESUME_FILE
 
 PROFILE = REPO / "profiles" / "slurm"
 START_SLURM = REPO / "tests" / "slurm" / "start-local-slurm.sh"
-# accounting gives sacct's durable job records (state, exit code, allocated GPUs); one fake GPU makes the GPU rules
-# schedulable (their code runs on CPU: there is no device behind it)
-CLUSTER_ENV = {"LOCAL_SLURM_ACCOUNTING": "1", "LOCAL_SLURM_GPUS": "1"}
+# accounting gives sacct's durable job records (state, exit code, allocated GPUs); fake GPUs make the GPU rules
+# schedulable (their code runs on CPU: there is no device behind it). Two of them, so two GPU jobs run at once, as
+# the local run's --cores 2 runs them: with one, every GPU rule waited for the one before (the run took twice as long).
+CLUSTER_ENV = {"LOCAL_SLURM_ACCOUNTING": "1", "LOCAL_SLURM_GPUS": "2"}
 # the local run's --cores 2 caps every rule at 2 threads; the same cap here gives the same torch threading
 THREADS = 2
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
