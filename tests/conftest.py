@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 # pytest-xdist workers share the cores: one torch/OpenMP thread each (set before torch is imported); tests that
-# pass threads= to a stage still get theirs.
+# pass threads= to a stage still get theirs. Those then outnumber the cores, and OpenMP's default spin-waiting
+# made them 5-10x slower (tests/test_train.py: 74 s on two workers, 30 s in one process); passive waiting yields.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
