@@ -55,6 +55,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError("tests that use run_dir need @pytest.mark.workflow: " + ", ".join(unmarked))
+    # Under `--dist loadgroup` the SLURM tests run on one worker while the tests of the local run (which edit its
+    # inputs and config and put them back) run in order on the other: the cluster run mostly waits on sbatch.
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "run_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("local-run"))
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +72,35 @@ def snakemake():
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The whole workflow run locally once on tests/workflow/tiny.yaml (`--cores 2`); shared by every workflow test
-    (dry runs after) and the SLURM tests (which compare their results with it).
+    (dry runs after) and the SLURM tests (which compare their results with it). Under pytest-xdist the first worker
+    that asks runs it and the others wait for it (a file lock beside the workers' temp folders).
 
     $MEDXFER_TEST_RUN_DIR names an already finished tiny run to reuse instead (development only: tests edit it and
     put their edits back).
     """
     if os.environ.get("MEDXFER_TEST_RUN_DIR"):
         return Path(os.environ["MEDXFER_TEST_RUN_DIR"])
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return run_tiny_workflow(tmp_path_factory)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    done, failed = shared / "tiny-run.path", shared / "tiny-run.failed"
+    with FileLock(shared / "tiny-run.lock"):
+        if failed.is_file():
+            pytest.fail(failed.read_text())
+        if not done.is_file():
+            try:
+                done.write_text(str(run_tiny_workflow(tmp_path_factory)))
+            except pytest.fail.Exception as error:
+                failed.write_text(str(error))
+                raise
+        return Path(done.read_text())
+
+
+def run_tiny_workflow(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tiny_workdir(tmp_path_factory, "workflow")
-    result = run_snakemake(workdir, "--cores", "2", timeout=1800)  # ~5 min alone on 2 cores, 15 on shared ones
+    result = run_snakemake(workdir, "--cores", "2", timeout=1800)  # ~4 min alone on 2 cores, 15 on shared ones
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return workdir
