@@ -40,14 +40,14 @@ system-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # The unit layer side by side on TEST_WORKERS processes (pytest-xdist), then the layer that shares the one tiny
-# workflow run (workflow and slurm marks): its tests reuse that run, the local run's in order on one process and the
-# SLURM tests on another (tests/conftest.py groups them). The slurm-marked tests bring up a real local SLURM (root,
-# apt-get); `pytest -m "not slurm"` leaves them out.
+# workflow run (workflow and slurm marks) in two lanes (tests/conftest.py): the local run's tests in order on one
+# process, the SLURM tests on another. The slurm-marked tests bring up a real local SLURM (root, apt-get);
+# `pytest -m "not slurm"` leaves them out.
 TEST_WORKERS ?= 2
 test: lint system-deps $(SLURM_STAMP)
 	$(BIN)/pytest -n $(TEST_WORKERS) -m "not workflow and not slurm"
 	MEDXFER_SLURM_PYTHON=$(abspath $(SLURM_VENV))/bin/python \
-	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "workflow or slurm"
+	  $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope -m "workflow or slurm"
 
 test-slurm: $(SLURM_STAMP)
 	MEDXFER_SLURM_PYTHON=$(abspath $(SLURM_VENV))/bin/python $(BIN)/pytest -m slurm
