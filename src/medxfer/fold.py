@@ -48,7 +48,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         logging.getLogger(__name__).warning(
             "%s cannot be traced, so its BatchNorms stay unfolded (same outputs, unfolded speed): %s",
             type(model).__name__,
-            str(error).splitlines()[0] if str(error) else type(error).__name__,
+            (str(error) or type(error).__name__).splitlines()[0],
         )
         setattr(folded, FOLDED, 0)
         return folded
