@@ -1,6 +1,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -339,6 +340,49 @@ def test_source_overlap_reads_only_what_pretraining_reads(demo_root, tmp_path):
     assert leaked.sum() > 0  # another seed moves some of the target's test images into training
     with pytest.raises(IngestError, match=rf"test images also in a pretraining source \(own: {leaked.sum()} "):
         check_source_overlap(target, {"own": tmp_path / "other_split" / "manifest.csv"}, tmp_path / "bad.json")
+
+
+def test_source_overlap_finds_resized_and_reencoded_copies_of_test_images(demo_root, tmp_path):
+    """The same pictures saved again at twice the size as JPEG have other bytes but the same perceptual hash: a
+    source holding them in its training split would pretrain on the test set. Copies of training images pass."""
+    from medxfer.ingest import check_source_overlap
+
+    target = run(tmp_path, "mura", dataset_config(demo_root, "mura"))
+    test_paths = target.loc[target["split"] == "test", "path"].iloc[:4].tolist()
+    train_paths = target.loc[target["split"] == "train", "path"].iloc[:4].tolist()
+    source_root = tmp_path / "source"
+
+    def save_copy(image_file: Path, split: str, name: str) -> None:
+        image = Image.open(image_file).convert("L")
+        folder = source_root / split / name[-1]  # two classes, a and b
+        folder.mkdir(parents=True, exist_ok=True)
+        image.resize((2 * image.width, 2 * image.height), Image.Resampling.BICUBIC).save(folder / f"{name}.jpg")
+
+    for i, path in enumerate(train_paths):
+        save_copy(demo_root / "mura" / path, "train", f"train{i}{'ab'[i % 2]}")
+    for i, path in enumerate(sorted((demo_root / "xray_source").rglob("*.png"))[:2]):
+        save_copy(path, "test", f"other{i}{'ab'[i % 2]}")  # the source's own test split: never pretrained on
+    source = dataset_config(demo_root, "mura", format="imagefolder", root=str(source_root))
+    (tmp_path / "clean").mkdir()
+    run(tmp_path / "clean", "source", source)
+    clean = check_source_overlap(
+        tmp_path / "manifest.csv", {"source": tmp_path / "clean" / "manifest.csv"}, tmp_path / "ok.json"
+    )
+    assert clean["overlap"]["source"]["count"] == 0
+
+    for i, path in enumerate(test_paths):
+        save_copy(demo_root / "mura" / path, "train", f"test{i}{'ab'[i % 2]}")
+    (tmp_path / "leaky").mkdir()
+    run(tmp_path / "leaky", "source", source)
+    with pytest.raises(IngestError, match=r"test images also in a pretraining source \(source: \d+ .*0 exact, \d+ res"):
+        check_source_overlap(
+            tmp_path / "manifest.csv", {"source": tmp_path / "leaky" / "manifest.csv"}, tmp_path / "bad.json"
+        )
+    found = json.loads((tmp_path / "bad.json").read_text())["overlap"]["source"]
+    assert found["exact"] == 0 and found["perceptual"] == found["count"] >= 1
+    assert set(found["examples"]) <= set(test_paths)
+    near = {pair["test"] for pair in found["near_examples"]}
+    assert near <= set(test_paths) and found["count"] + found["near"] == len(test_paths)  # each copy: found or listed
 
 
 def test_source_overlap_finds_a_target_test_image_copied_into_the_source(demo_root, tmp_path):

@@ -200,7 +200,8 @@ def test_benchmark_table_covers_every_row_with_its_costs(run_dir):
         assert record["parameters"] == per_run[record["target"], record["init"]]
     text = (run_dir / "results/report/benchmark.md").read_text()
     assert "## demo_mura" in text and "## demo_ct" in text
-    assert "test images are exact copies of an image in the train and val splits of the in-domain pretraining" in text
+    copies = "test images are copies, exact, resized or re-encoded, of an image in the train and val splits of the"
+    assert f"{copies} in-domain pretraining" in text
     assert "Inits compared on equal budget" in text
 
 

@@ -173,7 +173,7 @@ def cmd_check_overlap(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: no run starts from an in-domain checkpoint: nothing to check against")
     inputs = {"target": jobs.manifest_of(conf, args.target), "sources": [jobs.manifest_of(conf, s) for s in sources]}
     outputs = {"overlap": paths.artifact(results, paths.SOURCE_OVERLAP, target=args.target)}
-    _run(args.rule, args, inputs, outputs, {"sources": sources}, target=args.target)
+    _run(args.rule, args, inputs, outputs, jobs.overlap_settings(conf, args), target=args.target)
 
 
 def cmd_curves(args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ from medxfer.splits import assign_splits, describe_leaks, drop_leaked, leaked, s
 
 NEGATIVE_NAMES = ("normal", "negative", "no_finding", "0", "false", NO_LABEL)
 MANIFEST_COLUMNS = [
-    *("image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256"),
+    *("image_id", "path", "patient_id", "study_id", "label", "label_name", "split", "sha256", "phash"),
     *("mask", "box"),  # finding mask and box ('' without; a PNG path or an `<file>.npz#<key>[<index>]` entry)
 ]
 LEAKS = {"patient_id": "patient(s)", "sha256": "identical image(s)", "phash": "perceptually identical image(s)"}
@@ -406,32 +406,74 @@ def ingest_dataset(
 PRETRAIN_SPLITS = ("train", "val")  # what pretraining reads of a source: it trains on train, picks its epoch on val
 
 
-def check_source_overlap(target_manifest: Path, source_manifests: Mapping[str, Path], out: Path) -> dict:
-    """Target test images that are exact copies (same content hash) of an image pretraining reads (a source's train
-    and val splits): a model pretrained on them has seen the test set, so the in-domain comparison would flatter it.
+def check_source_overlap(
+    target_manifest: Path, source_manifests: Mapping[str, Path], out: Path, near_distance: int = 4
+) -> dict:
+    """Target test images that are copies of an image pretraining reads (a source's train and val splits): the same
+    content hash, or the same perceptual hash (a resized or re-encoded copy: the same picture in another file of
+    another size). A model pretrained on them has seen the test set, so the in-domain comparison would flatter it.
     A source's own test split is only scored, never learned from, so the target's own data set under the same split
-    passes (self-supervised pretraining on its unlabelled training images). Writes the finding to `out`, then fails
-    if there is any overlap."""
+    passes (self-supervised pretraining on its unlabelled training images). Pairs up to `near_distance` bits apart
+    are listed for review only: X-rays of different patients can be that close. Writes the finding to `out`, then
+    fails if any test image is a copy."""
     target = read_manifest(target_manifest)
+    _require_phash(target, target_manifest)
     test = target[target["split"] == "test"]
-    found: dict[str, list[str]] = {}
-    for name, manifest in source_manifests.items():
-        source = read_manifest(manifest)
-        source_hashes = set(source.loc[source["split"].isin(PRETRAIN_SPLITS), "sha256"])
-        found[name] = sorted(test.loc[test["sha256"].isin(source_hashes), "path"])
-    report = {
+    report: dict[str, Any] = {
         "target": str(target_manifest),
         "n_test": len(test),
-        "method": "sha256 of the file bytes, or of the raw array of an .npz entry (exact copies only)",
+        "method": "sha256 of the file bytes (or of the raw array of an .npz entry), and the 64-bit pHash of the "
+        "decoded pixels: equal hashes are copies; pHashes up to near_distance bits apart are listed for review",
+        "near_distance": near_distance,
         "source_splits": list(PRETRAIN_SPLITS),
-        "overlap": {name: {"count": len(paths), "examples": paths[:5]} for name, paths in found.items()},
+        "overlap": {},
     }
+    for name, manifest in source_manifests.items():
+        source = read_manifest(manifest)
+        _require_phash(source, manifest)
+        read = source[source["split"].isin(PRETRAIN_SPLITS)]
+        exact = test["sha256"].isin(set(read["sha256"]))
+        perceptual = ~exact & test["phash"].isin(set(read["phash"]))
+        copies = sorted(test.loc[exact | perceptual, "path"])
+        near = _near_pairs(test[~(exact | perceptual)], read, near_distance)
+        report["overlap"][name] = {
+            "count": len(copies),
+            "exact": int(exact.sum()),
+            "perceptual": int(perceptual.sum()),
+            "examples": copies[:5],
+            "near": len(near),
+            "near_examples": near[:5],
+        }
     write_json(out, report)
-    overlapping = {name: paths for name, paths in found.items() if paths}
+    overlapping = {name: part for name, part in report["overlap"].items() if part["count"]}
     if overlapping:
-        detail = "; ".join(f"{n}: {len(p)} (e.g. {p[0]})" for n, p in overlapping.items())
+        detail = "; ".join(
+            f"{n}: {p['count']} (e.g. {p['examples'][0]}; {p['exact']} exact, {p['perceptual']} resized or re-encoded)"
+            for n, p in overlapping.items()
+        )
         raise IngestError(f"{target_manifest}: test images also in a pretraining source ({detail}); see {out}")
     return report
+
+
+def _require_phash(manifest: pd.DataFrame, path: Path) -> None:
+    if "phash" not in manifest:
+        raise IngestError(
+            f"{path}: no phash column (written by an older medxfer); run its ingest again "
+            "(snakemake --forcerun ingest_dataset) so copies in other sizes or encodings can be found"
+        )
+
+
+def _near_pairs(test: pd.DataFrame, source: pd.DataFrame, max_distance: int) -> list[dict[str, Any]]:
+    """Test images within `max_distance` bits of a source image (not equal: those are copies), closest first."""
+    if not max_distance or test.empty or source.empty:
+        return []
+    both = pd.concat([test.assign(split="val"), source.assign(split="train")], ignore_index=True)
+    pairs = near_duplicates(both, max_distance)  # train = source, val = target test: only pairs across the two
+    return [
+        {"test": row.path_b, "source": row.path_a, "distance": int(row.distance)}
+        for row in pairs.itertuples()
+        if row.distance > 0
+    ]
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

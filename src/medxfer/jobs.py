@@ -144,6 +144,15 @@ def explain_settings(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any
     return {"explain": config["explain"], "seed": config["seed"], "device": config["device"]}
 
 
+def overlap_settings(config: Mapping[str, Any], wildcards: Any) -> dict[str, Any]:
+    """check_source_overlap's params: the sources pretraining reads, and the target's near-duplicate distance (pairs
+    that close are listed for review)."""
+    return {
+        "sources": indomain_sources(config),
+        "near_distance": config["datasets"][wildcards.target]["near_duplicate_distance"],
+    }
+
+
 def model_files(config: Mapping[str, Any], name: str, wildcards: Any) -> list[str]:
     """The file `name` of every fine-tuned model (one per arch) of the job's target, init and seed."""
     run = run_fields(wildcards)

@@ -212,9 +212,16 @@ def _overlap_text(check: dict[str, Any]) -> str:
     where = "the in-domain pretraining sources"
     if "source_splits" in check:  # recorded since the check reads only what pretraining reads
         where = f"the {' and '.join(check['source_splits'])} splits of the in-domain pretraining sources"
+    if "near_distance" not in check:  # recorded before the check compared perceptual hashes too
+        return (
+            f"Source overlap (content hash): {sum(found.values())} of {check['n_test']} test images are exact copies"
+            f" of an image in {where} ({per_source})."
+        )
+    near = sum(part["near"] for part in check["overlap"].values())
     return (
-        f"Source overlap (content hash): {sum(found.values())} of {check['n_test']} test images are exact copies of an"
-        f" image in {where} ({per_source})."
+        f"Source overlap (content hash and perceptual hash): {sum(found.values())} of {check['n_test']} test images"
+        f" are copies, exact, resized or re-encoded, of an image in {where} ({per_source}); {near} more are within"
+        f" {check['near_distance']} bits of one (source_overlap.json lists them for review)."
     )
 
 

@@ -121,7 +121,7 @@ def check_source_overlap(job: Any) -> None:
     from medxfer.ingest import check_source_overlap as check
 
     sources = {name: Path(path) for name, path in zip(job.params.sources, job.input.sources, strict=True)}
-    check(Path(job.input.target), sources, Path(job.output.overlap))
+    check(Path(job.input.target), sources, Path(job.output.overlap), job.params.near_distance)
 
 
 @stage

@@ -10,6 +10,6 @@ rule check_source_overlap:
     conda:
         "../../envs/data.yaml"
     params:
-        sources=indomain_sources(),
+        **job_params(jobs.overlap_settings),
     script:
         "../scripts/run_stage.py"
