@@ -385,6 +385,19 @@ def test_source_overlap_finds_resized_and_reencoded_copies_of_test_images(demo_r
     assert near <= set(test_paths) and found["count"] + found["near"] == len(test_paths)  # each copy: found or listed
 
 
+def test_hashes_of_digits_only_come_back_as_written(demo_root, tmp_path):
+    """A pHash of digits only would be read as a number (leading zeros lost, '1e40...' a float) and then equal no
+    other image's hash: the overlap check compares them as text."""
+    from medxfer.ingest import read_manifest
+
+    run(tmp_path, "mura", dataset_config(demo_root, "mura"))
+    manifest = pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False)
+    hashes = ["1e40000000000000"] + [f"{i:016d}" for i in range(1, len(manifest))]  # every one digits only
+    manifest["phash"] = hashes
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    assert read_manifest(tmp_path / "manifest.csv")["phash"].tolist() == hashes
+
+
 def test_source_overlap_finds_a_target_test_image_copied_into_the_source(demo_root, tmp_path):
     from medxfer.ingest import check_source_overlap
 

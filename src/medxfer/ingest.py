@@ -477,8 +477,9 @@ def _near_pairs(test: pd.DataFrame, source: pd.DataFrame, max_distance: int) -> 
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """A manifest.csv with id columns kept as text, so ids such as '007' or 'NA' come back as written."""
-    text = {"image_id": str, "patient_id": str, "study_id": str, "mask": str, "box": str}
+    """A manifest.csv with id and hash columns kept as text, so ids such as '007' or 'NA', and a pHash of digits
+    only ('0012...', '1e40...'), come back as written."""
+    text = {"image_id": str, "patient_id": str, "study_id": str, "sha256": str, "phash": str, "mask": str, "box": str}
     return pd.read_csv(path, dtype=text, keep_default_na=False)
 
 
