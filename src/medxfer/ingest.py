@@ -441,7 +441,7 @@ def check_source_overlap(
             "exact": int(exact.sum()),
             "perceptual": int(perceptual.sum()),
             "examples": copies[:5],
-            "near": len(near),
+            "near": len({pair["test"] for pair in near}),  # images: one may be near several
             "near_examples": near[:5],
         }
     write_json(out, report)
