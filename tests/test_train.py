@@ -390,6 +390,39 @@ def test_pooling_sets_of_different_channels_is_a_clear_error(cached):
         pool([load_cached(*cached["xray_source"]), load_cached(*cached["ct"])], ["xray_source", "ct"])
 
 
+def test_pooling_sets_of_different_sizes_needs_one_pretraining_size(cached):
+    from medxfer.cache import pool, resized
+    from medxfer.imaging import resize
+
+    chest, bone = load_cached(*cached["xray_source"]), load_cached(*cached["mura"])
+    small = resized(bone, bone.size // 2)
+    with pytest.raises(ValueError, match="differ in image shape.*pretrain.image_size"):
+        pool([chest, small], ["xray_source", "mura"])
+    pooled = pool([resized(chest, small.size), resized(small, small.size)], ["xray_source", "mura"])
+    assert pooled.size == small.size and resized(small, small.size) is small
+    for name, split in small.splits.items():
+        assert split.images.shape[1:] == (bone.in_chans, small.size, small.size)
+        assert np.array_equal(split.ids, bone.splits[name].ids)
+        originals = bone.splits[name].images
+        assert all(np.array_equal(a, resize(b, small.size)) for a, b in zip(split.images, originals, strict=True))
+    assert pooled.splits["train"].images.shape[0] == len(chest.splits["train"].ids) + len(bone.splits["train"].ids)
+
+
+def test_pretraining_at_a_smaller_size_fine_tunes_at_the_target_size(cached, tmp_path):
+    manifest, images = cached["mura"]
+    target = load_cached(manifest, images)
+    half = target.size // 2
+    params = pre(epochs=1, objective="simclr", projection_dim=32, batch_size=16, image_size=half)
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2, log_path=tmp_path / "ssl.log")
+    meta = models.load(tmp_path / "ssl")[1]
+    assert meta["input_size"] == [target.in_chans, half, half] and meta["config"]["image_size"] == half
+    assert f"at {half} px" in (tmp_path / "ssl.log").read_text()
+    tune(
+        manifest, images, "resnet10t", "indomain", ft(epochs=1), tmp_path / "ft", init_path=tmp_path / "ssl", threads=2
+    )
+    assert models.load(tmp_path / "ft")[1]["input_size"] == [target.in_chans, target.size, target.size]
+
+
 def test_nt_xent_rewards_matching_views():
     from medxfer.objectives import nt_xent
 

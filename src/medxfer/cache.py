@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medxfer.config import channels
-from medxfer.imaging import ImageError, load_image, withheld_note, withheld_warnings
+from medxfer.imaging import ImageError, load_image, resize, withheld_note, withheld_warnings
 from medxfer.ingest import classes_of, read_manifest
 from medxfer.io import atomic_path
 from medxfer.log import mark_work_start
@@ -131,6 +131,20 @@ def load_cached(manifest_path: Path, images_path: Path) -> CachedDataset:
     return CachedDataset(classes=classes_of(manifest), splits=splits)
 
 
+def resized(data: CachedDataset, size: int | None) -> CachedDataset:
+    """`data` with every image at `size` x `size`, resampled as the cache resamples (pretraining below the target's
+    size costs a fraction of it); `data` itself for None or its own size."""
+    if size is None or size == data.size:
+        return data
+    splits = {}
+    for name, split in data.splits.items():
+        images = np.empty((0, data.in_chans, size, size), np.uint8)
+        if len(split.images):
+            images = np.stack([resize(image, size) for image in split.images])
+        splits[name] = replace(split, images=images)
+    return replace(data, splits=splits)
+
+
 def pool(datasets: Sequence[CachedDataset], names: Sequence[str]) -> CachedDataset:
     """Several cached data sets as one, e.g. chest and bone radiographs for in-domain pretraining.
 
@@ -142,8 +156,8 @@ def pool(datasets: Sequence[CachedDataset], names: Sequence[str]) -> CachedDatas
     shapes = {name: data.splits["train"].images.shape[1:] for name, data in zip(names, datasets, strict=True)}
     if len(set(shapes.values())) > 1:
         raise ValueError(
-            f"pooled data sets differ in image shape (channels, size, size): {shapes}; give them the same size and "
-            "modality (CT windows) in the config"
+            f"pooled data sets differ in image shape (channels, size, size): {shapes}; give them the same modality (CT "
+            "windows) in the config, and the same size or a pretrain.image_size"
         )
     classes: list[str] = []
     for data in datasets:

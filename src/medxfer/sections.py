@@ -150,6 +150,7 @@ class PretrainTraining(TrainingSection):
     multilabel: bool
     temperature: float
     projection_dim: int
+    image_size: int | None
     epochs: int
     batch_size: int
     lr: float

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from medxfer import models, runtime
 from medxfer.augment import BatchAugment, build_augment
 from medxfer.batches import prepare_batch, train_loader
-from medxfer.cache import CachedDataset, Split, load_cached, pool
+from medxfer.cache import CachedDataset, Split, load_cached, pool, resized
 from medxfer.calibration import N_BINS, calibration_report, fit_temperature
 from medxfer.identity import identity
 from medxfer.inference import predict_logits, softmax_proba
@@ -312,16 +312,17 @@ def pretrain_model(
     logger = get_logger(f"medxfer.pretrain.{arch}", log_path)
     runtime.configure(threads, seed)
     dev = runtime.select_device(device)
-    data = pool([load_cached(m, i) for m, i in zip(manifests, caches, strict=True)], names)
+    data = pool([resized(load_cached(m, i), params.image_size) for m, i in zip(manifests, caches, strict=True)], names)
     kind = params.objective
     init = "scratch" if init_path is None else "imagenet"
     logger.info(
-        "pretraining %s (%s, from %s) on %s (%d train images, classes %s) on %s",
+        "pretraining %s (%s, from %s) on %s (%d train images at %d px, classes %s) on %s",
         arch,
         kind,
         init,
         "+".join(names),
         len(data.splits["train"].labels),
+        data.size,
         data.classes,
         runtime.describe(dev),
     )
