@@ -46,6 +46,24 @@ def test_keys_left_out_take_the_schemas_defaults_as_in_a_config():
         build_augment({"hflip": 2})
 
 
+def test_views_are_windows_at_the_images_own_scale():
+    """A 32 px bright square in 128 px images stays 32 px wide in 64 px windows (a resize would halve it)."""
+    torch.manual_seed(0)
+    batch = torch.zeros(64, 1, 128, 128)
+    batch[:, :, 48:80, 48:80] = 1.0
+    out = augment_batch(batch, build_augment(OFF, out_size=64))
+    assert out.shape == (64, 1, 64, 64)
+    bright = out[:, 0] > 0.5
+    rows, cols = bright.any(dim=2), bright.any(dim=1)
+    whole = ~(rows[:, 0] | rows[:, -1] | cols[:, 0] | cols[:, -1]) & rows.any(dim=1)  # the square inside the window
+    assert whole.sum() >= 8
+    assert set(rows[whole].sum(dim=1).tolist()) <= {31, 32, 33} and set(cols[whole].sum(dim=1).tolist()) <= {31, 32, 33}
+    assert len({tuple(r.nonzero()[0].tolist()) for r in rows[whole]}) > 1  # windows fall at different places
+    assert torch.equal(augment_batch(batch, build_augment(OFF)), batch)  # no out_size: the whole image, untouched
+    with pytest.raises(ValueError, match="views of 160 px are larger than the 128x128 px images"):
+        augment_batch(batch, build_augment(OFF, out_size=160))
+
+
 ELASTIC = OFF | dict(elastic=1.0, elastic_alpha=20.0, elastic_sigma=4.0)
 
 

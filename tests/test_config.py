@@ -55,6 +55,13 @@ def test_supervised_augmentation_stated_for_simclr_is_an_error_not_ignored():
     assert restated["pretrain"]["objective"] == "simclr"
 
 
+def test_view_size_is_for_simclr_only():
+    with pytest.raises(ConfigError, match=r"'pretrain.view_size'.*supervised, which trains on whole images"):
+        validate(minimal_indomain() | {"pretrain": {"source": "src", "view_size": 32}})
+    simclr = validate(minimal_indomain() | {"pretrain": {"source": "src", "objective": "simclr", "view_size": 32}})
+    assert PretrainTraining.from_config(training_params(simclr, "pretrain", "src")).view_size == 32
+
+
 def test_a_targets_own_images_are_pretrained_on_only_without_their_labels():
     """A source holding a target's files (here the target's 10 % subset learns from all its training images) may
     pretrain self-supervised; supervised, it would learn the labels the subset holds back, so it is an error."""

@@ -423,6 +423,19 @@ def test_pretraining_at_a_smaller_size_fine_tunes_at_the_target_size(cached, tmp
     assert models.load(tmp_path / "ft")[1]["input_size"] == [target.in_chans, target.size, target.size]
 
 
+def test_simclr_views_can_be_windows_smaller_than_the_images(cached, tmp_path):
+    manifest, images = cached["mura"]
+    target = load_cached(manifest, images)
+    params = pre(epochs=1, objective="simclr", projection_dim=32, batch_size=16, view_size=target.size // 2)
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    meta = models.load(tmp_path / "ssl")[1]
+    assert meta["config"]["view_size"] == target.size // 2 and meta["input_size"][-1] == target.size
+    assert np.isfinite(pd.read_csv(tmp_path / "ssl/log.csv")["val_loss"]).all()
+    too_big = pre(epochs=1, objective="simclr", projection_dim=32, batch_size=16, view_size=target.size * 2)
+    with pytest.raises(ValueError, match=rf"pretrain.view_size {target.size * 2} is larger than the {target.size} px"):
+        pretrain_model(manifest, images, "resnet10t", too_big, tmp_path / "big", threads=2)
+
+
 def test_nt_xent_rewards_matching_views():
     from medxfer.objectives import nt_xent
 

@@ -52,7 +52,8 @@ class BatchAugment:
     float (B, C, H, W) batch in [0, 1]. `params`: every key of the config schema's `augment` (build_augment fills
     the ones a caller leaves out); a zero turns its transform off. Any number of channels (multi-window CT)."""
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
+    def __init__(self, params: Mapping[str, Any], out_size: int | None = None) -> None:
+        self.out_size = out_size  # a random out_size-pixel window at the input's scale, else the whole image
         self.hflip, self.vflip = float(params["hflip"]), float(params["vflip"])
         self.degrees, self.translate = float(params["degrees"]), float(params["translate"])
         self.scale = tuple(float(s) for s in params["scale"])
@@ -80,11 +81,24 @@ class BatchAugment:
             field[chosen] = drawn * torch.tensor([self.alpha / width, self.alpha / height]).view(1, 2, 1, 1)
         return field.permute(0, 2, 3, 1)
 
+    def window_theta(self, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`theta` confined to a random out_size-pixel window of a height x width image, at the image's scale."""
+        if self.out_size > min(height, width):
+            raise ValueError(f"views of {self.out_size} px are larger than the {height}x{width} px images")
+        n = theta.shape[0]
+        fraction = torch.tensor([self.out_size / width, self.out_size / height]).view(1, 2, 1)
+        centre = (_uniform(2 * n, -1.0, 1.0).view(n, 2) * (1 - fraction.view(1, 2))).unsqueeze(-1)
+        window = theta * fraction
+        return torch.cat([window[..., :2], window[..., 2:] + centre], dim=2)
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         n, _, height, width = batch.shape
         out = batch
-        if self.affine or self.elastic > 0:
+        if self.affine or self.elastic > 0 or self.out_size is not None:
             theta = self.affine_theta(n) if self.affine else torch.eye(2, 3).expand(n, 2, 3)
+            if self.out_size is not None:
+                theta = self.window_theta(theta, height, width)
+                height = width = self.out_size
             grid = functional.affine_grid(theta, [n, 1, height, width], align_corners=False)
             if self.elastic > 0:
                 grid = grid + self.elastic_displacement(n, height, width)
@@ -103,12 +117,13 @@ class BatchAugment:
         return out
 
 
-def build_augment(params: Mapping[str, Any]) -> BatchAugment:
+def build_augment(params: Mapping[str, Any], out_size: int | None = None) -> BatchAugment:
     """The augmentation the config's `augment` keys describe; keys left out take the schema's defaults, as they do in
-    a config (so `{}` is the default augmentation, not none: turning a transform off takes a zero)."""
+    a config (so `{}` is the default augmentation, not none: turning a transform off takes a zero). `out_size`:
+    each image becomes a random window of that many pixels at its own scale (SimCLR's `pretrain.view_size`)."""
     from medxfer.sections import augment_entry
 
-    return BatchAugment(augment_entry(params))
+    return BatchAugment(augment_entry(params), out_size)
 
 
 def augment_batch(batch: torch.Tensor, transform: BatchAugment) -> torch.Tensor:

@@ -160,6 +160,11 @@ def _check_simclr_views(pretrain: Mapping[str, Any], schema: Mapping[str, Any]) 
             "config key 'pretrain.augment': supervised pretraining's augmentation, but pretrain.objective is simclr, "
             "which draws its two views with pretrain.views: state the keys there"
         )
+    if pretrain["objective"] != "simclr" and pretrain.get("view_size") is not None:
+        raise ConfigError(
+            "config key 'pretrain.view_size': the size of SimCLR's views, but pretrain.objective is "
+            f"{pretrain['objective']}, which trains on whole images"
+        )
 
 
 def _inherit_privacy(config: dict[str, Any]) -> None:

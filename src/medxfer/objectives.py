@@ -110,7 +110,9 @@ class SimCLR:
         dim = params.projection_dim
         self.extra = nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, dim))
         self.temperature = params.temperature
-        self.augment = build_augment(params.augment)
+        if params.view_size is not None and params.view_size > data.size:
+            raise ValueError(f"pretrain.view_size {params.view_size} is larger than the {data.size} px images")
+        self.augment = build_augment(params.augment, params.view_size)
         self.seed, self.classes = seed, []
 
     def targets(self, split: Split) -> torch.Tensor:

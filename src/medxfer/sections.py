@@ -151,6 +151,7 @@ class PretrainTraining(TrainingSection):
     temperature: float
     projection_dim: int
     image_size: int | None
+    view_size: int | None
     epochs: int
     batch_size: int
     lr: float
