@@ -427,7 +427,8 @@ def test_simclr_views_can_be_windows_smaller_than_the_images(cached, tmp_path):
     manifest, images = cached["mura"]
     target = load_cached(manifest, images)
     params = pre(epochs=1, objective="simclr", projection_dim=32, batch_size=16, view_size=target.size // 2)
-    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2)
+    pretrain_model(manifest, images, "resnet10t", params, tmp_path / "ssl", threads=2, log_path=tmp_path / "ssl.log")
+    assert f"at {target.size} px in {target.size // 2} px windows" in (tmp_path / "ssl.log").read_text()
     meta = models.load(tmp_path / "ssl")[1]
     assert meta["config"]["view_size"] == target.size // 2 and meta["input_size"][-1] == target.size
     assert np.isfinite(pd.read_csv(tmp_path / "ssl/log.csv")["val_loss"]).all()

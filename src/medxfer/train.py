@@ -316,13 +316,14 @@ def pretrain_model(
     kind = params.objective
     init = "scratch" if init_path is None else "imagenet"
     logger.info(
-        "pretraining %s (%s, from %s) on %s (%d train images at %d px, classes %s) on %s",
+        "pretraining %s (%s, from %s) on %s (%d train images at %d px%s, classes %s) on %s",
         arch,
         kind,
         init,
         "+".join(names),
         len(data.splits["train"].labels),
         data.size,
+        f" in {params.view_size} px windows" if params.view_size else "",
         data.classes,
         runtime.describe(dev),
     )
