@@ -423,6 +423,19 @@ def test_pretraining_at_a_smaller_size_fine_tunes_at_the_target_size(cached, tmp
     assert models.load(tmp_path / "ft")[1]["input_size"] == [target.in_chans, target.size, target.size]
 
 
+def test_simclr_trains_and_validates_on_the_view_windows(tmp_path):
+    from medxfer.objectives import SimCLR
+
+    data = tiny_data(size=32)
+    params = pre(epochs=1, objective="simclr", projection_dim=16, batch_size=8, view_size=16)
+    model = models.create("resnet10t", 0, 1)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, tuple(args[0].shape[-2:]))))
+    fit(model, data, params, torch.device("cpu"), tmp_path / "log.csv", 0, LOG, SimCLR(data, params, 512, 0))
+    assert {size for training, size in seen if training} == {(16, 16)}
+    assert {size for training, size in seen if not training} == {(16, 16)}
+
+
 def test_simclr_views_can_be_windows_smaller_than_the_images(cached, tmp_path):
     manifest, images = cached["mura"]
     target = load_cached(manifest, images)

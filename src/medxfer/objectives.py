@@ -42,6 +42,7 @@ class Supervised:
         weighted = params.imbalance == "weighted_loss"
         self.weights = class_weights(data.splits["train"].labels, len(self.classes)) if weighted else None
         self.extra = nn.Module()
+        self.augment = build_augment(params.augment)
 
     def targets(self, split: Split) -> torch.Tensor:
         return torch.tensor(split.labels)
@@ -69,6 +70,7 @@ class MultiLabel(Supervised):
         weighted = params.imbalance == "weighted_loss"
         self.pos_weight = torch.tensor((len(train) - positives) / np.maximum(positives, 1)) if weighted else None
         self.extra = nn.Module()
+        self.augment = build_augment(params.augment)
 
     def targets(self, split: Split) -> torch.Tensor:
         return torch.from_numpy(self.matrix[split.labels])

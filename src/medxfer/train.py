@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medxfer import models, runtime
-from medxfer.augment import BatchAugment, build_augment
+from medxfer.augment import BatchAugment
 from medxfer.batches import prepare_batch, train_loader
 from medxfer.cache import CachedDataset, Split, load_cached, pool, resized
 from medxfer.calibration import N_BINS, calibration_report, fit_temperature
@@ -176,7 +176,7 @@ def fit(
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    augment = build_augment(params.augment)
+    augment = objective.augment  # SimCLR's views may be windows (pretrain.view_size): the objective knows
     loader = train_loader(
         train, objective.targets(train), params.batch_size, generator, params.imbalance, device.type == "cuda"
     )
