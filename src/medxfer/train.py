@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medxfer import models, runtime
-from medxfer.augment import BatchAugment
 from medxfer.batches import prepare_batch, train_loader
 from medxfer.cache import CachedDataset, Split, load_cached, pool, resized
 from medxfer.calibration import N_BINS, calibration_report, fit_temperature
@@ -89,7 +88,6 @@ def _train_epoch(
     model: nn.Module,
     loader: DataLoader,
     objective: Any,
-    augment: BatchAugment,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     device: torch.device,
@@ -99,7 +97,7 @@ def _train_epoch(
     total_loss, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty())
     for images, target in bar:
-        batch = prepare_batch(images, augment, device, objective.views)
+        batch = prepare_batch(images, objective.augment, device, objective.views)
         with autocast(device):
             loss = objective.loss(model, batch, target.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +174,6 @@ def fit(
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    augment = objective.augment  # SimCLR's views may be windows (pretrain.view_size): the objective knows
     loader = train_loader(
         train, objective.targets(train), params.batch_size, generator, params.imbalance, device.type == "cuda"
     )
@@ -189,9 +186,7 @@ def fit(
     for epoch in range(state["epoch"] + 1, params.epochs + 1):
         if state["stopped"]:
             break
-        row = _run_epoch(
-            epoch, model, extra, trainable, loader, objective, augment, optimizer, scheduler, val, device, params
-        )
+        row = _run_epoch(epoch, model, extra, trainable, loader, objective, optimizer, scheduler, val, device, params)
         _end_epoch(state, row, model, params.patience, params.epochs, logger)
         if resume_dir is not None:
             save_resume(resume_dir, fingerprint, state, model, extra, optimizer, scheduler, generator, device)
@@ -208,7 +203,6 @@ def _run_epoch(
     trainable: Mapping[str, bool],
     loader: DataLoader,
     objective: Any,
-    augment: BatchAugment,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     val: Split,
@@ -221,7 +215,7 @@ def _run_epoch(
     extra.train()
     _freeze_for_epoch(model, trainable, epoch, params.unfreeze_epoch)
     desc = f"epoch {epoch}/{params.epochs}"
-    train_loss = _train_epoch(model, loader, objective, augment, optimizer, scheduler, device, desc)
+    train_loss = _train_epoch(model, loader, objective, optimizer, scheduler, device, desc)
     val_loss, val_metrics = objective.evaluate(model, val, device)
     return {
         "epoch": epoch,
