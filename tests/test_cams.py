@@ -59,7 +59,7 @@ def test_schema_allows_exactly_the_registry():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     allowed = schema["properties"]["explain"]["properties"]["methods"]["items"]["enum"]
     assert set(allowed) == set(cams.list_methods()) == {
-        "gradcam", "gradcampp", "hirescam", "layercam", "eigencam", "scorecam", "occlusion", "lime"
+        "gradcam", "gradcampp", "hirescam", "layercam", "eigencam", "scorecam", "occlusion", "rise", "lime"
     }  # fmt: skip
 
 
@@ -77,21 +77,36 @@ def test_every_method_returns_finite_maps_of_the_image_size(method):
         cams.heatmaps("nope", model, images, [1, 0])
 
 
+class Square(torch.nn.Module):
+    """A network whose positive logit is the brightness of one square, rows 40-55 and columns 8-23."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = x[:, 0, 40:56, 8:24].mean(dim=(1, 2))
+        return torch.stack([torch.zeros_like(inside), self.scale * inside], dim=1)
+
+
 def test_occlusion_points_at_the_patch_the_model_reads():
-    """A network whose positive logit is the brightness of one square: occlusion's heat lies on that square."""
-
-    class Square(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.tensor(4.0))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            inside = x[:, 0, 40:56, 8:24].mean(dim=(1, 2))
-            return torch.stack([torch.zeros_like(inside), self.scale * inside], dim=1)
-
     images = np.full((1, 1, 64, 64), 200, np.uint8)
     heat = cams.heatmaps("occlusion", Square(), images, [1])[0]
     assert heat[40:56, 8:24].mean() > 0.5 and heat[:32, 32:].max() == 0.0
+
+
+def test_rise_points_at_the_square_the_model_reads_and_only_there():
+    """Masks that keep the square raise the probability: RISE's peak lies on it. Far from it the heat is the noise of
+    500 random masks, well below the square's, where the paper's weighted sum would carry the mean probability."""
+    images = np.full((1, 1, 64, 64), 200, np.uint8)
+    square = np.zeros((64, 64), bool)
+    square[40:56, 8:24] = True
+    heat = cams.heatmaps("rise", Square(), images, [1], seed=0)[0]
+    assert square.ravel()[heat.argmax()] and heat[square].mean() > 0.6
+    assert heat[:24, 40:].mean() < 0.15
+    again = cams.heatmaps("rise", Square(), images, [1], seed=0)[0]
+    other = cams.heatmaps("rise", Square(), images, [1], seed=1)[0]
+    assert np.array_equal(heat, again) and not np.array_equal(heat, other)
 
 
 def test_lime_mean_fill_follows_texture_where_black_fill_follows_brightness():

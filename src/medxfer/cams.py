@@ -179,6 +179,59 @@ def occlusion_maps(
     return maps
 
 
+@register("rise", uses_layer=False)
+def rise_maps(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    layer: str | None = None,
+    rise_masks: int = 500,
+    rise_cells: int = 8,
+    rise_keep: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 128,
+    **_,
+) -> np.ndarray:
+    """RISE (Petsiuk et al. 2018): the target probability over many randomly masked copies, credited to the pixels
+    each copy kept. Masks: a `rise_cells` x `rise_cells` grid, each cell kept with probability `rise_keep`, upsampled
+    bilinearly and shifted by a random fraction of a cell, so they are smooth and do not share one cell grid.
+
+    The heat is the probability's covariance with a pixel being kept (its mean over the copies that keep the pixel,
+    minus its mean over all): the paper's weighted sum of masks carries that mean everywhere, which would put heat
+    on every pixel, not only on the evidence. Negative covariance is evidence against the class and becomes 0.
+    """
+    del layer
+    n, _channels, height, width = images.shape
+    masks = _rise_masks(rise_masks, rise_cells, rise_keep, height, width, seed)
+    device = device_of(model)
+    unit = _unit(images)
+    maps = np.zeros((n, height, width), dtype=np.float32)
+    with torch.no_grad():
+        for i in range(n):
+            proba = torch.cat(
+                [
+                    torch.softmax(model(models.standardize(unit[i] * chunk).to(device)), dim=1)[:, int(targets[i])]
+                    for chunk in masks.split(batch_size)
+                ]
+            ).cpu()
+            heat = torch.einsum("k,khw->hw", proba - proba.mean(), masks[:, 0]) / (len(masks) * rise_keep)
+            heat = heat.clamp(min=0)
+            maps[i] = (heat / heat.max() if heat.max() > 0 else heat).numpy()
+    return maps
+
+
+def _rise_masks(count: int, cells: int, keep: float, height: int, width: int, seed: int) -> torch.Tensor:
+    """(count, 1, H, W) float masks in [0, 1]: a random binary grid upsampled to one cell more than the image, then a
+    random H x W window of it."""
+    generator = torch.Generator().manual_seed(seed)
+    cell_h, cell_w = -(-height // cells), -(-width // cells)
+    grid = (torch.rand(count, 1, cells, cells, generator=generator) < keep).float()
+    up = nn.functional.interpolate(grid, size=((cells + 1) * cell_h, (cells + 1) * cell_w), mode="bilinear")
+    dy = torch.randint(0, cell_h, (count,), generator=generator)
+    dx = torch.randint(0, cell_w, (count,), generator=generator)
+    return torch.stack([up[k, :, y : y + height, x : x + width] for k, (y, x) in enumerate(zip(dy, dx, strict=True))])
+
+
 def _starts(side: int, patch: int, stride: int) -> list[int]:
     """Patch offsets along one side with the last patch flush with the edge, so every pixel is covered."""
     starts = list(range(0, max(side - patch, 0) + 1, stride))
