@@ -199,37 +199,47 @@ def rise_maps(
     The heat is the probability's covariance with a pixel being kept (its mean over the copies that keep the pixel,
     minus its mean over all): the paper's weighted sum of masks carries that mean everywhere, which would put heat
     on every pixel, not only on the evidence. Negative covariance is evidence against the class and becomes 0.
+    Every image sees the same masks; they are drawn as small grids and upsampled a batch at a time, so memory does
+    not grow with `rise_masks` and the maps do not depend on `batch_size`.
     """
     del layer
     n, _channels, height, width = images.shape
-    masks = _rise_masks(rise_masks, rise_cells, rise_keep, height, width, seed)
     device = device_of(model)
     unit = _unit(images)
     maps = np.zeros((n, height, width), dtype=np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    grids = (torch.rand(rise_masks, 1, rise_cells, rise_cells, generator=generator) < rise_keep).float()
+    cell_h, cell_w = -(-height // rise_cells), -(-width // rise_cells)
+    shifts = torch.stack(
+        [
+            torch.randint(0, cell_h, (rise_masks,), generator=generator),
+            torch.randint(0, cell_w, (rise_masks,), generator=generator),
+        ],
+        dim=1,
+    )
     with torch.no_grad():
         for i in range(n):
-            proba = torch.cat(
-                [
-                    torch.softmax(model(models.standardize(unit[i] * chunk).to(device)), dim=1)[:, int(targets[i])]
-                    for chunk in masks.split(batch_size)
-                ]
-            ).cpu()
-            heat = torch.einsum("k,khw->hw", proba - proba.mean(), masks[:, 0]) / (len(masks) * rise_keep)
-            heat = heat.clamp(min=0)
+            weighted, kept, total = torch.zeros(height, width), torch.zeros(height, width), 0.0
+            for start in range(0, rise_masks, batch_size):
+                part = slice(start, start + batch_size)
+                masks = _rise_masks(grids[part], shifts[part], height, width)
+                logits = model(models.standardize(unit[i] * masks).to(device))
+                proba = torch.softmax(logits, dim=1)[:, int(targets[i])].cpu()
+                weighted += torch.einsum("k,khw->hw", proba, masks[:, 0])
+                kept += masks[:, 0].sum(dim=0)
+                total += float(proba.sum())
+            heat = (weighted - total / rise_masks * kept).clamp(min=0)
             maps[i] = (heat / heat.max() if heat.max() > 0 else heat).numpy()
     return maps
 
 
-def _rise_masks(count: int, cells: int, keep: float, height: int, width: int, seed: int) -> torch.Tensor:
-    """(count, 1, H, W) float masks in [0, 1]: a random binary grid upsampled to one cell more than the image, then a
-    random H x W window of it."""
-    generator = torch.Generator().manual_seed(seed)
-    cell_h, cell_w = -(-height // cells), -(-width // cells)
-    grid = (torch.rand(count, 1, cells, cells, generator=generator) < keep).float()
-    up = nn.functional.interpolate(grid, size=((cells + 1) * cell_h, (cells + 1) * cell_w), mode="bilinear")
-    dy = torch.randint(0, cell_h, (count,), generator=generator)
-    dx = torch.randint(0, cell_w, (count,), generator=generator)
-    return torch.stack([up[k, :, y : y + height, x : x + width] for k, (y, x) in enumerate(zip(dy, dx, strict=True))])
+def _rise_masks(grids: torch.Tensor, shifts: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(K, 1, H, W) float masks in [0, 1] from (K, 1, s, s) binary grids: each upsampled bilinearly to one cell more
+    than the image, then the H x W window at its (row, column) shift."""
+    cells = grids.shape[-1]
+    size = ((cells + 1) * -(-height // cells), (cells + 1) * -(-width // cells))
+    up = nn.functional.interpolate(grids, size=size, mode="bilinear")
+    return torch.stack([up[k, :, y : y + height, x : x + width] for k, (y, x) in enumerate(shifts.tolist())])
 
 
 def _starts(side: int, patch: int, stride: int) -> list[int]:
