@@ -70,7 +70,7 @@ def test_every_method_returns_finite_maps_of_the_image_size(method):
     images = np.random.default_rng(0).integers(0, 256, (2, 1, 64, 64), dtype=np.uint8)
     layer = cams.candidate_layers(model, [-2])[0] if cams.uses_layer(method) else None
     for batch in (images, images.astype(np.float32) / 255):  # uint8 and float in [0, 1] alike
-        maps = cams.heatmaps(method, model, batch, [1, 0], layer, lime_samples=20, seed=0)
+        maps = cams.heatmaps(method, model, batch, [1, 0], layer, lime_samples=20, rise_masks=50, seed=0)
         assert maps.shape == (2, 64, 64) and maps.dtype == np.float32 and np.isfinite(maps).all()
         assert 0 <= maps.min() <= maps.max() <= 1 and maps.std() > 0
     with pytest.raises(ValueError, match="unknown explanation method 'nope'"):
