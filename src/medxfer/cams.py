@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from medxfer import models
 from medxfer.inference import predict_proba
 
 Method = Callable[..., np.ndarray]
+MapT = TypeVar("MapT", np.ndarray, torch.Tensor)
 _REGISTRY: dict[str, Method] = {}
 _LAYERED: set[str] = set()  # methods that draw at a target layer
 PINNED_LAYER = "medxfer_cam_layer"  # model attribute: the layer chosen on val, used by every later CAM call
@@ -93,6 +95,11 @@ def _unit(images: np.ndarray) -> torch.Tensor:
 
 def _uint8(images: np.ndarray) -> np.ndarray:
     return images if images.dtype == np.uint8 else np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+
+
+def _by_max(heat: MapT) -> MapT:
+    """A non-negative map (array or tensor) scaled so its maximum is 1; an all-zero map stays zero."""
+    return heat / heat.max() if heat.max() > 0 else heat
 
 
 def _cam(cam_class: type) -> Method:
@@ -175,7 +182,7 @@ def occlusion_maps(
                 for (r, c), drop in zip(chunk, (base - proba).clamp(min=0), strict=True):
                     heat[r : r + patch, c : c + patch] += drop
             heat = heat / coverage
-            maps[i] = (heat / heat.max() if heat.max() > 0 else heat).numpy()
+            maps[i] = _by_max(heat).numpy()
     return maps
 
 
@@ -229,7 +236,7 @@ def rise_maps(
                 kept += masks[:, 0].sum(dim=0)
                 total += float(proba.sum())
             heat = (weighted - total / rise_masks * kept).clamp(min=0)
-            maps[i] = (heat / heat.max() if heat.max() > 0 else heat).numpy()
+            maps[i] = _by_max(heat).numpy()
     return maps
 
 
@@ -331,7 +338,7 @@ def lime_maps(
         for segment, weight in explanation.local_exp[int(targets[i])]:
             segment_weight[segment] = max(weight, 0.0)
         heat = segment_weight[explanation.segments]
-        maps[i] = heat / heat.max() if heat.max() > 0 else heat
+        maps[i] = _by_max(heat)
     return maps
 
 
