@@ -54,7 +54,8 @@ def heatmaps(
 ) -> np.ndarray:
     """(N, H, W) maps in [0, 1] of method `name`.
 
-    options: seed, lime_samples, lime_segments, lime_fill (ExplainSection.map_options; methods ignore the others).
+    options: seed, lime_samples, lime_segments, lime_fill (ExplainSection.map_options), or a method's own keywords
+    (rise_masks, rise_cells, rise_keep; occlusion's patch); each method ignores the others.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown explanation method {name!r}; allowed: {list_methods()}")
