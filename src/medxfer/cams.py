@@ -230,7 +230,7 @@ def rise_maps(
             weighted, kept, total = torch.zeros(height, width), torch.zeros(height, width), 0.0
             for start in range(0, rise_masks, batch_size):
                 part = slice(start, start + batch_size)
-                masks = _rise_masks(grids[part], shifts[part], height, width)
+                masks = _rise_masks(grids[part], shifts[part], (cell_h, cell_w), (height, width))
                 logits = model(models.standardize(unit[i] * masks).to(device))
                 proba = torch.softmax(logits, dim=1)[:, int(targets[i])].cpu()
                 weighted += torch.einsum("k,khw->hw", proba, masks[:, 0])
@@ -241,11 +241,13 @@ def rise_maps(
     return maps
 
 
-def _rise_masks(grids: torch.Tensor, shifts: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(K, 1, H, W) float masks in [0, 1] from (K, 1, s, s) binary grids: each upsampled bilinearly to one cell more
-    than the image, then the H x W window at its (row, column) shift."""
-    cells = grids.shape[-1]
-    size = ((cells + 1) * -(-height // cells), (cells + 1) * -(-width // cells))
+def _rise_masks(
+    grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int], image: tuple[int, int]
+) -> torch.Tensor:
+    """(K, 1, H, W) float masks in [0, 1] from (K, 1, s, s) binary grids: each upsampled bilinearly to s + 1 cells of
+    `cell` pixels, one cell more than the image, then the H x W window at its (row, column) shift."""
+    cells, (height, width) = grids.shape[-1], image
+    size = ((cells + 1) * cell[0], (cells + 1) * cell[1])
     up = nn.functional.interpolate(grids, size=size, mode="bilinear")
     return torch.stack([up[k, :, y : y + height, x : x + width] for k, (y, x) in enumerate(shifts.tolist())])
 
