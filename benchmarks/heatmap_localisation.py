@@ -2,9 +2,10 @@
 
 For choosing heatmap settings (LIME's fill, superpixels and samples; a CAM method's layer) on val images with finding
 masks, never on test. Each variant is `method[:key=value,...]`: the run's own `explain` settings (its
-report/run.json) with those keys changed (lime_fill, lime_segments, lime_samples), or `layer` (a timm feature_info
-position, for CAM methods). The images are chosen and scored as the workflow's faithfulness tables do it
-(medxfer.faithfulness), with the same paired bootstrap against both baselines (medxfer.localisation.versus_baselines).
+report/run.json) with those keys changed (lime_fill, lime_segments, lime_samples; a list as `25/50/100`), or `layer`
+(a timm feature_info position, for CAM methods). The images are chosen and scored as the workflow's faithfulness
+tables do it (medxfer.faithfulness), with the same paired bootstrap against both baselines
+(medxfer.localisation.versus_baselines).
 Prints JSON. Run it where the workflow ran: the manifests' image and mask paths are relative to that folder.
 
     .venv/bin/python benchmarks/heatmap_localisation.py results/localise-fracatlas --target fracatlas \\
@@ -29,12 +30,17 @@ from medxfer.sections import ExplainSection
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """`lime:lime_fill=mean,lime_segments=100` -> ("lime", {"lime_fill": "mean", "lime_segments": 100})."""
+    """`lime:lime_fill=mean,lime_segments=100` -> ("lime", {"lime_fill": "mean", "lime_segments": 100}); a list's
+    entries are joined by `/` (`lime:lime_segments=25/50/100`)."""
+
+    def number(value: str) -> int | str:
+        return int(value) if value.lstrip("-").isdigit() else value
+
     method, _, rest = text.partition(":")
     options: dict[str, Any] = {}
     for pair in filter(None, rest.split(",")):
         key, _, value = pair.partition("=")
-        options[key] = int(value) if value.lstrip("-").isdigit() else value
+        options[key] = [number(v) for v in value.split("/")] if "/" in value else number(value)
     if method not in cams.list_methods():
         raise SystemExit(f"{text}: unknown method {method!r}; allowed: {cams.list_methods()}")
     return method, options

@@ -109,6 +109,22 @@ def test_rise_points_at_the_square_the_model_reads_and_only_there():
     assert np.allclose(heat, in_small_batches, atol=1e-5) and not np.allclose(heat, other, atol=1e-3)
 
 
+def test_lime_at_several_granularities_averages_their_maps_and_keeps_the_square():
+    """A list of superpixel counts runs LIME once per count; the maps, each scaled to [0, 1], are averaged and scaled
+    again. One count in a list is the same as that count alone."""
+    image = np.full((1, 1, 64, 64), 200, np.uint8)
+    image[:, :, 40:56, 8:24] = 120  # the square the model reads, a segment edge for SLIC to follow
+    square = np.zeros((64, 64), bool)
+    square[40:56, 8:24] = True
+    single = {n: cams.heatmaps("lime", Square(), image, [1], lime_segments=n, lime_samples=60)[0] for n in (9, 36)}
+    both = cams.heatmaps("lime", Square(), image, [1], lime_segments=[9, 36], lime_samples=60)[0]
+    expected = (single[9] + single[36]) / 2
+    assert not np.allclose(single[9], single[36]) and np.allclose(both, expected / expected.max(), atol=1e-6)
+    assert square.ravel()[both.argmax()] and both[square].mean() > 3 * both[~square].mean()
+    one = cams.heatmaps("lime", Square(), image, [1], lime_segments=[36], lime_samples=60)[0]
+    assert np.array_equal(one, single[36])
+
+
 def test_lime_mean_fill_follows_texture_where_black_fill_follows_brightness():
     """A network that reads the image's brightness and the texture of one square. Hiding superpixels in black changes
     the brightness wherever they are, so the black-fill map does not single out the square; filling them with their

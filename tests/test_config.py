@@ -214,3 +214,14 @@ def test_canonical_sorts_keys_at_every_depth_and_keeps_list_order():
     assert list(got["windows"][0]) == ["c", "w"] and got["windows"][1] == [3, 1]
     # what Snakemake compares: the repr, equal for the same values given in another order
     assert repr(canonical({"b": 1, "a": {"d": 2, "c": 3}})) == repr(canonical({"a": {"c": 3, "d": 2}, "b": 1}))
+
+
+def test_lime_segments_is_a_count_or_a_list_of_counts():
+    assert validate(minimal(epochs=1) | {"explain": {"lime_segments": [25, 50, 100]}})["explain"]["lime_segments"] == [
+        25,
+        50,
+        100,
+    ]
+    for bad in ([], [25, 25], [2, 50], 3):
+        with pytest.raises(ConfigError, match="explain.lime_segments"):
+            validate(minimal(epochs=1) | {"explain": {"lime_segments": bad}})

@@ -284,13 +284,17 @@ def _lime(
     targets: Sequence[int],
     layer: str | None = None,
     lime_samples: int = 150,
-    lime_segments: int = 50,
+    lime_segments: int | Sequence[int] = 50,
     lime_fill: str = "black",
     seed: int = 0,
     **_,
 ) -> np.ndarray:
+    """LIME at one SLIC granularity, or at several with their maps averaged (each scaled to [0, 1] first): a small
+    finding's heat then does not hang on where one segmentation draws its borders."""
     del layer
-    return lime_maps(model, _uint8(images), targets, lime_samples, seed, lime_segments, lime_fill)
+    scales = [lime_segments] if isinstance(lime_segments, int) else list(lime_segments)
+    maps = [lime_maps(model, _uint8(images), targets, lime_samples, seed, n, lime_fill) for n in scales]
+    return maps[0] if len(maps) == 1 else np.stack([_by_max(heat) for heat in np.mean(maps, axis=0)])
 
 
 def lime_maps(

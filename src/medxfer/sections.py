@@ -77,7 +77,7 @@ class ExplainSection(ConfigSection):
     sanity_threshold: float
     n_images: int
     lime_samples: int
-    lime_segments: int
+    lime_segments: int | tuple[int, ...]
     lime_fill: str
     n_faithfulness: int
     deletion_steps: int
