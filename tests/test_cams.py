@@ -77,8 +77,12 @@ def test_every_method_returns_finite_maps_of_the_image_size(method):
         cams.heatmaps("nope", model, images, [1, 0])
 
 
+SQUARE = np.zeros((64, 64), bool)  # the pixels Square reads
+SQUARE[40:56, 8:24] = True
+
+
 class Square(torch.nn.Module):
-    """A network whose positive logit is the brightness of one square, rows 40-55 and columns 8-23."""
+    """A network whose positive logit is the brightness of one square, rows 40-55 and columns 8-23 (SQUARE)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,10 +103,8 @@ def test_rise_points_at_the_square_the_model_reads_and_only_there():
     """Masks that keep the square raise the probability: RISE's peak lies on it. Far from it the heat is the noise of
     500 random masks, well below the square's, where the paper's weighted sum would carry the mean probability."""
     images = np.full((1, 1, 64, 64), 200, np.uint8)
-    square = np.zeros((64, 64), bool)
-    square[40:56, 8:24] = True
     heat = cams.heatmaps("rise", Square(), images, [1], seed=0)[0]
-    assert square.ravel()[heat.argmax()] and heat[square].mean() > 0.6
+    assert SQUARE.ravel()[heat.argmax()] and heat[SQUARE].mean() > 0.6
     assert heat[:24, 40:].mean() < 0.15
     in_small_batches = cams.heatmaps("rise", Square(), images, [1], seed=0, batch_size=7)[0]
     other = cams.heatmaps("rise", Square(), images, [1], seed=1)[0]
@@ -113,14 +115,12 @@ def test_lime_at_several_granularities_averages_their_maps_and_keeps_the_square(
     """A list of superpixel counts runs LIME once per count; the maps, each scaled to [0, 1], are averaged and scaled
     again. One count in a list is the same as that count alone."""
     image = np.full((1, 1, 64, 64), 200, np.uint8)
-    image[:, :, 40:56, 8:24] = 120  # the square the model reads, a segment edge for SLIC to follow
-    square = np.zeros((64, 64), bool)
-    square[40:56, 8:24] = True
+    image[:, :, SQUARE] = 120  # the square the model reads, a segment edge for SLIC to follow
     single = {n: cams.heatmaps("lime", Square(), image, [1], lime_segments=n, lime_samples=60)[0] for n in (9, 36)}
     both = cams.heatmaps("lime", Square(), image, [1], lime_segments=[9, 36], lime_samples=60)[0]
     expected = (single[9] + single[36]) / 2
     assert not np.allclose(single[9], single[36]) and np.allclose(both, expected / expected.max(), atol=1e-6)
-    assert square.ravel()[both.argmax()] and both[square].mean() > 3 * both[~square].mean()
+    assert SQUARE.ravel()[both.argmax()] and both[SQUARE].mean() > 3 * both[~SQUARE].mean()
     one = cams.heatmaps("lime", Square(), image, [1], lime_segments=[36], lime_samples=60)[0]
     assert np.array_equal(one, single[36])
 

@@ -217,11 +217,8 @@ def test_canonical_sorts_keys_at_every_depth_and_keeps_list_order():
 
 
 def test_lime_segments_is_a_count_or_a_list_of_counts():
-    assert validate(minimal(epochs=1) | {"explain": {"lime_segments": [25, 50, 100]}})["explain"]["lime_segments"] == [
-        25,
-        50,
-        100,
-    ]
+    explain = validate(minimal(epochs=1) | {"explain": {"lime_segments": [25, 50, 100]}})["explain"]
+    assert explain["lime_segments"] == [25, 50, 100]
     for bad in ([], [25, 25], [2, 50], 3):
         with pytest.raises(ConfigError, match="explain.lime_segments"):
             validate(minimal(epochs=1) | {"explain": {"lime_segments": bad}})

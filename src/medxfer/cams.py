@@ -292,8 +292,8 @@ def _lime(
     """LIME at one SLIC granularity, or at several with their maps averaged (each scaled to [0, 1] first): a small
     finding's heat then does not hang on where one segmentation draws its borders."""
     del layer
-    scales = [lime_segments] if isinstance(lime_segments, int) else list(lime_segments)
-    maps = [lime_maps(model, _uint8(images), targets, lime_samples, seed, n, lime_fill) for n in scales]
+    scales, images = [lime_segments] if isinstance(lime_segments, int) else list(lime_segments), _uint8(images)
+    maps = [lime_maps(model, images, targets, lime_samples, seed, n, lime_fill) for n in scales]
     return maps[0] if len(maps) == 1 else np.stack([_by_max(heat) for heat in np.mean(maps, axis=0)])
 
 
