@@ -153,3 +153,19 @@ def test_gaussian_blur_matches_torchvision():
     field = torch.rand(3, 2, 40, 40)
     theirs = tvf.gaussian_blur(field, kernel_size=[25, 25], sigma=[3.0, 3.0])  # 8 sigma + 1 = 25
     assert torch.allclose(gaussian_blur(field, 3.0), theirs, atol=1e-5)
+
+
+def test_masks_move_with_their_images_and_draw_no_random_numbers_of_their_own():
+    masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    for i in range(6):
+        masks[i, 4 + 3 * i : 12 + 3 * i, 6:14] = True  # a square in a different place in each image
+    batch = masks.unsqueeze(1).float().repeat(1, 2, 1, 1)
+    geometry = FULL | {"elastic": 1.0, "elastic_sigma": 3.0, "brightness": 0, "contrast": 0, "noise_std": 0}
+    torch.manual_seed(5)
+    out, moved = build_augment(geometry)(batch, masks)
+    torch.manual_seed(5)
+    assert torch.equal(build_augment(geometry)(batch), out)  # the same draws with or without masks
+    assert not torch.equal(moved, masks)
+    for image, mask in zip(out, moved, strict=True):  # nearest vs bilinear sampling may differ at the border only
+        warped = image[0] > 0.5
+        assert (warped & mask).sum() / (warped | mask).sum() > 0.8

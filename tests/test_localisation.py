@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from medxfer.config import ConfigError, validate
-from medxfer.faithfulness import read_mask
+from medxfer.imaging import read_mask
 from medxfer.ingest import ingest_dataset, read_manifest
 from medxfer.localisation import (
     bounding_box,

@@ -17,6 +17,7 @@ from medxfer.features import extract_features, pooled_features
 from medxfer.inference import predict_logits, predict_proba
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide
+from medxfer.objectives import class_evidence_map, mass_outside
 from medxfer.prediction_files import read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
@@ -518,3 +519,74 @@ def test_tta_predicts_the_mean_logits_of_each_image_and_its_mirror(cached, tmp_p
     assert np.abs(written - torch.softmax(plain, dim=1).numpy()).max() > 1e-5  # beyond the tolerance above
     with pytest.raises(ValueError, match=r"tta mirrors images, but .* never flips them"):
         tune(manifest, images, "resnet10t", "scratch", ft(tta=True, augment={"hflip": 0}), tmp_path / "no")
+
+
+def decoy_data(tmp_path, n: int = 32, size: int = 64) -> CachedDataset:
+    """Class 1 shows two bright squares, top left (the decoy) and bottom right (the finding, the only one its mask
+    outlines): either one tells the classes apart, so only the masks say which a model should look at."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((size, size), dtype=bool)
+    mask[40:56, 40:56] = True
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "finding.png")
+    splits = {}
+    for name in ("train", "val", "test"):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 120, size=(n, 1, size, size), dtype=np.uint8)
+        images[labels == 1, :, 8:24, 8:24] = 230
+        images[labels == 1, :, 40:56, 40:56] = 230
+        ids = np.array([f"{name}{i}" for i in range(n)])
+        masks = np.where(labels == 1, str(tmp_path / "finding.png"), "")
+        splits[name] = Split(images, labels.astype(np.int64), ids, ids, masks)
+    return CachedDataset(classes=["normal", "finding"], splits=splits)
+
+
+def test_mask_guidance_moves_the_class_evidence_from_the_decoy_to_the_outlined_finding(tmp_path):
+    data = decoy_data(tmp_path)
+    test = data.splits["test"]
+    findings = torch.from_numpy(test.images[test.labels == 1])
+    finding_class = torch.ones(len(findings), dtype=torch.long)
+
+    def evidence_share(weight: float) -> torch.Tensor:
+        """Mean softmax share of the finding class's evidence per cell of the 2x2 map, over the test findings."""
+        seed_everything(0)
+        model = models.create("resnet10t", 2, 1)
+        fit(model, data, tiny_params(epochs=4, mask_guidance=weight), torch.device("cpu"), tmp_path / "l.csv", 0, LOG)
+        with torch.no_grad():
+            evidence = class_evidence_map(
+                model.eval(), model.forward_features(models.normalize(findings)), finding_class
+            )
+        return torch.softmax(evidence.flatten(1), dim=1).view_as(evidence).mean(dim=0)
+
+    plain, guided = evidence_share(0.0), evidence_share(1.0)
+    assert guided[1, 1] > plain[1, 1] + 0.08  # the finding's cell (bottom right)
+    assert guided[0, 0] < plain[0, 0] - 0.15  # the decoy's cell (top left)
+
+
+def test_class_evidence_map_averages_to_the_logit_difference_and_mass_outside_reads_the_mask():
+    seed_everything(0)
+    model = models.create("resnet10t", 3, 1).eval()
+    x = torch.randn(4, 1, 64, 64)
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model.forward_head(features) - model.fc.bias
+        evidence = class_evidence_map(model, features, y)
+    others = (logits.sum(dim=1) - logits[torch.arange(4), y]) / 2
+    assert torch.allclose(evidence.mean(dim=(1, 2)), logits[torch.arange(4), y] - others, atol=1e-5)
+    peaked = torch.full((2, 2, 2), -20.0)
+    peaked[:, 1, 1] = 20.0
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 40:50, 40:50] = True  # inside the peak's cell
+    masks[1, 0:5, 0:5] = True  # in another cell
+    assert mass_outside(peaked[:1], masks[:1]) < 1e-6
+    assert mass_outside(peaked[1:], masks[1:]) > 30
+    assert mass_outside(peaked, torch.zeros_like(masks)) == 0.0  # no finding drawn: no term
+
+
+def test_mask_guidance_refuses_data_without_masks_and_heads_without_a_class_activation_map(tmp_path):
+    params, cpu = tiny_params(epochs=1, mask_guidance=1.0), torch.device("cpu")
+    with pytest.raises(ValueError, match="no training image of this data set has one"):
+        fit(models.create("resnet10t", 2, 1), tiny_data(), params, cpu, tmp_path / "log.csv", 0, LOG)
+    ordinal = models.create_initialised("resnet10t", 2, 1, "scratch", head="ordinal")
+    with pytest.raises(ValueError, match="needs a linear head on average-pooled features; this model has Cumulative"):
+        fit(ordinal, decoy_data(tmp_path), params, cpu, tmp_path / "log.csv", 0, LOG)

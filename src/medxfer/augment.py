@@ -91,9 +91,15 @@ class BatchAugment:
         window = theta * fraction
         return torch.cat([window[..., :2], window[..., 2:] + centre], dim=2)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, batch: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The augmented batch; with `masks` (B, H, W), also those masks moved by the same warp and flips (the
+        brightness, contrast and noise leave them alone), as `(batch, masks)`. Masks draw no random numbers of their
+        own, so a run draws the same augmentation with or without them."""
         n, _, height, width = batch.shape
         out = batch
+        moved = None if masks is None else masks.unsqueeze(1).to(out)
         if self.affine or self.elastic > 0 or self.out_size is not None:
             theta = self.affine_theta(n) if self.affine else torch.eye(2, 3).expand(n, 2, 3)
             if self.out_size is not None:
@@ -103,10 +109,13 @@ class BatchAugment:
             if self.elastic > 0:
                 grid = grid + self.elastic_displacement(n, height, width)
             out = functional.grid_sample(out, grid.to(out), mode="bilinear", padding_mode="zeros", align_corners=False)
+            if moved is not None:
+                moved = functional.grid_sample(moved, grid.to(out), mode="nearest", align_corners=False)
         for p, dim in ((self.hflip, -1), (self.vflip, -2)):
             if p > 0:
                 flip = (torch.rand(n) < p).view(n, 1, 1, 1).to(out.device)
                 out = torch.where(flip, out.flip(dim), out)
+                moved = None if moved is None else torch.where(flip, moved.flip(dim), moved)
         if self.brightness > 0 or self.contrast > 0:
             contrast = _uniform(n, 1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1).to(out)
             brightness = _uniform(n, 1 - self.brightness, 1 + self.brightness).view(n, 1, 1, 1).to(out)
@@ -114,7 +123,7 @@ class BatchAugment:
             out = (((out - mean) * contrast + mean) * brightness).clamp(0.0, 1.0)
         if self.noise_std > 0:
             out = (out + torch.randn(out.shape).to(out) * self.noise_std).clamp(0.0, 1.0)
-        return out
+        return out if moved is None else (out, moved.squeeze(1) > 0.5)
 
 
 def build_augment(params: Mapping[str, Any], out_size: int | None = None) -> BatchAugment:

@@ -3,6 +3,8 @@ augmentation; the objectives (SimCLR's views) and the fit loop share them, so th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
@@ -23,24 +25,26 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 class CachedImages(Dataset):
-    """uint8 images (an in-memory array or a memmap) with their targets, fetched a whole batch at a time (one fancy
-    index instead of one call per image); augmentation happens afterwards on the batch (see `prepare_batch`)."""
+    """uint8 images (an in-memory array or a memmap) with their targets, and the finding masks (B, H, W) when
+    given, fetched a whole batch at a time (one fancy index instead of one call per image); augmentation happens
+    afterwards on the batch (see `prepare_batch`)."""
 
-    def __init__(self, images: np.ndarray, targets: torch.Tensor) -> None:
-        self.images, self.targets = images, targets
+    def __init__(self, images: np.ndarray, targets: torch.Tensor, masks: torch.Tensor | None = None) -> None:
+        self.images, self.targets, self.masks = images, targets, masks
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(np.array(self.images[index])), self.targets[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(item[0] for item in self.__getitems__([index]))
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = np.asarray(indices)
-        return torch.from_numpy(np.asarray(self.images[index])), self.targets[torch.from_numpy(index)]
+        images, chosen = torch.from_numpy(np.asarray(self.images[index])), torch.from_numpy(index)
+        return (images, self.targets[chosen]) + (() if self.masks is None else (self.masks[chosen],))
 
 
-def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return batch  # __getitems__ already returns the stacked batch
 
 
@@ -51,12 +55,14 @@ def train_loader(
     generator: torch.Generator,
     imbalance: str = "none",
     pin_memory: bool = False,
+    masks: torch.Tensor | None = None,
 ) -> DataLoader:
-    """uint8 batches, shuffled (or, with `weighted_sampler`, class-balanced with replacement) from `generator`.
+    """uint8 batches, shuffled (or, with `weighted_sampler`, class-balanced with replacement) from `generator`;
+    (images, targets) or, with `masks`, (images, targets, masks).
 
     A last batch of one image is dropped: batch norm cannot train on it.
     """
-    dataset = CachedImages(split.images, targets)
+    dataset = CachedImages(split.images, targets, masks)
     if imbalance == "weighted_sampler":
         per_class = class_weights(split.labels, int(split.labels.max()) + 1)
         sampler = WeightedRandomSampler(per_class[split.labels].double(), len(dataset), generator=generator)
@@ -74,10 +80,22 @@ def train_loader(
     )
 
 
-def prepare_batch(images: torch.Tensor, augment: BatchAugment, device: torch.device, views: int = 1) -> torch.Tensor:
+def prepare_batch(
+    images: torch.Tensor,
+    augment: BatchAugment,
+    device: torch.device,
+    views: int = 1,
+    masks: torch.Tensor | None = None,
+) -> Any:
     """uint8 (B, C, H, W) -> on `device`, augmented per image, normalised; `views=2` stacks two independent
-    augmentations of each image as (B, 2, C, H, W) (SimCLR). On CUDA the augmentation runs on the GPU."""
+    augmentations of each image as (B, 2, C, H, W) (SimCLR). On CUDA the augmentation runs on the GPU.
+    With `masks` (B, H, W; one view only): `(batch, masks)`, the masks moved as their images were."""
     batch = images.to(device, non_blocking=True).float() / 255.0
+    if masks is not None:
+        if views != 1:
+            raise ValueError("finding masks go with one view per image, not SimCLR's two")
+        out, moved = augment(batch, masks.to(device, non_blocking=True))
+        return models.standardize(out), moved
     if views == 1:
         return models.standardize(augment(batch))
     return torch.stack([models.standardize(augment(batch)) for _ in range(views)], dim=1)

@@ -19,9 +19,10 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from medxfer import cams, heatmap_choice, models, runtime
 from medxfer.cache import Split, load_cached
-from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness, read_mask
+from medxfer.faithfulness import FAITHFULNESS_COLUMNS, MapsOf, faithfulness
 from medxfer.fold import fold_batchnorm
 from medxfer.identity import read as read_identity
+from medxfer.imaging import read_mask
 from medxfer.inference import predict_proba
 from medxfer.io import atomic_path, save_npz, write_json
 from medxfer.log import get_logger, mark_work_start

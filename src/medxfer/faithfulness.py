@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from medxfer.cache import Split
 from medxfer.cams import device_of
-from medxfer.imaging import ImageError, npz_entry, parse_npz_ref
+from medxfer.imaging import read_mask
 from medxfer.inference import predict_proba
 from medxfer.localisation import (
     BASELINES,
@@ -80,26 +79,6 @@ def deletion_insertion(
     probabilities = predict_proba(model, batch, device_of(model))[:, target].reshape(len(curves), steps + 1)
     fractions = counts / counts[-1]
     return tuple(float(np.trapezoid(curve, fractions)) for curve in probabilities)
-
-
-def read_mask(path: str, size: int) -> np.ndarray | None:
-    """A finding mask (PNG file or `<file>.npz#<key>[<index>]` entry) resized to the cached image size (nearest),
-    or None when the row has none."""
-    if not path:
-        return None
-    try:
-        if parse_npz_ref(path):
-            entry = np.asarray(npz_entry(path))
-            if entry.ndim != 2:
-                raise ValueError(f"a mask entry must be 2-D (H, W), got shape {entry.shape}")
-            img = Image.fromarray(((entry > 0) * 255).astype(np.uint8))
-        else:
-            img = Image.open(path)
-        with img:
-            mask = img.convert("L").resize((size, size), Image.Resampling.NEAREST)
-    except (OSError, ValueError, ImageError) as err:
-        raise ValueError(f"{path}: cannot read the finding mask ({err})") from None
-    return np.asarray(mask) > 0
 
 
 def choose_masked(has_mask: np.ndarray, n_images: int, seed: int) -> np.ndarray:

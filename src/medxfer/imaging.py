@@ -118,6 +118,26 @@ def npz_entry(path: str | Path) -> np.ndarray:
     return array[index]
 
 
+def read_mask(path: str, size: int) -> np.ndarray | None:
+    """A finding mask (PNG file or `<file>.npz#<key>[<index>]` entry) resized to the cached image size (nearest),
+    or None when the row has none."""
+    if not path:
+        return None
+    try:
+        if parse_npz_ref(path):
+            entry = np.asarray(npz_entry(path))
+            if entry.ndim != 2:
+                raise ValueError(f"a mask entry must be 2-D (H, W), got shape {entry.shape}")
+            img = Image.fromarray(((entry > 0) * 255).astype(np.uint8))
+        else:
+            img = Image.open(path)
+        with img:
+            mask = img.convert("L").resize((size, size), Image.Resampling.NEAREST)
+    except (OSError, ValueError, ImageError) as err:
+        raise ValueError(f"{path}: cannot read the finding mask ({err})") from None
+    return np.asarray(mask) > 0
+
+
 def content_hash(path: str | Path) -> str:
     """sha256 of what makes the image: the file bytes, or the raw array bytes of an .npz entry."""
     if parse_npz_ref(path):

@@ -8,10 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 
 from medxfer.augment import build_augment
 from medxfer.batches import class_weights, prepare_batch
 from medxfer.cache import CachedDataset, Split
+from medxfer.imaging import read_mask
 from medxfer.inference import predict_logits
 from medxfer.ingestbase import NO_LABEL
 from medxfer.metrics import classification_metrics
@@ -36,6 +38,7 @@ class Supervised:
     """Single-label classification: cross-entropy, class-weighted when `imbalance` is `weighted_loss`."""
 
     views = 1
+    masks: torch.Tensor | None = None  # finding masks of the training images, for objectives that read them
 
     def __init__(self, data: CachedDataset, params: Training) -> None:
         self.classes = list(data.classes)
@@ -55,6 +58,67 @@ class Supervised:
         logits = predict_logits(model, split.images, device)
         loss = float(nn.functional.cross_entropy(logits, self.targets(split), weight=self.weights))
         return loss, classification_metrics(split.labels, torch.softmax(logits, dim=1).numpy())
+
+
+def finding_masks(split: Split, size: int) -> torch.Tensor:
+    """(N, size, size) bool: each image's finding mask, all False where the data set gives none."""
+    masks = torch.zeros(len(split.labels), size, size, dtype=torch.bool)
+    for i, ref in enumerate(split.masks):
+        mask = read_mask(ref, size)
+        if mask is not None:
+            masks[i] = torch.from_numpy(mask)
+    return masks
+
+
+def class_evidence_map(model: nn.Module, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) class activation map (Zhou et al. 2016) of each image's own class against the mean of the others:
+    the linear head applied at every cell of the last feature map, whose spatial mean is the logit difference."""
+    cam = torch.einsum("bchw,kc->bkhw", features.float(), model.get_classifier().weight.float())
+    own = cam.gather(1, y.view(-1, 1, 1, 1).expand(-1, 1, *cam.shape[2:])).squeeze(1)
+    return own - (cam.sum(dim=1) - own) / max(cam.shape[1] - 1, 1)
+
+
+def mass_outside(evidence: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """-log of the share of softmax(evidence over the cells) that falls in cells the mask touches, averaged over
+    the images with a mask; 0 when none has one. Lowest when the class evidence sits on the finding alone."""
+    cells = functional.adaptive_max_pool2d(masks.unsqueeze(1).float(), evidence.shape[1:]).squeeze(1) > 0
+    rows = cells.flatten(1).any(dim=1)
+    if not rows.any():
+        return evidence.sum() * 0.0
+    log_share = torch.log_softmax(evidence[rows].flatten(1), dim=1).masked_fill(~cells[rows].flatten(1), -torch.inf)
+    return -torch.logsumexp(log_share, dim=1).mean()
+
+
+class MaskGuided(Supervised):
+    """Cross-entropy plus `mask_guidance` times `mass_outside` on the training images with a finding mask: where
+    experts drew the finding, the model is taught to find its evidence there (attention supervision, as in GAIN,
+    Li et al. 2018), so its heatmaps point at the finding and not at what merely comes with it. Needs a linear
+    head on average-pooled features, where the class activation map is exact."""
+
+    def __init__(self, data: CachedDataset, params: Training, model: nn.Module) -> None:
+        super().__init__(data, params)
+        head, pool = model.get_classifier(), getattr(model, "global_pool", None)
+        if type(head) is not nn.Linear or getattr(pool, "pool_type", None) != "avg":
+            raise ValueError(
+                f"finetune.mask_guidance needs a linear head on average-pooled features; this model has "
+                f"{type(head).__name__} after {getattr(pool, 'pool_type', type(pool).__name__)} pooling"
+            )
+        self.weight = params.mask_guidance
+        self.masks = finding_masks(data.splits["train"], data.size)
+        if not self.masks.any():
+            raise ValueError(
+                "finetune.mask_guidance needs finding masks, and no training image of this data set has one"
+            )
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        features = model.forward_features(x)
+        weight = self.weights.to(x.device) if self.weights is not None else None
+        loss = nn.functional.cross_entropy(model.forward_head(features).float(), y, weight=weight)
+        if masks is None:
+            return loss
+        return loss + self.weight * mass_outside(class_evidence_map(model, features, y), masks)
 
 
 class MultiLabel(Supervised):
@@ -107,6 +171,7 @@ class SimCLR:
     give an in-domain checkpoint."""
 
     views = 2
+    masks = None
 
     def __init__(self, data: CachedDataset, params: PretrainTraining, num_features: int, seed: int) -> None:
         dim = params.projection_dim

@@ -145,6 +145,7 @@ class PretrainTraining(TrainingSection):
     SECTION: ClassVar[str] = "pretrain"
     backbone_lr_mult: ClassVar[float] = 1.0
     unfreeze_epoch: ClassVar[int | None] = None
+    mask_guidance: ClassVar[float] = 0.0
 
     objective: str
     multilabel: bool
@@ -174,6 +175,7 @@ class FinetuneTraining(TrainingSection):
     truncate_stages: int
     backbone_lr_mult: float
     unfreeze_epoch: int | None
+    mask_guidance: float
     epochs: int
     batch_size: int
     lr: float

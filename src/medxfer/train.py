@@ -27,7 +27,7 @@ from medxfer.inference import predict_logits, softmax_proba
 from medxfer.io import atomic_path, sha256_bytes, sha256_file, write_json
 from medxfer.log import get_logger, mark_work_start
 from medxfer.metrics import choose_threshold, classification_metrics
-from medxfer.objectives import MultiLabel, SimCLR, Supervised
+from medxfer.objectives import MaskGuided, MultiLabel, SimCLR, Supervised
 from medxfer.plots import plot_reliability
 from medxfer.prediction_files import write_predictions
 from medxfer.resume import clear_resume, load_resume, resume_fingerprint, save_resume
@@ -96,10 +96,11 @@ def _train_epoch(
     """One pass over the training batches, a scheduler step per batch; the mean training loss per image."""
     total_loss, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty())
-    for images, target in bar:
-        batch = prepare_batch(images, objective.augment, device, objective.views)
+    for images, target, *masks in bar:  # masks: only for an objective that reads them (MaskGuided)
+        inputs = prepare_batch(images, objective.augment, device, objective.views, *masks)
+        batch, *moved = inputs if masks else (inputs,)
         with autocast(device):
-            loss = objective.loss(model, batch, target.to(device, non_blocking=True))
+            loss = objective.loss(model, batch, target.to(device, non_blocking=True), *moved)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -168,15 +169,18 @@ def fit(
     train, val = data.splits["train"], data.splits["val"]
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise ValueError(f"need train and val images; got {len(train.labels)} train, {len(val.labels)} val")
-    objective = objective or Supervised(data, params)
+    if objective is None:
+        objective = MaskGuided(data, params, model) if params.mask_guidance > 0 else Supervised(data, params)
     fingerprint = resume_fingerprint(model, data, params.as_dict(), seed) if resume_dir is not None else ""
     model, extra = model.to(device), objective.extra.to(device)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(_param_groups(model, extra, params), weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    loader = train_loader(
-        train, objective.targets(train), params.batch_size, generator, params.imbalance, device.type == "cuda"
-    )
+    targets, pin = objective.targets(train), device.type == "cuda"
+    loader = train_loader(train, targets, params.batch_size, generator, params.imbalance, pin, objective.masks)
+    if objective.masks is not None:
+        drawn = int(objective.masks.flatten(1).any(dim=1).sum())
+        logger.info("mask guidance %g on the %d training images with a finding mask", params.mask_guidance, drawn)
     scheduler = _scheduler(optimizer, params, params.epochs * len(loader))
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
     state["stopped"] = False
