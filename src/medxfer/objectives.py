@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 
 from medxfer.augment import build_augment
 from medxfer.batches import class_weights, prepare_batch
@@ -81,7 +80,7 @@ def class_evidence_map(model: nn.Module, features: torch.Tensor, y: torch.Tensor
 def mass_outside(evidence: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """-log of the share of softmax(evidence over the cells) that falls in cells the mask touches, averaged over
     the images with a mask; 0 when none has one. Lowest when the class evidence sits on the finding alone."""
-    cells = functional.adaptive_max_pool2d(masks.unsqueeze(1).float(), evidence.shape[1:]).squeeze(1) > 0
+    cells = nn.functional.adaptive_max_pool2d(masks.unsqueeze(1).float(), evidence.shape[1:]).squeeze(1) > 0
     rows = cells.flatten(1).any(dim=1)
     if not rows.any():
         return evidence.sum() * 0.0
@@ -107,7 +106,8 @@ class MaskGuided(Supervised):
         self.masks = finding_masks(data.splits["train"], data.size)
         if not self.masks.any():
             raise ValueError(
-                "finetune.mask_guidance needs finding masks, and no training image of this data set has one"
+                "finetune.mask_guidance needs finding masks (the data set's `masks` or `npz_masks`), and no training "
+                "image of this data set has one"
             )
 
     def loss(
