@@ -3,8 +3,6 @@ augmentation; the objectives (SimCLR's views) and the fit loop share them, so th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
@@ -86,7 +84,7 @@ def prepare_batch(
     device: torch.device,
     views: int = 1,
     masks: torch.Tensor | None = None,
-) -> Any:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, C, H, W) -> on `device`, augmented per image, normalised; `views=2` stacks two independent
     augmentations of each image as (B, 2, C, H, W) (SimCLR). On CUDA the augmentation runs on the GPU.
     With `masks` (B, H, W; one view only): `(batch, masks)`, the masks moved as their images were."""
