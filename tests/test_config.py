@@ -124,6 +124,19 @@ def test_tta_is_refused_for_a_target_trained_without_flips():
         validate(unflipped)
 
 
+def test_mask_guidance_is_refused_for_a_target_without_masks_and_for_the_ordinal_head():
+    guided = minimal(mask_guidance=0.3)
+    with pytest.raises(ConfigError, match=r"finetune\.mask_guidance.*data set 'a' has none"):
+        validate(guided)
+    guided["datasets"]["a"]["masks"] = "x/masks"
+    assert validate(guided)["finetune"]["mask_guidance"] == 0.3
+    guided["finetune"]["head"] = "ordinal"
+    with pytest.raises(ConfigError, match=r"finetune\.mask_guidance.*needs the linear head"):
+        validate(guided)
+    with pytest.raises(ConfigError, match="mask_guidance"):
+        validate(minimal(mask_guidance=-1))
+
+
 def test_defaults_are_not_shared_between_calls():
     first = validate(minimal())
     first["finetune"]["augment"]["hflip"] = 0.0

@@ -218,6 +218,15 @@ def _cross_check(config: dict[str, Any]) -> None:
             for t in finetune["targets"]
             if t in datasets and training_params(config, "finetune", t)["augment"].get("hflip") == 0
         ]
+    if finetune["mask_guidance"] > 0:
+        if finetune["head"] != "linear":
+            problems.append("config key 'finetune.mask_guidance': needs the linear head (the class activation map)")
+        problems += [
+            f"config key 'finetune.mask_guidance': learns from finding masks, but data set '{t}' has none "
+            "(give it `masks`, or `npz_masks` for an npz file)"
+            for t in finetune["targets"]
+            if t in datasets and not (datasets[t].get("masks") or datasets[t].get("npz_masks"))
+        ]
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])

@@ -50,8 +50,11 @@ class Supervised:
         return torch.tensor(split.labels)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = self.weights.to(x.device) if self.weights is not None else None
-        return nn.functional.cross_entropy(model(x).float(), y, weight=weight)
+        return self.cross_entropy(model(x), y)
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = self.weights.to(logits.device) if self.weights is not None else None
+        return nn.functional.cross_entropy(logits.float(), y, weight=weight)
 
     def evaluate(self, model: nn.Module, split: Split, device: torch.device) -> tuple[float, dict]:
         logits = predict_logits(model, split.images, device)
@@ -114,8 +117,7 @@ class MaskGuided(Supervised):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None = None
     ) -> torch.Tensor:
         features = model.forward_features(x)
-        weight = self.weights.to(x.device) if self.weights is not None else None
-        loss = nn.functional.cross_entropy(model.forward_head(features).float(), y, weight=weight)
+        loss = self.cross_entropy(model.forward_head(features), y)
         if masks is None:
             return loss
         return loss + self.weight * mass_outside(class_evidence_map(model, features, y), masks)
