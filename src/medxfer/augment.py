@@ -108,9 +108,10 @@ class BatchAugment:
             grid = functional.affine_grid(theta, [n, 1, height, width], align_corners=False)
             if self.elastic > 0:
                 grid = grid + self.elastic_displacement(n, height, width)
-            out = functional.grid_sample(out, grid.to(out), mode="bilinear", padding_mode="zeros", align_corners=False)
+            grid = grid.to(out)
+            out = functional.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             if moved is not None:
-                moved = functional.grid_sample(moved, grid.to(out), mode="nearest", align_corners=False)
+                moved = functional.grid_sample(moved, grid, mode="nearest", align_corners=False)
         for p, dim in ((self.hflip, -1), (self.vflip, -2)):
             if p > 0:
                 flip = (torch.rand(n) < p).view(n, 1, 1, 1).to(out.device)

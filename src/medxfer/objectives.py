@@ -98,13 +98,13 @@ class MaskGuided(Supervised):
     head on average-pooled features, where the class activation map is exact."""
 
     def __init__(self, data: CachedDataset, params: Training, model: nn.Module) -> None:
-        super().__init__(data, params)
         head, pool = model.get_classifier(), getattr(model, "global_pool", None)
         if type(head) is not nn.Linear or getattr(pool, "pool_type", None) != "avg":
             raise ValueError(
                 f"finetune.mask_guidance needs a linear head on average-pooled features; this model has "
-                f"{type(head).__name__} after {getattr(pool, 'pool_type', type(pool).__name__)} pooling"
+                f"{type(head).__name__} after {getattr(pool, 'pool_type', None) or 'no model-level'} pooling"
             )
+        super().__init__(data, params)
         self.weight = params.mask_guidance
         self.masks = finding_masks(data.splits["train"], data.size)
         if not self.masks.any():
