@@ -88,6 +88,29 @@ def test_gradcam_layer_is_last_stage():
     assert models.gradcam_layer(model, 64) is model.layer3  # layer4 would be a 2x2 map
 
 
+def test_output_stride_dilates_the_same_weights_into_a_finer_map_and_survives_save_and_load(tmp_path):
+    designed = models.create("efficientnet_lite0", 2, 1).eval()
+    dilated = models.create_initialised("efficientnet_lite0", 2, 1, "scratch", output_stride=16).eval()
+    assert {k: v.shape for k, v in designed.state_dict().items()} == {
+        k: v.shape for k, v in dilated.state_dict().items()
+    }  # pretrained checkpoints of the designed network fit the dilated one
+    dilated.load_state_dict(designed.state_dict())
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        coarse, fine = designed.forward_features(x), dilated.forward_features(x)
+    assert coarse.shape[-2:] == (4, 4) and fine.shape[-2:] == (8, 8)
+    assert models.gradcam_layer(dilated, 128) is dilated.blocks[6]
+    meta = {"arch": "efficientnet_lite0", "classes": ["a", "b"], "in_chans": 1, "input_size": [1, 128, 128]}
+    models.save(tmp_path, dilated, meta)
+    loaded, saved = models.load(tmp_path)
+    assert saved["output_stride"] == 16
+    with torch.no_grad():
+        assert loaded.forward_features(x).shape[-2:] == (8, 8)
+        torch.testing.assert_close(loaded(x), dilated(x))
+    with pytest.raises(ValueError, match="output_stride 16: timm cannot dilate densenet121"):
+        models.create("densenet121", 2, 1, output_stride=16)
+
+
 def _imagenet_file():
     from conftest import SHARED
 

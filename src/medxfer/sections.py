@@ -173,6 +173,7 @@ class FinetuneTraining(TrainingSection):
     head: str
     tta: bool
     truncate_stages: int
+    output_stride: int
     backbone_lr_mult: float
     unfreeze_epoch: int | None
     mask_guidance: float

@@ -398,9 +398,17 @@ def finetune_model(
         raise ValueError(f"{manifest}: tta mirrors images, but this target's augmentation never flips them (hflip 0)")
     if params.head == "ordinal" and not ordinal:
         raise ValueError(f"{manifest}: head 'ordinal' needs graded labels; its data set does not say 'ordinal: true'")
-    model = models.create_initialised(arch, len(data.classes), data.in_chans, init, init_path, truncate, params.head)
+    model = models.create_initialised(
+        arch, len(data.classes), data.in_chans, init, init_path, truncate, params.head, params.output_stride
+    )
     set_strategy(model, strategy)
-    logger.info("%s: %d parameters (truncate_stages %s)", arch, models.num_parameters(model), truncate)
+    logger.info(
+        "%s: %d parameters (truncate_stages %s, output_stride %d)",
+        arch,
+        models.num_parameters(model),
+        truncate,
+        params.output_stride,
+    )
     model, history = fit(model, data, params, dev, out_dir / "log.csv", seed, logger, None, resume_dir)
     test, val = data.splits["test"], data.splits["val"]
     logits, val_logits = (predict_logits(model, s.images, dev, mirror=params.tta) for s in (test, val))
@@ -420,6 +428,7 @@ def finetune_model(
         "head": params.head,
         "tta": params.tta,
         "truncate_stages": truncate,
+        "output_stride": params.output_stride,
         "epochs_trained": len(history),
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
         "num_parameters": models.num_parameters(model),
