@@ -245,6 +245,18 @@ def test_truncated_finetune_from_indomain_checkpoint(cached, pretrained, tmp_pat
     assert np.load(tmp_path / "f.npz")["X_train"].shape[1] == 256  # layer3
 
 
+def test_dilated_finetune_from_a_designed_checkpoint_records_its_stride_for_every_reader(cached, pretrained, tmp_path):
+    manifest, images = cached["mura"]
+    params = ft(output_stride=16, epochs=1)
+    metrics = tune(manifest, images, "resnet10t", "indomain", params, tmp_path, init_path=pretrained, threads=2, seed=0)
+    model, meta = models.load(tmp_path)
+    assert meta["output_stride"] == metrics["output_stride"] == 16
+    assert models.read_meta(pretrained)["output_stride"] == 32
+    x = torch.zeros(1, 1, 64, 64)
+    with torch.no_grad():
+        assert model.forward_features(x).shape[-1] == 2 * models.load(pretrained)[0].forward_features(x).shape[-1]
+
+
 class KilledError(Exception):
     """Stands in for a job killed after an epoch (the resume state is already written then)."""
 
