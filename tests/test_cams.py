@@ -15,6 +15,7 @@ from medxfer import cams, heatmap_choice, localisation, models
 from medxfer.cache import load_cached
 from medxfer.config import SCHEMA_PATH
 from medxfer.explain import explain_model
+from medxfer.imaging import read_mask
 from medxfer.sections import ExplainSection
 
 SETTINGS = ExplainSection.from_config(
@@ -255,6 +256,36 @@ def test_chosen_map_is_scored_against_a_random_map_on_the_same_val_images(xray, 
     # with the random maps the only candidate, they are still shown, and recorded as not beating the random map
     alone = heatmap_choice.choose(model, val, replace(settings, methods=("noise",)), seed=0)
     assert alone["method"] == "noise" and alone["beats_random_on_val"] is False
+
+
+def test_choosing_by_pointing_takes_val_findings_and_the_map_that_points_at_them(xray, trained, monkeypatch):
+    val = load_cached(*xray).splits["val"]
+    size = val.images.shape[-1]
+    masks = {val.images[i].tobytes(): read_mask(path, size) for i, path in enumerate(val.masks) if path}
+
+    def pointed(model, images, targets, layer=None, **options):
+        """The expert's outline over inverted Grad-CAM: it follows the model (passes the sanity check), its peak lies
+        on the finding, and past the outline it deletes what the model uses least (a poor deletion AUC)."""
+        outline = [masks.get(image.tobytes(), np.zeros((size, size), bool)) for image in images]
+        return 0.4 * (1 - cams.heatmaps("gradcam", model, images, targets, layer)) + 0.6 * np.stack(outline)
+
+    monkeypatch.setitem(cams._REGISTRY, "pointed", pointed)
+    model, _ = models.load(trained)
+    with_mask = sum(m.any() for m in masks.values())
+    assert 0 < with_mask < len(val.labels)  # the demo's val split has findings and images without
+    settings = replace(SETTINGS, methods=("gradcam", "pointed"), layers=(-1,), choose_on_val=len(val.labels))
+    by_deletion = heatmap_choice.choose(model, val, settings, seed=0)
+    assert by_deletion["chosen_by"] == "deletion" and by_deletion["method"] == "gradcam"  # the lower deletion AUC
+    by_pointing = heatmap_choice.choose(model, val, replace(settings, choose_by="pointing"), seed=0)
+    rows = {r["method"]: r for r in by_pointing["candidates"]}
+    assert by_pointing["method"] == "pointed" and not rows["pointed"]["flagged"]
+    assert rows["pointed"]["val_pointing_hit_tol"] == 1.0 > rows["gradcam"]["val_pointing_hit_tol"]
+    assert rows["pointed"]["val_deletion_auc"] > rows["gradcam"]["val_deletion_auc"]  # pointing won, not deletion
+    assert by_pointing["n_val"] == with_mask  # only the val images with a finding are scored
+    assert set(by_pointing["baselines_val_pointing_hit_tol"]) == {"random", "centre"}
+    no_findings = replace(val, masks=np.full(len(val.labels), ""))
+    with pytest.raises(ValueError, match="choose_by pointing: no val image has a finding mask"):
+        heatmap_choice.choose(model, no_findings, replace(settings, choose_by="pointing"), seed=0)
 
 
 def test_randomised_copy_is_seeded_and_leaves_the_model_alone(trained):

@@ -137,6 +137,15 @@ def test_mask_guidance_is_refused_for_a_target_without_masks_and_for_the_ordinal
         validate(minimal(mask_guidance=-1))
 
 
+def test_choosing_heatmaps_by_pointing_is_refused_for_a_target_without_masks():
+    conf = minimal() | {"explain": {"choose_by": "pointing"}}
+    with pytest.raises(ConfigError, match=r"explain\.choose_by.*data set 'a' has none"):
+        validate(conf)
+    conf["datasets"]["a"]["masks"] = "x/masks"
+    assert validate(conf)["explain"]["choose_by"] == "pointing"
+    assert validate(minimal())["explain"]["choose_by"] == "deletion"
+
+
 def test_defaults_are_not_shared_between_calls():
     first = validate(minimal())
     first["finetune"]["augment"]["hflip"] = 0.0

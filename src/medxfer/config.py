@@ -227,6 +227,13 @@ def _cross_check(config: dict[str, Any]) -> None:
             for t in finetune["targets"]
             if t in datasets and not (datasets[t].get("masks") or datasets[t].get("npz_masks"))
         ]
+    if config["explain"]["choose_by"] == "pointing":
+        problems += [
+            f"config key 'explain.choose_by': pointing is scored on finding masks, but data set '{t}' has none "
+            "(give it `masks`, or `npz_masks` for an npz file)"
+            for t in finetune["targets"]
+            if t in datasets and not (datasets[t].get("masks") or datasets[t].get("npz_masks"))
+        ]
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])

@@ -1,7 +1,9 @@
 """Which heatmap method and CAM layer a model's gallery shows: chosen on validation images, never on test.
 
 Each configured method is drawn at each candidate layer (timm feature_info stages; LIME and occlusion have none) on
-`explain.choose_on_val` val images, and scored by deletion AUC (lower = the map points at what the model uses).
+`explain.choose_on_val` val images, and scored by deletion AUC (lower = the map points at what the model uses), or,
+with `explain.choose_by: pointing` on a data set with finding masks, on val images with a finding by the tolerant
+pointing game (the map that points at what an expert outlined; ties go to the lower deletion AUC).
 A model-randomisation sanity check (Adebayo et al. 2018) re-initialises the head and the last feature stage: a map
 that barely changes (Spearman correlation above `explain.sanity_threshold`) does not explain the model, and is not
 chosen while another candidate passes. The same val images are scored with a smooth random map too: a chosen map that
@@ -21,8 +23,9 @@ from torch import nn
 
 from medxfer import cams, localisation, models
 from medxfer.cache import Split
-from medxfer.faithfulness import deletion_insertion
+from medxfer.faithfulness import choose_masked, deletion_insertion
 from medxfer.fold import fold_batchnorm
+from medxfer.imaging import read_mask
 from medxfer.sections import ExplainSection
 
 
@@ -44,6 +47,35 @@ def mean_deletion(model: nn.Module, images: np.ndarray, targets: np.ndarray, map
         deletion_insertion(model, image, heat, int(target), steps, ["deletion"])[0] for image, heat, target in pairs
     ]
     return float(np.mean(scores))
+
+
+def _val_images(val: Split, settings: ExplainSection, seed: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """The val indices the choice is made on and their finding masks (None where an image has none).
+
+    By pointing: only images with a finding mask, so every candidate is scored on findings an expert outlined."""
+    if len(val.labels) == 0:
+        raise ValueError("the val split is empty: the heatmap method and layer are chosen on val images")
+    size = val.images.shape[-1]
+    if settings.choose_by == "pointing":
+        masks = [read_mask(m, size) for m in val.masks]
+        has_mask = np.array([m is not None and bool(m.any()) for m in masks], dtype=bool)
+        if not has_mask.any():
+            raise ValueError("explain.choose_by pointing: no val image has a finding mask to point at")
+        index = choose_masked(has_mask, settings.choose_on_val, seed)
+        return index, [masks[i] for i in index]
+    index = val_index(val, settings.choose_on_val, seed)
+    return index, [read_mask(m, size) for m in val.masks[index]]
+
+
+def mean_pointing(maps: np.ndarray, masks: Sequence[np.ndarray | None]) -> float | None:
+    """Share of the maps whose peak lies within the tolerance of their finding mask (localisation's pointing game);
+    None when no image has a mask."""
+    hits = [
+        localisation.pointing_hit_tolerant(heat, mask)
+        for heat, mask in zip(maps, masks, strict=True)
+        if mask is not None and mask.any()
+    ]
+    return float(np.mean(hits)) if hits else None
 
 
 def randomised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
@@ -88,9 +120,7 @@ def choose(
     random map's val deletion AUC and whether the chosen map beats it, and, per candidate, its val deletion AUC, its
     Spearman correlation with the randomised model's map and its flag.
     """
-    index = val_index(val, settings.choose_on_val, seed)
-    if len(index) == 0:
-        raise ValueError("the val split is empty: the heatmap method and layer are chosen on val images")
+    index, masks = _val_images(val, settings, seed)
     images, targets = val.images[index], val.labels[index]
     options = settings.map_options(seed)
     threshold = settings.sanity_threshold
@@ -107,16 +137,25 @@ def choose(
                 "method": method,
                 "layer": layer,
                 "val_deletion_auc": mean_deletion(model, images, targets, trained, settings.deletion_steps),
+                "val_pointing_hit_tol": mean_pointing(trained, masks),
                 "spearman_vs_random_model": rho,
                 "flagged": rho is not None and rho > threshold,
             }
         )
     noise = localisation.baseline_maps("random", len(index), images.shape[-1], seed)
     random_deletion = mean_deletion(model, images, targets, noise, settings.deletion_steps)
+    baselines = {
+        name: localisation.baseline_maps(name, len(index), images.shape[-1], seed) for name in ("random", "centre")
+    }
+
+    def rank(row: Mapping[str, Any]) -> tuple[float, float]:
+        pointing = row["val_pointing_hit_tol"] if settings.choose_by == "pointing" else 0.0
+        return -pointing, row["val_deletion_auc"]
+
     passing = [r for r in rows if not r["flagged"]] or rows
-    best = min(passing, key=lambda r: r["val_deletion_auc"])
+    best = min(passing, key=rank)
     layered = [r for r in passing if r["layer"] is not None] or [r for r in rows if r["layer"] is not None]
-    cam_layer = best["layer"] or (min(layered, key=lambda r: r["val_deletion_auc"])["layer"] if layered else None)
+    cam_layer = best["layer"] or (min(layered, key=rank)["layer"] if layered else None)
     if cam_layer:
         cams.pin_layer(model, cam_layer)
     selection = {
@@ -124,8 +163,11 @@ def choose(
         "layer": cam_layer,
         "n_val": len(index),
         "chosen_on": "val",
+        "chosen_by": settings.choose_by,
         "val_deletion_auc": best["val_deletion_auc"],
+        "val_pointing_hit_tol": best["val_pointing_hit_tol"],
         "random_map_val_deletion_auc": random_deletion,
+        "baselines_val_pointing_hit_tol": {name: mean_pointing(heat, masks) for name, heat in baselines.items()},
         "candidates": rows,
         "sanity": {
             "threshold": threshold,
@@ -174,8 +216,13 @@ def _log(logger: Any, selection: Mapping[str, Any]) -> None:
     for row in selection["candidates"]:
         rho = row["spearman_vs_random_model"]
         shown = "not comparable (constant maps)" if rho is None else f"{rho:.2f}"
+        pointing = row["val_pointing_hit_tol"]
         logger.info(
-            "val deletion AUC %.3f, Spearman vs randomised model %s: %s", row["val_deletion_auc"], shown, _key(row)
+            "val deletion AUC %.3f, pointing with tolerance %s, Spearman vs randomised model %s: %s",
+            row["val_deletion_auc"],
+            "no masks" if pointing is None else f"{pointing:.3f}",
+            shown,
+            _key(row),
         )
     for key in selection["sanity"]["flagged"]:
         logger.warning(
@@ -194,7 +241,8 @@ def _log(logger: Any, selection: Mapping[str, Any]) -> None:
             selection["random_map_val_deletion_auc"],
         )
     logger.info(
-        "heatmap chosen on %d val images: %s (CAM layer %s)",
+        "heatmap chosen by %s on %d val images: %s (CAM layer %s)",
+        selection["chosen_by"],
         selection["n_val"],
         selection["method"],
         selection["layer"],

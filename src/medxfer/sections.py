@@ -74,6 +74,7 @@ class ExplainSection(ConfigSection):
     methods: tuple[str, ...]
     layers: tuple[int, ...]
     choose_on_val: int
+    choose_by: str
     sanity_threshold: float
     n_images: int
     lime_samples: int
