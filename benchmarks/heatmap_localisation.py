@@ -8,7 +8,7 @@ tables do it (medxfer.faithfulness), with the same paired bootstrap against both
 (medxfer.localisation.versus_baselines).
 Prints JSON. Run it where the workflow ran: the manifests' image and mask paths are relative to that folder.
 
-    .venv/bin/python benchmarks/heatmap_localisation.py results/localise-fracatlas --target fracatlas \\
+    .venv/bin/python benchmarks/heatmap_localisation.py results/localise-fracatlas --target fracatlas --init indomain \\
         --arch efficientnet_lite0 --split val lime lime:lime_fill=mean lime:lime_fill=mean,lime_segments=100
 """
 
