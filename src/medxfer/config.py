@@ -218,27 +218,25 @@ def _cross_check(config: dict[str, Any]) -> None:
             for t in finetune["targets"]
             if t in datasets and training_params(config, "finetune", t)["augment"].get("hflip") == 0
         ]
+    unmasked = [t for t in finetune["targets"] if t in datasets and not _has_masks(datasets[t])]
     if finetune["mask_guidance"] > 0:
         if finetune["head"] != "linear":
             problems.append("config key 'finetune.mask_guidance': needs the linear head (the class activation map)")
-        problems += [
-            f"config key 'finetune.mask_guidance': learns from finding masks, but data set '{t}' has none "
-            "(give it `masks`, or `npz_masks` for an npz file)"
-            for t in finetune["targets"]
-            if t in datasets and not (datasets[t].get("masks") or datasets[t].get("npz_masks"))
-        ]
+        problems += [f"config key 'finetune.mask_guidance': learns from {_NO_MASKS.format(t)}" for t in unmasked]
     if config["explain"]["choose_by"] == "pointing":
-        problems += [
-            f"config key 'explain.choose_by': pointing is scored on finding masks, but data set '{t}' has none "
-            "(give it `masks`, or `npz_masks` for an npz file)"
-            for t in finetune["targets"]
-            if t in datasets and not (datasets[t].get("masks") or datasets[t].get("npz_masks"))
-        ]
+        problems += [f"config key 'explain.choose_by': pointing is scored on {_NO_MASKS.format(t)}" for t in unmasked]
     problems += _bundle_problems(config)
     for name, ds in datasets.items():
         problems += entry_problems(name, ds) + _path_lookup_problems(name, ds, config["results"])
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+_NO_MASKS = "finding masks, but data set '{}' has none (give it `masks`, or `npz_masks` for an npz file)"
+
+
+def _has_masks(dataset: Mapping[str, Any]) -> bool:
+    return bool(dataset.get("masks") or dataset.get("npz_masks"))
 
 
 def _shares_images(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

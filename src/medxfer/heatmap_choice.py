@@ -116,9 +116,10 @@ def choose(
     randomised from it, norms included, and then folded: re-initialising a folded convolution would give it a random
     bias where the trained architecture has a reset norm.
 
-    Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val, the smooth
-    random map's val deletion AUC and whether the chosen map beats it, and, per candidate, its val deletion AUC, its
-    Spearman correlation with the randomised model's map and its flag.
+    Returns what selection.json records: the chosen method, the CAM layer every CAM map then uses, n_val, what
+    chose (`chosen_by`), the smooth random map's val deletion AUC and whether the chosen map beats it, the random
+    map's and the centre prior's val pointing, and, per candidate, its val deletion AUC, its val pointing (None
+    without masks), its Spearman correlation with the randomised model's map and its flag.
     """
     index, masks = _val_images(val, settings, seed)
     images, targets = val.images[index], val.labels[index]
@@ -142,11 +143,10 @@ def choose(
                 "flagged": rho is not None and rho > threshold,
             }
         )
-    noise = localisation.baseline_maps("random", len(index), images.shape[-1], seed)
-    random_deletion = mean_deletion(model, images, targets, noise, settings.deletion_steps)
     baselines = {
         name: localisation.baseline_maps(name, len(index), images.shape[-1], seed) for name in ("random", "centre")
     }
+    random_deletion = mean_deletion(model, images, targets, baselines["random"], settings.deletion_steps)
 
     def rank(row: Mapping[str, Any]) -> tuple[float, float]:
         pointing = row["val_pointing_hit_tol"] if settings.choose_by == "pointing" else 0.0
