@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import dataset_config, ingest_and_cache
+from conftest import SHARED, dataset_config, ingest_and_cache
 
 from medxfer import cams, heatmap_choice, localisation, models
 from medxfer.cache import load_cached
@@ -297,6 +297,29 @@ def test_randomised_copy_is_seeded_and_leaves_the_model_alone(trained):
     assert torch.equal(first.fc.weight, second.fc.weight) and not torch.equal(first.fc.weight, model.fc.weight)
     assert torch.equal(first.layer3[0].conv1.weight, model.layer3[0].conv1.weight)  # below the top: kept
     assert not torch.equal(first.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
+
+
+def test_randomised_efficientnet_stays_alive_so_its_maps_can_be_compared(xray):
+    """EfficientNet puts a conv_head and a norm between its last stage and the head. Left as trained, they turn a
+    randomised last stage into zeros for every image: the copy's logits and CAMs are constant, and the check compares
+    nothing. With ImageNet weights this happens; they are reset with the rest of the top."""
+    path = SHARED / "weights" / "efficientnet_lite0_imagenet.safetensors"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the real ImageNet weights test needs ../shared/weights beside the repository")
+    data = load_cached(*xray)
+    images, targets = data.splits["val"].images[:16], data.splits["val"].labels[:16]
+    model = models.create_initialised("efficientnet_lite0", len(data.classes), data.in_chans, "imagenet", path).eval()
+    copied, reset = heatmap_choice.randomised(model, seed=0)
+    assert reset == ["blocks.6", "conv_head", "bn2", "classifier"]
+    assert torch.equal(copied.blocks[5][0].conv_pw.weight, model.blocks[5][0].conv_pw.weight)  # below the top: kept
+    assert not torch.equal(copied.conv_head.weight, model.conv_head.weight)
+    with torch.no_grad():
+        logits = copied(models.standardize(torch.from_numpy(images).float() / 255))
+    assert (logits.std(dim=0) > 0).all()  # the randomised network still tells images apart
+    trained = cams.heatmaps("gradcam", model, images, targets, "blocks.6")
+    shuffled = cams.heatmaps("gradcam", copied, images, targets, "blocks.6")
+    assert (shuffled.std(axis=(1, 2)) > 0).mean() > 0.5  # an image whose random CAM is all negative may stay empty
+    assert heatmap_choice.rank_correlation(trained, shuffled) is not None
 
 
 def test_a_folded_model_gets_the_sanity_check_of_the_network_as_trained(xray, trained):

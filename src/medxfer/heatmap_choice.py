@@ -4,8 +4,8 @@ Each configured method is drawn at each candidate layer (timm feature_info stage
 `explain.choose_on_val` val images, and scored by deletion AUC (lower = the map points at what the model uses), or,
 with `explain.choose_by: pointing` on a data set with finding masks, on val images with a finding by the tolerant
 pointing game (the map that points at what an expert outlined; ties go to the lower deletion AUC).
-A model-randomisation sanity check (Adebayo et al. 2018) re-initialises the head and the last feature stage: a map
-that barely changes (Spearman correlation above `explain.sanity_threshold`) does not explain the model, and is not
+A model-randomisation sanity check (Adebayo et al. 2018) re-initialises the last feature stage and all after it: a
+map that barely changes (Spearman correlation above `explain.sanity_threshold`) does not explain the model, and is not
 chosen while another candidate passes. The same val images are scored with a smooth random map too: a chosen map that
 does not beat it is recorded and logged, so a gallery that shows it is read with care.
 """
@@ -78,10 +78,29 @@ def mean_pointing(maps: np.ndarray, masks: Sequence[np.ndarray | None]) -> float
     return float(np.mean(hits)) if hits else None
 
 
+def top_layers(model: nn.Module) -> list[str]:
+    """The last feature stage and every module with weights defined after it (timm defines modules in forward order).
+
+    Not only the head: EfficientNet and MobileNet put a conv_head and a norm between the last stage and the head, and
+    those, left as trained, turn the randomised stage's features into all-negative pre-activations. The copy's ReLU
+    then outputs zeros for every image: a dead network whose maps are all constant, which tests nothing.
+    """
+    last = model.feature_info[-1]["module"]
+    names = [name for name, _ in model.named_modules()]
+    tops = [last]
+    for name in names[names.index(last) + 1 :]:
+        inside = any(name.startswith(top + ".") for top in tops)
+        if not inside and any(True for _ in model.get_submodule(name).parameters()):
+            tops.append(name)
+    head = models.head_prefix(model)
+    return tops if any(head == top or head.startswith(top + ".") for top in tops) else [*tops, head]
+
+
 def randomised(model: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
-    """A copy with the head and the last feature stage re-initialised (seeded); the names of what was reset."""
+    """A copy with the top layers (top_layers: the last feature stage and all after it) re-initialised, seeded; the
+    names of what was reset."""
     copied = copy.deepcopy(model)
-    tops = [copied.feature_info[-1]["module"], models.head_prefix(copied)]
+    tops = top_layers(copied)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in tops:
