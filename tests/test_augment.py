@@ -78,7 +78,7 @@ def test_elastic_deformation_moves_pixels_smoothly():
     assert abs(out.mean() - batch.mean()) < 0.05
 
 
-@pytest.mark.parametrize("key", ["hflip", "vflip", "elastic"])
+@pytest.mark.parametrize("key", ["hflip", "vflip", "elastic", "erase"])
 def test_probability_zero_is_identity_and_one_is_not(key):
     torch.manual_seed(0)
     batch = torch.rand(4, 2, 16, 16)
@@ -169,3 +169,25 @@ def test_masks_move_with_their_images_and_draw_no_random_numbers_of_their_own():
     for image, mask in zip(out, moved, strict=True):  # nearest vs bilinear sampling may differ at the border only
         warped = image[0] > 0.5
         assert (warped & mask).sum() / (warped | mask).sum() > 0.8
+
+
+def test_random_erasing_blacks_out_one_rectangle_of_the_drawn_size_and_clears_the_mask_under_it():
+    """As v2.RandomErasing: a rectangle per image, its area a fraction of the image in erase_scale, its aspect ratio
+    in [0.3, 3.3], filled with 0; a finding mask under it is cleared with it."""
+    torch.manual_seed(0)
+    n, side = 200, 64
+    batch = torch.rand(n, 2, side, side) * 0.9 + 0.1  # no pixel is 0 before erasing
+    masks = torch.ones(n, side, side, dtype=torch.bool)
+    out, moved = build_augment(OFF | {"erase": 1.0, "erase_scale": [0.05, 0.2]})(batch, masks)
+    black = (out == 0).all(dim=1)
+    assert torch.equal(out[~black.unsqueeze(1).expand_as(out)], batch[~black.unsqueeze(1).expand_as(batch)])
+    assert torch.equal(moved, ~black)
+    rows, cols = black.any(dim=2).sum(dim=1).float(), black.any(dim=1).sum(dim=1).float()
+    assert torch.equal(black.sum(dim=(1, 2)).float(), rows * cols)  # one filled rectangle, nothing else
+    area = rows * cols / side**2
+    assert area.min() >= 0.04 and area.max() <= 0.21  # the drawn fraction, up to rounding of the sides
+    assert (rows / cols).min() >= 0.25 and (rows / cols).max() <= 4.0
+    assert area.std() > 0.02 and len({(int(r), int(c)) for r, c in zip(rows, cols, strict=True)}) > n // 2
+    half = build_augment(OFF | {"erase": 0.5})(batch)
+    share = (half == 0).all(dim=1).flatten(1).any(dim=1).float().mean()
+    assert 0.35 < share < 0.65

@@ -6,7 +6,8 @@ deformation for every image unless it is looped over image by image (on this pro
 `BatchAugment` draws per-image parameters as tensors and warps the whole batch with one `grid_sample`: the affine
 part follows v2.RandomAffine (degrees, translate as a fraction of the side, scale range), the elastic part
 v2.ElasticTransform (a uniform [-1, 1] displacement field blurred with a Gaussian of `sigma` pixels and scaled by
-`alpha / size`; tests/test_augment.py checks it against torchvision's `elastic` kernel). Runs on the batch's device,
+`alpha / size`; tests/test_augment.py checks it against torchvision's `elastic` kernel), and random erasing follows
+v2.RandomErasing (one black rectangle whose area and aspect ratio are drawn as there). Runs on the batch's device,
 so a CUDA batch is augmented on the GPU; random numbers always come from the CPU generator (reproducible).
 """
 
@@ -48,9 +49,10 @@ def gaussian_blur(field: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Flips, rotation, scale, translation, elastic deformation, brightness/contrast and Gaussian noise for a
-    float (B, C, H, W) batch in [0, 1]. `params`: every key of the config schema's `augment` (build_augment fills
-    the ones a caller leaves out); a zero turns its transform off. Any number of channels (multi-window CT)."""
+    """Flips, rotation, scale, translation, elastic deformation, brightness/contrast, Gaussian noise and random
+    erasing for a float (B, C, H, W) batch in [0, 1]. `params`: every key of the config schema's `augment`
+    (build_augment fills the ones a caller leaves out); a zero turns its transform off. Any number of channels
+    (multi-window CT)."""
 
     def __init__(self, params: Mapping[str, Any], out_size: int | None = None) -> None:
         self.out_size = out_size  # a random out_size-pixel window at the input's scale, else the whole image
@@ -61,6 +63,7 @@ class BatchAugment:
         self.alpha, self.sigma = float(params["elastic_alpha"]), float(params["elastic_sigma"])
         self.brightness, self.contrast = float(params["brightness"]), float(params["contrast"])
         self.noise_std = float(params["noise_std"])
+        self.erase, self.erase_scale = float(params["erase"]), tuple(float(s) for s in params["erase_scale"])
         self.affine = self.degrees > 0 or self.translate > 0 or self.scale != (1.0, 1.0)
 
     def affine_theta(self, n: int) -> torch.Tensor:
@@ -81,6 +84,21 @@ class BatchAugment:
             field[chosen] = drawn * torch.tensor([self.alpha / width, self.alpha / height]).view(1, 2, 1, 1)
         return field.permute(0, 2, 3, 1)
 
+    def erased(self, n: int, height: int, width: int) -> torch.Tensor:
+        """(n, H, W) bool: one rectangle for each image chosen with probability `erase`, as v2.RandomErasing draws it
+        (its area a uniform fraction in erase_scale of the image, its aspect ratio log-uniform in [0.3, 3.3]). Where
+        torchvision retries a rectangle that does not fit, its sides are cut to the image's."""
+        chosen = torch.rand(n) < self.erase
+        area = _uniform(n, *self.erase_scale) * height * width
+        ratio = torch.exp(_uniform(n, math.log(0.3), math.log(3.3)))
+        tall = (area * ratio).sqrt().round().clamp(1, height)
+        wide = (area / ratio).sqrt().round().clamp(1, width)
+        top = (torch.rand(n) * (height - tall + 1)).floor().view(n, 1, 1)
+        left = (torch.rand(n) * (width - wide + 1)).floor().view(n, 1, 1)
+        rows, cols = torch.arange(height).view(1, height, 1), torch.arange(width).view(1, 1, width)
+        inside = (rows >= top) & (rows < top + tall.view(n, 1, 1)) & (cols >= left) & (cols < left + wide.view(n, 1, 1))
+        return inside & chosen.view(n, 1, 1)
+
     def window_theta(self, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """`theta` confined to a random out_size-pixel window of a height x width image, at the image's scale."""
         if self.out_size > min(height, width):
@@ -95,8 +113,8 @@ class BatchAugment:
         self, batch: torch.Tensor, masks: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The augmented batch; with `masks` (B, H, W), also those masks moved by the same warp and flips (the
-        brightness, contrast and noise leave them alone), as `(batch, masks)`. Masks draw no random numbers of their
-        own, so a run draws the same augmentation with or without them."""
+        brightness, contrast and noise leave them alone, an erased rectangle clears them), as `(batch, masks)`.
+        Masks draw no random numbers of their own, so a run draws the same augmentation with or without them."""
         n, _, height, width = batch.shape
         out = batch
         moved = None if masks is None else masks.unsqueeze(1).to(out)
@@ -124,6 +142,10 @@ class BatchAugment:
             out = (((out - mean) * contrast + mean) * brightness).clamp(0.0, 1.0)
         if self.noise_std > 0:
             out = (out + torch.randn(out.shape).to(out) * self.noise_std).clamp(0.0, 1.0)
+        if self.erase > 0:  # last, so the rectangle is black as the deletion metric's fill, without noise
+            erased = self.erased(n, out.shape[-2], out.shape[-1]).unsqueeze(1).to(out.device)
+            out = out.masked_fill(erased, 0.0)
+            moved = None if moved is None else moved.masked_fill(erased, 0.0)
         return out if moved is None else (out, moved.squeeze(1) > 0.5)
 
 
