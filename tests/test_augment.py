@@ -191,3 +191,30 @@ def test_random_erasing_blacks_out_one_rectangle_of_the_drawn_size_and_clears_th
     half = build_augment(OFF | {"erase": 0.5})(batch)
     share = (half == 0).all(dim=1).flatten(1).any(dim=1).float().mean()
     assert 0.35 < share < 0.65
+
+
+def test_erasing_that_spares_findings_never_touches_one_and_draws_the_same_numbers_without_masks():
+    """erase_findings off: each rectangle is the first of its tries that misses the finding (none when all of them
+    hit it); without masks it is the first try, and the random numbers drawn are the same either way."""
+    n, side = 200, 64
+    batch = torch.rand(n, 1, side, side, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.1
+    masks = torch.zeros(n, side, side, dtype=torch.bool)
+    for i in range(n):  # an 8x8 finding (1.6 % of the image), somewhere else in each image
+        masks[i, (7 * i) % 56 : (7 * i) % 56 + 8, (11 * i) % 56 : (11 * i) % 56 + 8] = True
+    masks[-10:] = True  # a finding over the whole image leaves no place to erase
+    spare = build_augment(OFF | {"erase": 1.0, "erase_scale": [0.05, 0.2], "erase_findings": False})
+    torch.manual_seed(1)
+    out, moved = spare(batch, masks)
+    next_draw = torch.rand(1)
+    black = (out == 0).all(dim=1)
+    assert not (black & masks).any() and torch.equal(moved, masks)
+    assert not black[-10:].any() and black[:-10].flatten(1).any(dim=1).float().mean() > 0.9
+    torch.manual_seed(1)
+    first_tries = (spare(batch) == 0).all(dim=1)
+    assert torch.equal(torch.rand(1), next_draw)
+    missed = ~(first_tries & masks).flatten(1).any(dim=1)
+    assert 0.1 < missed[:-10].float().mean() < 0.95  # the first try hits some findings and misses others
+    assert torch.equal(black[missed], first_tries[missed])
+    torch.manual_seed(1)
+    covering = (build_augment(OFF | {"erase": 1.0, "erase_scale": [0.05, 0.2]})(batch, masks)[0] == 0).all(dim=1)
+    assert (covering & masks)[:-10].flatten(1).any(dim=1).float().mean() > 0.1  # the default erases findings too

@@ -17,7 +17,7 @@ from medxfer.features import extract_features, pooled_features
 from medxfer.inference import predict_logits, predict_proba
 from medxfer.log import get_logger
 from medxfer.metrics import choose_threshold, classification_metrics, decide
-from medxfer.objectives import class_evidence_map, mass_outside
+from medxfer.objectives import Supervised, class_evidence_map, mass_outside
 from medxfer.prediction_files import read_predictions
 from medxfer.resume import clear_resume
 from medxfer.runtime import seed_everything
@@ -602,3 +602,15 @@ def test_mask_guidance_refuses_data_without_masks_and_heads_without_a_class_acti
     ordinal = models.create_initialised("resnet10t", 2, 1, "scratch", head="ordinal")
     with pytest.raises(ValueError, match="needs a linear head on average-pooled features; this model has Cumulative"):
         fit(ordinal, decoy_data(tmp_path), params, cpu, tmp_path / "log.csv", 0, LOG)
+
+
+def test_erasing_that_spares_findings_reads_the_training_masks_and_trains(tmp_path):
+    data = decoy_data(tmp_path)
+    sparing = tiny_params(epochs=1, augment=AUG | {"erase": 0.5, "erase_findings": False})
+    objective = Supervised(data, sparing)
+    assert objective.masks is not None and int(objective.masks.flatten(1).any(dim=1).sum()) == 16
+    assert Supervised(data, tiny_params(augment=AUG | {"erase": 0.5})).masks is None  # RandomErasing as it is
+    seed_everything(0)
+    model = models.create("resnet10t", 2, 1)
+    fit(model, data, sparing, torch.device("cpu"), tmp_path / "l.csv", 0, LOG)
+    assert pd.read_csv(tmp_path / "l.csv")["train_loss"].notna().all()

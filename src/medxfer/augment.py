@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+ERASE_TRIES = 10  # rectangles drawn per image to find one off its finding (v2.RandomErasing also tries 10)
+
 
 def _uniform(n: int, low: float, high: float) -> torch.Tensor:
     return torch.rand(n) * (high - low) + low
@@ -64,6 +66,7 @@ class BatchAugment:
         self.brightness, self.contrast = float(params["brightness"]), float(params["contrast"])
         self.noise_std = float(params["noise_std"])
         self.erase, self.erase_scale = float(params["erase"]), tuple(float(s) for s in params["erase_scale"])
+        self.erase_findings = bool(params["erase_findings"])
         self.affine = self.degrees > 0 or self.translate > 0 or self.scale != (1.0, 1.0)
 
     def affine_theta(self, n: int) -> torch.Tensor:
@@ -84,11 +87,25 @@ class BatchAugment:
             field[chosen] = drawn * torch.tensor([self.alpha / width, self.alpha / height]).view(1, 2, 1, 1)
         return field.permute(0, 2, 3, 1)
 
-    def erased(self, n: int, height: int, width: int) -> torch.Tensor:
+    def erased(self, n: int, height: int, width: int, findings: torch.Tensor | None = None) -> torch.Tensor:
         """(n, H, W) bool: one rectangle for each image chosen with probability `erase`, as v2.RandomErasing draws it
         (its area a uniform fraction in erase_scale of the image, its aspect ratio log-uniform in [0.3, 3.3]). Where
-        torchvision retries a rectangle that does not fit, its sides are cut to the image's."""
+        torchvision retries a rectangle that does not fit, its sides are cut to the image's.
+
+        With `erase_findings` off, an image gets the first of ERASE_TRIES rectangles that touches no pixel of its
+        finding (`findings`, (n, H, W) bool), and none if all of them do: erasing the finding would leave an image
+        whose label no longer shows. The tries are drawn with or without `findings`, so a run draws the same."""
         chosen = torch.rand(n) < self.erase
+        tries = 1 if self.erase_findings else ERASE_TRIES
+        drawn = self.rectangles(n * tries, height, width).view(tries, n, height, width).transpose(0, 1)
+        if tries == 1 or findings is None:
+            return drawn[:, 0] & chosen.view(n, 1, 1)
+        clear = ~(drawn & findings.unsqueeze(1)).flatten(2).any(dim=2)  # (n, tries)
+        first = clear.float().argmax(dim=1)
+        return drawn[torch.arange(n), first] & (chosen & clear.any(dim=1)).view(n, 1, 1)
+
+    def rectangles(self, n: int, height: int, width: int) -> torch.Tensor:
+        """(n, H, W) bool: n rectangles of erase_scale's area and a random aspect ratio, each at a random place."""
         area = _uniform(n, *self.erase_scale) * height * width
         ratio = torch.exp(_uniform(n, math.log(0.3), math.log(3.3)))
         tall = (area * ratio).sqrt().round().clamp(1, height)
@@ -96,8 +113,7 @@ class BatchAugment:
         top = (torch.rand(n) * (height - tall + 1)).floor().view(n, 1, 1)
         left = (torch.rand(n) * (width - wide + 1)).floor().view(n, 1, 1)
         rows, cols = torch.arange(height).view(1, height, 1), torch.arange(width).view(1, 1, width)
-        inside = (rows >= top) & (rows < top + tall.view(n, 1, 1)) & (cols >= left) & (cols < left + wide.view(n, 1, 1))
-        return inside & chosen.view(n, 1, 1)
+        return (rows >= top) & (rows < top + tall.view(n, 1, 1)) & (cols >= left) & (cols < left + wide.view(n, 1, 1))
 
     def window_theta(self, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """`theta` confined to a random out_size-pixel window of a height x width image, at the image's scale."""
@@ -113,7 +129,8 @@ class BatchAugment:
         self, batch: torch.Tensor, masks: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The augmented batch; with `masks` (B, H, W), also those masks moved by the same warp and flips (the
-        brightness, contrast and noise leave them alone, an erased rectangle clears them), as `(batch, masks)`.
+        brightness, contrast and noise leave them alone, an erased rectangle clears them; with erase_findings off
+        the rectangles avoid them), as `(batch, masks)`.
         Masks draw no random numbers of their own, so a run draws the same augmentation with or without them."""
         n, _, height, width = batch.shape
         out = batch
@@ -143,7 +160,8 @@ class BatchAugment:
         if self.noise_std > 0:
             out = (out + torch.randn(out.shape).to(out) * self.noise_std).clamp(0.0, 1.0)
         if self.erase > 0:  # last, so the rectangle is black as the deletion metric's fill, without noise
-            erased = self.erased(n, out.shape[-2], out.shape[-1]).unsqueeze(1).to(out.device)
+            findings = None if moved is None else (moved.squeeze(1) > 0.5).cpu()
+            erased = self.erased(n, out.shape[-2], out.shape[-1], findings).unsqueeze(1).to(out.device)
             out = out.masked_fill(erased, 0.0)
             moved = None if moved is None else moved.masked_fill(erased, 0.0)
         return out if moved is None else (out, moved.squeeze(1) > 0.5)

@@ -45,11 +45,17 @@ class Supervised:
         self.weights = class_weights(data.splits["train"].labels, len(self.classes)) if weighted else None
         self.extra = nn.Module()
         self.augment = build_augment(params.augment)
+        if self.augment.erase > 0 and not self.augment.erase_findings:  # the rectangles go round the findings
+            masks = finding_masks(data.splits["train"], data.size)
+            self.masks = masks if masks.any() else None
 
     def targets(self, split: Split) -> torch.Tensor:
         return torch.tensor(split.labels)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`masks`: the batch's moved finding masks, when the objective loaded them; only MaskGuided reads them."""
         return self.cross_entropy(model(x), y)
 
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
