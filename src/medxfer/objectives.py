@@ -112,7 +112,8 @@ class MaskGuided(Supervised):
             )
         super().__init__(data, params)
         self.weight = params.mask_guidance
-        self.masks = finding_masks(data.splits["train"], data.size)
+        if self.masks is None:  # not read already for erasing that spares the findings
+            self.masks = finding_masks(data.splits["train"], data.size)
         if not self.masks.any():
             raise ValueError(
                 "finetune.mask_guidance needs finding masks (the data set's `masks` or `npz_masks`), and no training "
